@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+PY    := $(BIN)/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: run test install train validate test-stories pytest lint clean
+
+run: train  ## start the bot, the action server and the demo web chat
+	@$(PY) -m bot.cli run
+
+test: train validate test-stories pytest  ## everything CI runs
+
+install: $(STAMP)
+
+# Re-install only when pyproject.toml or constraints.txt change.
+$(STAMP):
+	@py=$$(scripts/find-python.sh) || exit 1; \
+	if [ ! -x $(PY) ]; then echo "Creating $(VENV) with $$py"; "$$py" -m venv $(VENV) || exit 1; fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+train: install  ## train only when data/ or config changed
+	@$(PY) -m bot.cli train
+
+validate: install
+	$(BIN)/rasa data validate --fail-on-warnings
+
+test-stories: train
+	$(BIN)/rasa test core --stories data/tests --model models/parley.tar.gz \
+	  --fail-on-prediction-errors --out var/results/core
+
+pytest: train
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var models .pytest_cache

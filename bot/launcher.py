@@ -1,0 +1,200 @@
+"""Start the Rasa server and the action server together, and stop them together.
+
+Used by `make run` and by the end-to-end tests, so the tests exercise the very
+code a newcomer runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bot import orders, storage
+from bot.model_freshness import model_path
+from bot.settings import PROJECT_ROOT
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    health_url: str
+
+
+@dataclass
+class Stack:
+    """The processes of one running bot."""
+
+    root: Path
+    rasa_port: int
+    action_port: int
+    host: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    var_dir: Path | None = None  # databases, runtime config, logs; default root/var
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.var_dir or self.root / "var"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def database_url(self) -> str:
+        return self.env.get("PARLEY_DATABASE_URL") or os.environ.get(
+            "PARLEY_DATABASE_URL", f"sqlite:///{self.state_dir / 'parley.db'}"
+        )
+
+    @property
+    def rasa_url(self) -> str:
+        return f"http://{self.host}:{self.rasa_port}"
+
+    @property
+    def action_url(self) -> str:
+        return f"http://{self.host}:{self.action_port}"
+
+    @property
+    def webchat_url(self) -> str:
+        return f"{self.rasa_url}/webhooks/webchat/"
+
+    def runtime_endpoints(self) -> Path:
+        """endpoints.yml with this stack's action server port and SQLite paths."""
+        endpoints = yaml.safe_load((self.root / "endpoints.yml").read_text()) or {}
+        endpoints["action_endpoint"] = {"url": f"{self.action_url}/webhook"}
+        tracker = endpoints.get("tracker_store") or {}
+        if tracker.get("type") == "SQL" and tracker.get("dialect") == "sqlite":
+            tracker["db"] = str(self.state_dir / "tracker.db")
+        out = self.state_dir / "run" / f"endpoints.{self.rasa_port}.yml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(endpoints, sort_keys=False))
+        return out
+
+    def specs(self) -> list[ServiceSpec]:
+        bin_dir = Path(sys.executable).parent
+        rasa = str(bin_dir / "rasa")
+        return [
+            ServiceSpec(
+                "actions",
+                [rasa, "run", "actions", "--actions", "actions",
+                 "--port", str(self.action_port)],
+                f"{self.action_url}/health",
+            ),
+            ServiceSpec(
+                "rasa",
+                [rasa, "run", "--model", str(model_path(self.root)),
+                 "--port", str(self.rasa_port), "--interface", self.host,
+                 "--credentials", str(self.root / "credentials.yml"),
+                 "--endpoints", str(self.runtime_endpoints())],
+                f"{self.rasa_url}/",
+            ),
+        ]
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start every service and wait until each answers its health check."""
+        if not model_path(self.root).exists():
+            raise FileNotFoundError(
+                f"no trained model at {model_path(self.root)}: run `make train`"
+            )
+        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url}
+        storage.create_schema(self.database_url)
+        orders.seed_demo_orders(self.database_url)
+        specs = self.specs()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            with open(self.log_dir / f"{spec.name}.log", "ab") as output:
+                self.processes[spec.name] = subprocess.Popen(
+                    spec.argv, cwd=self.root, env=env, stdout=output, stderr=output,
+                    start_new_session=True,  # own process group: stopped as a unit
+                )
+        deadline = time.monotonic() + timeout
+        for spec in specs:
+            self._wait_healthy(spec, deadline)
+
+    def _wait_healthy(self, spec: ServiceSpec, deadline: float) -> None:
+        proc = self.processes[spec.name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"{spec.name} exited with code {proc.returncode} during start-up;"
+                    f" see {self.log_dir / (spec.name + '.log')}"
+                )
+            try:
+                with urllib.request.urlopen(spec.health_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"{spec.name} did not answer {spec.health_url} in time")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process group, then SIGKILL what is still alive."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+
+    def running(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.processes.items()}
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_forever(stack: Stack) -> int:
+    """Run until Ctrl-C/SIGTERM or until one service dies; always stop the rest."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        stack.start()
+        print(
+            "\nParley is running:\n"
+            f"  web chat (talk to the bot): {stack.webchat_url}\n"
+            f"  Rasa server:                {stack.rasa_url}\n"
+            f"  action server:              {stack.action_url}/health\n"
+            f"  logs:                       {stack.log_dir}/\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while True:
+            dead = [name for name, alive in stack.running().items() if not alive]
+            if dead:
+                print(f"{', '.join(dead)} stopped unexpectedly; shutting down.", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("Stopping…", flush=True)
+        stack.stop()
+
+
+def default_stack(rasa_port: int, action_port: int, host: str) -> Stack:
+    return Stack(root=PROJECT_ROOT, rasa_port=rasa_port, action_port=action_port, host=host)

@@ -1,0 +1,45 @@
+"""Deployment settings, read once from the environment.
+
+Everything an operator may change lives here with a working default, so a fresh
+checkout runs on SQLite with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    rasa_port: int
+    action_port: int
+    host: str
+
+
+def _port(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a port number, got {raw!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{key} must be between 1 and 65535, got {port}")
+    return port
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read `PARLEY_*` variables; an invalid value fails loudly at start-up."""
+    env = os.environ if env is None else env
+    default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'parley.db'}"
+    return Settings(
+        database_url=env.get("PARLEY_DATABASE_URL", default_db),
+        rasa_port=_port(env, "PARLEY_RASA_PORT", 5005),
+        action_port=_port(env, "PARLEY_ACTION_PORT", 5055),
+        host=env.get("PARLEY_HOST", "127.0.0.1"),
+    )
