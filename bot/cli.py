@@ -45,9 +45,7 @@ def cmd_init_db(_args: argparse.Namespace) -> int:
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
-    settings = load_settings()
-    stack = launcher.default_stack(settings.rasa_port, settings.action_port, settings.host)
-    return launcher.serve_forever(stack)
+    return launcher.serve_forever(launcher.stack_from_settings(load_settings()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ code a newcomer runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import yaml
 
 from bot import orders, storage
 from bot.model_freshness import model_path
-from bot.settings import PROJECT_ROOT
+from bot.settings import PROJECT_ROOT, Settings
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Stack:
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     var_dir: Path | None = None  # databases, runtime config, logs; default root/var
+    database_url: str | None = None  # default: SQLite under var_dir
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -51,10 +53,8 @@ class Stack:
         return self.state_dir / "log"
 
     @property
-    def database_url(self) -> str:
-        return self.env.get("PARLEY_DATABASE_URL") or os.environ.get(
-            "PARLEY_DATABASE_URL", f"sqlite:///{self.state_dir / 'parley.db'}"
-        )
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'parley.db'}"
 
     @property
     def rasa_url(self) -> str:
@@ -106,9 +106,9 @@ class Stack:
             raise FileNotFoundError(
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
-        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url}
-        storage.create_schema(self.database_url)
-        orders.seed_demo_orders(self.database_url)
+        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.db_url}
+        storage.create_schema(self.db_url)
+        orders.seed_demo_orders(self.db_url)
         specs = self.specs()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in specs:
@@ -159,10 +159,8 @@ class Stack:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -196,5 +194,7 @@ def serve_forever(stack: Stack) -> int:
         stack.stop()
 
 
-def default_stack(rasa_port: int, action_port: int, host: str) -> Stack:
-    return Stack(root=PROJECT_ROOT, rasa_port=rasa_port, action_port=action_port, host=host)
+def stack_from_settings(settings: Settings) -> Stack:
+    return Stack(root=PROJECT_ROOT, rasa_port=settings.rasa_port,
+                 action_port=settings.action_port, host=settings.host,
+                 var_dir=settings.var_dir, database_url=settings.database_url)

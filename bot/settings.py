@@ -7,9 +7,9 @@ checkout runs on SQLite with no configuration at all.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    var_dir: Path  # databases, logs and runtime config of a local run
     rasa_port: int
     action_port: int
     host: str
@@ -36,9 +37,10 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read `PARLEY_*` variables; an invalid value fails loudly at start-up."""
     env = os.environ if env is None else env
-    default_db = f"sqlite:///{PROJECT_ROOT / 'var' / 'parley.db'}"
+    var_dir = Path(env.get("PARLEY_VAR_DIR") or PROJECT_ROOT / "var")
     return Settings(
-        database_url=env.get("PARLEY_DATABASE_URL", default_db),
+        database_url=env.get("PARLEY_DATABASE_URL") or f"sqlite:///{var_dir / 'parley.db'}",
+        var_dir=var_dir,
         rasa_port=_port(env, "PARLEY_RASA_PORT", 5005),
         action_port=_port(env, "PARLEY_ACTION_PORT", 5055),
         host=env.get("PARLEY_HOST", "127.0.0.1"),

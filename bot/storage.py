@@ -7,10 +7,10 @@ never raw sessions spread through handlers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
@@ -21,7 +21,7 @@ from bot.settings import load_settings
 Base = declarative_base()
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_engine(url: str | None = None) -> Engine:
     """One engine (and pool) per URL and process."""
     url = url or load_settings().database_url

@@ -1,0 +1,104 @@
+"""Shared fixtures: a fresh SQLite database per test, and a running bot per module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot import orders, storage
+from bot.model_freshness import model_path
+from bot.settings import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A seeded SQLite database that the code under test finds through settings."""
+    url = f"sqlite:///{tmp_path / 'parley.db'}"
+    monkeypatch.setenv("PARLEY_DATABASE_URL", url)
+    storage.create_schema(url)
+    orders.seed_demo_orders(url)
+    return url
+
+
+@dataclass
+class RunningBot:
+    """`python -m bot.cli run` (what `make run` starts), on free ports."""
+
+    process: subprocess.Popen[str]
+    rasa_url: str
+    action_url: str
+    banner: str
+
+    @property
+    def webchat_url(self) -> str:
+        return f"{self.rasa_url}/webhooks/webchat/"
+
+    def say(self, sender: str, text: str) -> list[dict]:
+        resp = httpx.post(
+            f"{self.webchat_url}webhook", json={"sender": sender, "message": text}, timeout=30
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+
+def _read_banner(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Wait for the 'Press Ctrl-C' line that `run` prints once every service is up."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read() or ""
+        seen += chunk
+        if "Press Ctrl-C" in seen:
+            return seen
+        if proc.poll() is not None:
+            raise RuntimeError(f"`bot.cli run` exited early ({proc.returncode}):\n{seen}")
+        time.sleep(0.2)
+    raise TimeoutError(f"`bot.cli run` did not come up:\n{seen}")
+
+
+@pytest.fixture(scope="module")
+def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
+    if not model_path(PROJECT_ROOT).exists():
+        pytest.fail("no trained model: run `make test` (it trains first)")
+    state = tmp_path_factory.mktemp("state")
+    rasa_port, action_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PARLEY_RASA_PORT": str(rasa_port),
+        "PARLEY_ACTION_PORT": str(action_port),
+        "PARLEY_VAR_DIR": str(state),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        banner = _read_banner(proc, timeout=240)
+        yield RunningBot(proc, f"http://127.0.0.1:{rasa_port}",
+                         f"http://127.0.0.1:{action_port}", banner)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,155 @@
+"""Custom actions against the real demo orders in a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from rasa_sdk import Tracker
+from rasa_sdk.events import SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+from actions.fallback import TOPIC_TITLES, ActionFallback, consecutive_fallbacks, top_topics
+from actions.handoff import ActionHandoff, handoff_reason
+from actions.orders import ActionOrderStatus, ValidateOrderForm
+
+
+def user_event(text: str, intent: str, confidence: float = 0.9) -> dict[str, Any]:
+    return {"event": "user", "text": text,
+            "parse_data": {"intent": {"name": intent, "confidence": confidence}}}
+
+
+def tracker(
+    slots: dict[str, Any] | None = None,
+    text: str = "",
+    intent: str = "",
+    ranking: list[dict[str, Any]] | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> Tracker:
+    latest = {"text": text, "intent": {"name": intent, "confidence": 0.9},
+              "intent_ranking": ranking or [], "entities": []}
+    return Tracker("webchat:test", slots or {}, latest, events or [], False, None,
+                   {"name": None}, "action_listen")
+
+
+def run(action: Any, t: Tracker) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    dispatcher = CollectingDispatcher()
+    events = asyncio.run(action.run(dispatcher, t, {}))
+    return dispatcher.messages, events
+
+
+@pytest.mark.parametrize(
+    ("number", "response", "placeholders"),
+    [
+        ("10234", "utter_order_shipped", {"carrier": "DHL"}),
+        ("10451", "utter_order_processing", {}),
+        ("10872", "utter_order_delivered", {"carrier": "UPS"}),
+        ("10399", "utter_order_cancelled", {}),
+        ("#10550", "utter_order_shipped", {"carrier": "CTT"}),
+    ],
+)
+def test_order_status_finds_each_demo_order(
+    db_url: str, number: str, response: str, placeholders: dict[str, str]
+) -> None:
+    messages, events = run(ActionOrderStatus(), tracker({"order_number": number}))
+    assert [m["response"] for m in messages] == [response]
+    assert messages[0]["order_number"] == number.lstrip("#")
+    for key, value in placeholders.items():
+        assert messages[0][key] == value
+    assert events == [SlotSet("order_number", None)]
+
+
+def test_order_status_unknown_number_says_not_found(db_url: str) -> None:
+    messages, events = run(ActionOrderStatus(), tracker({"order_number": "99999"}))
+    assert messages[0]["response"] == "utter_order_not_found"
+    assert messages[0]["order_number"] == "99999"
+    assert events == [SlotSet("order_number", None)]
+
+
+def test_order_status_without_number_asks_for_it(db_url: str) -> None:
+    messages, events = run(ActionOrderStatus(), tracker({"order_number": None}))
+    assert [m["response"] for m in messages] == ["utter_ask_order_number"]
+    assert events == []
+
+
+def test_shipped_order_reply_has_a_readable_eta(db_url: str) -> None:
+    messages, _ = run(ActionOrderStatus(), tracker({"order_number": "10234"}))
+    eta = messages[0]["eta"]
+    weekdays = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}
+    assert len(eta.split()) == 3 and eta.split()[0] in weekdays
+
+
+def test_form_takes_a_number_typed_while_asking() -> None:
+    t = tracker({"requested_slot": "order_number"}, text="it's 1234 i think")
+    result = asyncio.run(ValidateOrderForm().extract_order_number(CollectingDispatcher(), t, {}))
+    assert result == {"order_number": "1234"}
+
+
+def test_form_ignores_text_when_not_asking_for_a_number() -> None:
+    t = tracker({"requested_slot": None}, text="order 10234")
+    result = asyncio.run(ValidateOrderForm().extract_order_number(CollectingDispatcher(), t, {}))
+    assert result == {}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("10234", "10234"), ("#10872", "10872"),
+                                                 ("1234", None), ("123456", None), ("abcde", None)])
+def test_form_validation_accepts_only_five_digits(value: str, expected: str | None) -> None:
+    dispatcher = CollectingDispatcher()
+    result = ValidateOrderForm().validate_order_number(value, dispatcher, tracker(), {})
+    assert result == {"order_number": expected}
+    said = [m["response"] for m in dispatcher.messages]
+    assert said == ([] if expected else ["utter_invalid_order_number"])
+
+
+def test_fallback_counts_only_consecutive_misses() -> None:
+    events = [user_event("xx", "nlu_fallback"), user_event("hi", "greet"),
+              {"event": "bot", "text": "Hi"}, user_event("yy", "nlu_fallback"),
+              {"event": "action", "name": "action_fallback"}, user_event("zz", "nlu_fallback")]
+    assert consecutive_fallbacks(events) == 2
+    assert consecutive_fallbacks(events[:4]) == 1
+    assert consecutive_fallbacks(events[:2]) == 0
+
+
+def test_top_topics_skip_fallback_and_small_talk() -> None:
+    ranking = [{"name": "nlu_fallback", "confidence": 0.6}, {"name": "greet", "confidence": 0.3},
+               {"name": "return_policy", "confidence": 0.2},
+               {"name": "shipping_times", "confidence": 0.25},
+               {"name": "payment_methods", "confidence": 0.1}]
+    assert top_topics(ranking) == ["shipping_times", "return_policy"]
+
+
+def test_first_fallback_asks_to_rephrase_with_two_topic_buttons() -> None:
+    ranking = [{"name": "nlu_fallback", "confidence": 0.6},
+               {"name": "refund_status", "confidence": 0.4},
+               {"name": "return_policy", "confidence": 0.3}]
+    t = tracker(text="mony bak?", intent="nlu_fallback", ranking=ranking,
+                events=[user_event("mony bak?", "nlu_fallback")])
+    messages, events = run(ActionFallback(), t)
+    assert messages[0]["response"] == "utter_ask_rephrase"
+    assert messages[0]["buttons"] == [
+        {"title": TOPIC_TITLES["refund_status"], "payload": "/refund_status"},
+        {"title": TOPIC_TITLES["return_policy"], "payload": "/return_policy"},
+    ]
+    assert events == []
+
+
+def test_second_consecutive_fallback_marks_handoff() -> None:
+    history = [user_event("asdf", "nlu_fallback"), user_event("qwer", "nlu_fallback")]
+    messages, events = run(ActionFallback(), tracker(intent="nlu_fallback", events=history))
+    assert [m["response"] for m in messages] == ["utter_fallback_handoff"]
+    assert events == [SlotSet("handoff_reason", "low_confidence")]
+
+
+@pytest.mark.parametrize(("text", "intent", "reason"), [
+    ("AGENT", "human_handoff", "keyword"),
+    ("i want an Agent now", "human_handoff", "keyword"),
+    ("talk to a person", "human_handoff", "intent"),
+    ("yes please", "affirm", "complaint"),
+    ("reagent", "human_handoff", "intent"),
+])
+def test_handoff_records_why(text: str, intent: str, reason: str) -> None:
+    assert handoff_reason(text, intent) == reason
+    messages, events = run(ActionHandoff(), tracker(text=text, intent=intent))
+    assert [m["response"] for m in messages] == ["utter_handoff"]
+    assert events == [SlotSet("handoff_reason", reason)]

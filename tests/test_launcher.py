@@ -1,0 +1,103 @@
+"""Process supervision behind `make run`, with stand-in services that start in a second."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot import launcher, model_freshness
+from bot.settings import PROJECT_ROOT, load_settings
+from tests.conftest import free_port
+
+
+class StandInStack(launcher.Stack):
+    """The real Stack with plain HTTP servers as services (each forks a grandchild
+    too, as Rasa's workers do, to prove the whole process group is stopped)."""
+
+    def specs(self) -> list[launcher.ServiceSpec]:
+        code = ("import http.server, os, sys; os.fork() == 0 and __import__('time').sleep(600);"
+                "http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler,"
+                " port=int(sys.argv[1]), bind='127.0.0.1')")
+        return [
+            launcher.ServiceSpec(name, [sys.executable, "-c", code, str(port)],
+                                 f"http://127.0.0.1:{port}/")
+            for name, port in (("actions", self.action_port), ("rasa", self.rasa_port))
+        ]
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes of the group that are not zombies (nobody may reap orphans here)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.fixture
+def project_with_model(tmp_path: Path) -> Path:
+    for name in ("endpoints.yml", "credentials.yml"):
+        (tmp_path / name).write_text((PROJECT_ROOT / name).read_text())
+    model = model_freshness.model_path(tmp_path)
+    model.parent.mkdir()
+    model.write_bytes(b"stand-in")
+    return tmp_path
+
+
+def test_runtime_endpoints_point_at_this_stacks_ports(project_with_model: Path) -> None:
+    stack = launcher.Stack(project_with_model, rasa_port=7005, action_port=7055,
+                           var_dir=project_with_model / "state")
+    endpoints = yaml.safe_load(stack.runtime_endpoints().read_text())
+    assert endpoints["action_endpoint"]["url"] == "http://127.0.0.1:7055/webhook"
+    assert endpoints["tracker_store"]["db"] == str(project_with_model / "state" / "tracker.db")
+
+
+def test_start_waits_for_health_and_stop_ends_every_process(project_with_model: Path) -> None:
+    stack = StandInStack(project_with_model, rasa_port=free_port(), action_port=free_port(),
+                         var_dir=project_with_model / "state")
+    stack.start(timeout=30)
+    pids = [p.pid for p in stack.processes.values()]
+    assert all(stack.running().values()) and len(pids) == 2
+    assert all(len(live_members(pid)) == 2 for pid in pids)  # service + its worker
+    stack.stop(grace=5)
+    deadline = time.monotonic() + 5
+    while any(live_members(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(live_members(pid) for pid in pids)
+    # the demo database was prepared before the services started
+    assert (project_with_model / "state" / "parley.db").exists()
+
+
+def test_start_without_a_model_says_how_to_get_one(tmp_path: Path) -> None:
+    stack = launcher.Stack(tmp_path, rasa_port=free_port(), action_port=free_port())
+    with pytest.raises(FileNotFoundError, match="make train"):
+        stack.start()
+
+
+def test_a_service_that_dies_at_start_is_reported_with_its_log(project_with_model: Path) -> None:
+    class Broken(launcher.Stack):
+        def specs(self) -> list[launcher.ServiceSpec]:
+            return [launcher.ServiceSpec("rasa", [sys.executable, "-c", "raise SystemExit(3)"],
+                                         "http://127.0.0.1:9/")]
+
+    stack = Broken(project_with_model, rasa_port=free_port(), action_port=free_port(),
+                   var_dir=project_with_model / "state")
+    with pytest.raises(RuntimeError, match=r"rasa exited with code 3 .*rasa\.log"):
+        stack.start(timeout=30)
+    assert stack.processes == {}
+
+
+def test_stack_from_settings_uses_configured_ports(tmp_path: Path) -> None:
+    settings = load_settings({"PARLEY_RASA_PORT": "6111", "PARLEY_VAR_DIR": str(tmp_path)})
+    stack = launcher.stack_from_settings(settings)
+    assert stack.rasa_url == "http://127.0.0.1:6111"
+    assert stack.webchat_url == "http://127.0.0.1:6111/webhooks/webchat/"
+    assert stack.db_url == f"sqlite:///{tmp_path / 'parley.db'}"
