@@ -29,7 +29,7 @@ validate: install
 	$(BIN)/rasa data validate --fail-on-warnings
 
 test-stories: train
-	$(BIN)/rasa test core --stories data/tests --model models/parley.tar.gz \
+	$(BIN)/rasa test core --e2e --stories data/tests --model models/parley.tar.gz \
 	  --fail-on-prediction-errors --out var/results/core
 
 pytest: train

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,19 +60,23 @@ class RunningBot:
 
 def _read_banner(proc: subprocess.Popen[str], timeout: float) -> str:
     """Wait for the 'Press Ctrl-C' line that `run` prints once every service is up."""
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    seen = ""
+    lines: list[str] = []
+
+    def pump() -> None:  # keeps reading so the child never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        chunk = proc.stdout.read() or ""
-        seen += chunk
+        seen = "".join(lines)
         if "Press Ctrl-C" in seen:
             return seen
         if proc.poll() is not None:
             raise RuntimeError(f"`bot.cli run` exited early ({proc.returncode}):\n{seen}")
         time.sleep(0.2)
-    raise TimeoutError(f"`bot.cli run` did not come up:\n{seen}")
+    raise TimeoutError(f"`bot.cli run` did not come up:\n{''.join(lines)}")
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +107,6 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
