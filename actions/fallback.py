@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.events import EventType
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
+
+from actions.handoff import hand_off
 
 FALLBACK_INTENT = "nlu_fallback"
 
@@ -57,7 +59,7 @@ class ActionFallback(Action):
     ) -> list[EventType]:
         if consecutive_fallbacks(tracker.events) >= 2:
             dispatcher.utter_message(response="utter_fallback_handoff")
-            return [SlotSet("handoff_reason", "low_confidence")]
+            return hand_off(dispatcher, tracker, "low_confidence")
         ranking = tracker.latest_message.get("intent_ranking") or []
         buttons = [
             {"title": TOPIC_TITLES[name], "payload": f"/{name}"}

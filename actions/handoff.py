@@ -1,15 +1,24 @@
-"""Handing the conversation to a person."""
+"""Handing the conversation to a person: queue it, say where it stands."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-AGENT_KEYWORD = re.compile(r"\bagent\b", re.IGNORECASE)
+from bot import agents, handoff
+from bot.queue_messages import handoff_reply
+
+AGENT_KEYWORD = re.compile(r"(?<!\w)agent(?!\w)", re.IGNORECASE)
+ANGRY_WORDS = re.compile(
+    r"\b(furious|angry|unacceptable|ridiculous|worst|scam|disgusting|joke|terrible|"
+    r"awful|useless|fed up|sick of)\b", re.IGNORECASE)
+ANGRY_EMOJI = set("😡🤬😠👿💢")
+CONTEXT_INTENTS = 5
 
 
 def handoff_reason(text: str | None, intent: str | None) -> str:
@@ -21,6 +30,57 @@ def handoff_reason(text: str | None, intent: str | None) -> str:
     return "intent"
 
 
+def is_angry(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    shouting = len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) > 0.7
+    return (shouting or "!!!" in text or bool(ANGRY_WORDS.search(text))
+            or any(c in ANGRY_EMOJI for c in text))
+
+
+def user_turns(tracker: Tracker) -> list[dict[str, Any]]:
+    return [e for e in tracker.events if e.get("event") == "user"]
+
+
+def priority_for(tracker: Tracker) -> int:
+    """High when the customer complained twice or angrily in this conversation."""
+    complaints = [e for e in user_turns(tracker)
+                  if ((e.get("parse_data") or {}).get("intent") or {}).get("name") == "complaint"]
+    if len(complaints) >= 2 or any(is_angry(e.get("text") or "") for e in complaints):
+        return handoff.PRIORITY_HIGH
+    return handoff.PRIORITY_NORMAL
+
+
+def context_packet(tracker: Tracker, reason: str) -> dict[str, Any]:
+    """What the agent sees first: recent intents with confidences, slots, channel."""
+    intents = []
+    for event in user_turns(tracker)[-CONTEXT_INTENTS:]:
+        parsed = (event.get("parse_data") or {}).get("intent") or {}
+        intents.append({"text": event.get("text") or "", "intent": parsed.get("name"),
+                        "confidence": round(float(parsed.get("confidence") or 0.0), 3)})
+    slots = {k: v for k, v in tracker.current_slot_values().items()
+             if v is not None and k not in {"requested_slot", "handoff_reason"}}
+    return {"reason": reason, "channel": tracker.get_latest_input_channel() or
+            tracker.sender_id.split(":", 1)[0], "intents": intents, "slots": slots}
+
+
+def display_name(tracker: Tracker) -> str:
+    metadata = tracker.latest_message.get("metadata") or {}
+    name = metadata.get("display_name")
+    return str(name) if name else ""
+
+
+def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: str) -> list[EventType]:
+    """Queue the conversation and tell the customer their place (or the hours)."""
+    place = handoff.escalate(
+        tracker.sender_id, reason, context=context_packet(tracker, reason),
+        priority=priority_for(tracker), display_name=display_name(tracker),
+        agents_online=agents.agents_online(),
+    )
+    response, values = handoff_reply(place)
+    dispatcher.utter_message(response=response, **values)
+    return [SlotSet("handoff_reason", reason)]
+
+
 class ActionHandoff(Action):
     def name(self) -> str:
         return "action_handoff"
@@ -30,5 +90,4 @@ class ActionHandoff(Action):
     ) -> list[EventType]:
         latest = tracker.latest_message
         reason = handoff_reason(latest.get("text"), (latest.get("intent") or {}).get("name"))
-        dispatcher.utter_message(response="utter_handoff")
-        return [SlotSet("handoff_reason", reason)]
+        return hand_off(dispatcher, tracker, reason)

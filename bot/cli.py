@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
-from bot import launcher, model_freshness, orders, storage
-from bot.settings import PROJECT_ROOT, load_settings
+from bot import agents, launcher, model_freshness, orders, storage
+from bot.settings import PROJECT_ROOT, Settings, load_settings
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -44,8 +46,46 @@ def cmd_init_db(_args: argparse.Namespace) -> int:
     return 0
 
 
+def first_admin(settings: Settings) -> str:
+    """On a fresh database, create `admin` with a random password so the desk can
+    be opened at once; the password is kept in var/ (mode 0600) and shown."""
+    storage.create_schema(settings.database_url)
+    path = settings.var_dir / "desk-admin-password.txt"
+    if agents.count_users(settings.database_url) == 0:
+        password = secrets.token_urlsafe(12)
+        agents.create_user("admin", password, "admin", "Admin", settings.database_url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(password + "\n")
+        path.chmod(0o600)
+    if path.exists():
+        return f"(log in as admin / {path.read_text().strip()})"
+    return "(log in with a user from `python -m bot.cli create-user`)"
+
+
 def cmd_run(_args: argparse.Namespace) -> int:
-    return launcher.serve_forever(launcher.stack_from_settings(load_settings()))
+    settings = load_settings()
+    hint = first_admin(settings)
+    return launcher.serve_forever(launcher.stack_from_settings(settings), hint)
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return 2
+    settings = load_settings()
+    storage.create_schema(settings.database_url)
+    try:
+        user = agents.create_user(args.username, password, args.role, args.display_name,
+                                  settings.database_url)
+    except ValueError as exc:  # includes DuplicateUser
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Created {user.role} {user.username!r} ({user.display_name}).")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     stale.set_defaults(func=cmd_is_stale)
     sub.add_parser("init-db", help="create tables and demo data").set_defaults(func=cmd_init_db)
     sub.add_parser("run", help="start the bot and print its URLs").set_defaults(func=cmd_run)
+    user = sub.add_parser("create-user", help="add a desk user (agent or admin)")
+    user.add_argument("username")
+    user.add_argument("--role", choices=agents.ROLES, default="agent")
+    user.add_argument("--display-name", default=None)
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from standard input (for scripts)")
+    user.set_defaults(func=cmd_create_user)
     return parser
 
 

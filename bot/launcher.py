@@ -38,6 +38,7 @@ class Stack:
     root: Path
     rasa_port: int
     action_port: int
+    desk_port: int = 5006
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     var_dir: Path | None = None  # databases, runtime config, logs; default root/var
@@ -63,6 +64,10 @@ class Stack:
     @property
     def action_url(self) -> str:
         return f"http://{self.host}:{self.action_port}"
+
+    @property
+    def desk_url(self) -> str:
+        return f"http://{self.host}:{self.desk_port}"
 
     @property
     def webchat_url(self) -> str:
@@ -97,6 +102,12 @@ class Stack:
                  "--credentials", str(self.root / "credentials.yml"),
                  "--endpoints", str(self.runtime_endpoints())],
                 f"{self.rasa_url}/",
+            ),
+            ServiceSpec(
+                "desk",
+                [sys.executable, "-m", "bot.desk", "--host", self.host,
+                 "--port", str(self.desk_port)],
+                f"{self.desk_url}/healthz",
             ),
         ]
 
@@ -167,7 +178,7 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve_forever(stack: Stack) -> int:
+def serve_forever(stack: Stack, login_hint: str = "") -> int:
     """Run until Ctrl-C/SIGTERM or until one service dies; always stop the rest."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -175,6 +186,7 @@ def serve_forever(stack: Stack) -> int:
         print(
             "\nParley is running:\n"
             f"  web chat (talk to the bot): {stack.webchat_url}\n"
+            f"  agent desk:                 {stack.desk_url}/  {login_hint}\n"
             f"  Rasa server:                {stack.rasa_url}\n"
             f"  action server:              {stack.action_url}/health\n"
             f"  logs:                       {stack.log_dir}/\n"
@@ -196,5 +208,6 @@ def serve_forever(stack: Stack) -> int:
 
 def stack_from_settings(settings: Settings) -> Stack:
     return Stack(root=PROJECT_ROOT, rasa_port=settings.rasa_port,
-                 action_port=settings.action_port, host=settings.host,
+                 action_port=settings.action_port, desk_port=settings.desk_port,
+                 host=settings.host,
                  var_dir=settings.var_dir, database_url=settings.database_url)

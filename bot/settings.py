@@ -20,7 +20,9 @@ class Settings:
     var_dir: Path  # databases, logs and runtime config of a local run
     rasa_port: int
     action_port: int
+    desk_port: int
     host: str
+    support_hours_file: Path
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -43,5 +45,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         var_dir=var_dir,
         rasa_port=_port(env, "PARLEY_RASA_PORT", 5005),
         action_port=_port(env, "PARLEY_ACTION_PORT", 5055),
+        desk_port=_port(env, "PARLEY_DESK_PORT", 5006),
         host=env.get("PARLEY_HOST", "127.0.0.1"),
+        support_hours_file=Path(env.get("PARLEY_SUPPORT_HOURS")
+                                or PROJECT_ROOT / "support_hours.yml"),
     )

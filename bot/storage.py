@@ -1,44 +1,93 @@
 """Database access shared by the action server, the connectors and the desk.
 
 SQLAlchemy 1.4 as Rasa pins it, used in 2.0 style (`future=True`, `select()`).
-Callers use the small functions of the concept modules (e.g. `bot.orders`),
-never raw sessions spread through handlers.
+Callers use the small functions of the concept modules (`bot.handoff`,
+`bot.conversations`, …), never raw sessions spread through handlers.
+Schema changes go through Alembic migrations in `bot/migrations/`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy import DateTime, create_engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, declarative_base
+from sqlalchemy.types import TypeDecorator
 
 from bot.settings import load_settings
 
 Base = declarative_base()
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite drops tzinfo; a naive datetime read back and compared with an aware
+    one raises, or worse, silently shifts by the server's offset.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use bot.storage.utcnow()")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _database_url(url: str | None) -> str:
+    return url or load_settings().database_url
 
 
 @cache
 def get_engine(url: str | None = None) -> Engine:
     """One engine (and pool) per URL and process."""
-    url = url or load_settings().database_url
+    url = _database_url(url)
+    kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(url, future=True)
+        # Writers queue on SQLite's file lock instead of failing at once.
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    return create_engine(url, **kwargs)
 
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A transaction: committed on success, rolled back on any error."""
-    with Session(get_engine(url), future=True) as session, session.begin():
+    with Session(get_engine(url), future=True, expire_on_commit=False) as session, \
+            session.begin():
         yield session
 
 
-def create_schema(url: str | None = None) -> None:
-    """Create missing tables (idempotent)."""
-    import bot.orders  # noqa: F401  (registers its tables on Base)
+def alembic_config(url: str | None = None) -> Any:
+    from alembic.config import Config
 
-    Base.metadata.create_all(get_engine(url))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", _database_url(url).replace("%", "%%"))
+    return config
+
+
+def create_schema(url: str | None = None) -> None:
+    """Bring the database to the newest migration (idempotent)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +111,48 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+POSTGRES_URL = os.environ.get("PARLEY_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL, migrated; dropped afterwards.
+
+    Skipped when PostgreSQL is unreachable, except in CI (CI=true), where it fails.
+    """
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_URL, future=True)
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip("PostgreSQL not reachable")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    storage.create_schema(url)
+    try:
+        yield url
+    finally:
+        storage.get_engine(url).dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'parley.db'}"
+        storage.create_schema(url)
+        return url
+    return str(request.getfixturevalue("pg_url"))

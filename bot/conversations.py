@@ -1,0 +1,165 @@
+"""Conversations and their transcript: every customer, bot, agent and system turn.
+
+The connectors record each accepted customer message here before answering the
+platform, so nothing accepted is lost, and a redelivered platform message id is
+recognised and produces no second reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from bot.storage import Base, UTCDateTime, session_scope, utcnow
+
+AUTHORS = ("customer", "bot", "agent", "system", "note")
+# How a message reaches the customer: in the webhook's own answer ("sync"),
+# or pushed later by the channel's sender ("push", e.g. agent replies).
+DELIVERIES = ("sync", "push", "none")
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id = Column(String(200), primary_key=True)  # "<channel>:<platform id>"
+    channel = Column(String(32), nullable=False)
+    display_name = Column(String(200), nullable=False, default="")
+    # After a resolved handoff: "pending" (ask after the next bot answer),
+    # "asked" (waiting for 1-5), or "none".
+    rating_state = Column(String(16), nullable=False, default="none")
+    rating_ticket_id = Column(Integer, nullable=True)
+    created_at = Column(UTCDateTime, nullable=False, default=utcnow)
+    last_customer_at = Column(UTCDateTime, nullable=True)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "platform_message_id"),)
+
+    id = Column(Integer, primary_key=True, autoincrement=True)
+    conversation_id = Column(String(200), ForeignKey("conversations.id"), nullable=False,
+                             index=True)
+    ticket_id = Column(Integer, nullable=True, index=True)
+    author = Column(String(16), nullable=False)
+    agent_id = Column(Integer, nullable=True)
+    text = Column(Text, nullable=False, default="")
+    payload = Column(JSON, nullable=True)  # buttons, image, … as Rasa sends them
+    delivery = Column(String(8), nullable=False, default="sync")
+    platform_message_id = Column(String(200), nullable=True)
+    created_at = Column(UTCDateTime, nullable=False, default=utcnow)
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    id: int
+    author: str
+    text: str
+    payload: dict[str, Any] | None
+    agent_id: int | None
+    created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "author": self.author, "text": self.text,
+                "payload": self.payload, "agent_id": self.agent_id,
+                "created_at": self.created_at.isoformat()}
+
+
+def channel_of(conversation_id: str) -> str:
+    return conversation_id.split(":", 1)[0]
+
+
+def ensure_conversation(session: Session, conversation_id: str,
+                        display_name: str = "") -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        conversation = Conversation(id=conversation_id, channel=channel_of(conversation_id),
+                                    display_name=display_name, rating_state="none")
+        session.add(conversation)
+        session.flush()
+    elif display_name and conversation.display_name != display_name:
+        conversation.display_name = display_name
+    return conversation
+
+
+def add_message(session: Session, conversation_id: str, author: str, text: str, *,
+                ticket_id: int | None = None, agent_id: int | None = None,
+                payload: dict[str, Any] | None = None, delivery: str = "sync",
+                platform_message_id: str | None = None) -> Message:
+    if author not in AUTHORS:
+        raise ValueError(f"unknown author {author!r}")
+    if delivery not in DELIVERIES:
+        raise ValueError(f"unknown delivery {delivery!r}")
+    message = Message(conversation_id=conversation_id, author=author, text=text,
+                      ticket_id=ticket_id, agent_id=agent_id, payload=payload,
+                      delivery=delivery, platform_message_id=platform_message_id,
+                      created_at=utcnow())
+    session.add(message)
+    session.flush()
+    return message
+
+
+def is_duplicate(session: Session, conversation_id: str, platform_message_id: str) -> bool:
+    return session.execute(
+        select(Message.id).where(Message.conversation_id == conversation_id,
+                                 Message.platform_message_id == platform_message_id)
+    ).first() is not None
+
+
+def transcript(conversation_id: str, url: str | None = None,
+               include_notes: bool = True, limit: int = 500) -> list[TranscriptLine]:
+    with session_scope(url) as session:
+        query = select(Message).where(Message.conversation_id == conversation_id)
+        if not include_notes:
+            query = query.where(Message.author != "note")
+        rows = session.execute(query.order_by(Message.id.desc()).limit(limit)).scalars()
+        lines = [TranscriptLine(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at)
+                 for m in rows]
+    return list(reversed(lines))
+
+
+def pushed_after(conversation_id: str, after_id: int,
+                 url: str | None = None) -> list[TranscriptLine]:
+    """Messages the channel must push to the customer (agent replies, notices)."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Message).where(Message.conversation_id == conversation_id,
+                                  Message.delivery == "push", Message.id > after_id)
+            .order_by(Message.id)
+        ).scalars()
+        return [TranscriptLine(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at)
+                for m in rows]
+
+
+def latest_message_id(conversation_id: str, url: str | None = None) -> int:
+    with session_scope(url) as session:
+        value = session.execute(
+            select(Message.id).where(Message.conversation_id == conversation_id)
+            .order_by(Message.id.desc()).limit(1)
+        ).scalar()
+        return int(value or 0)
+
+
+
+
+def display_names(conversation_ids: list[str], url: str | None = None) -> dict[str, str]:
+    if not conversation_ids:
+        return {}
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Conversation.id, Conversation.display_name)
+            .where(Conversation.id.in_(set(conversation_ids)))
+        ).all()
+        return {cid: name or cid for cid, name in rows}

@@ -1,0 +1,217 @@
+// Parley desk. All customer-provided text is written with textContent, never as HTML.
+"use strict";
+
+const state = { me: null, csrf: "", tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true };
+const $ = (id) => document.getElementById(id);
+
+async function api(path, options = {}) {
+  const opts = { ...options, headers: { ...(options.headers || {}) } };
+  if (opts.body !== undefined) {
+    opts.method = opts.method || "POST";
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(opts.body);
+  }
+  if (opts.method && opts.method !== "GET") opts.headers["X-CSRF-Token"] = state.csrf;
+  const res = await fetch(path, opts);
+  if (res.status === 401) { location.href = "/login"; throw new Error("logged out"); }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(data.error || ("error " + res.status));
+  return data;
+}
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function waited(seconds) {
+  if (seconds < 60) return seconds + "s";
+  const m = Math.floor(seconds / 60);
+  return m < 60 ? m + "m " + (seconds % 60) + "s" : Math.floor(m / 60) + "h " + (m % 60) + "m";
+}
+
+function secondsSince(iso) { return Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000)); }
+
+function toast(text) {
+  const box = $("toast");
+  box.textContent = text;
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 5000);
+}
+
+function beep() {
+  try {
+    const ctx = new (window.AudioContext || window.webkitAudioContext)();
+    const osc = ctx.createOscillator();
+    osc.frequency.value = 880;
+    osc.connect(ctx.destination);
+    osc.start();
+    osc.stop(ctx.currentTime + 0.15);
+  } catch (err) { /* sound is a nicety; the toast and highlight still show */ }
+}
+
+function renderQueue() {
+  const body = $("tickets");
+  body.replaceChildren();
+  const waiting = state.tickets.filter((t) => t.status === "waiting").length;
+  $("queue-count").textContent = waiting;
+  document.title = (waiting ? "(" + waiting + ") " : "") + "Parley desk";
+  $("empty").hidden = state.tickets.length > 0;
+  for (const t of state.tickets) {
+    const row = document.createElement("tr");
+    row.dataset.ticket = t.id;
+    if (t.priority > 0) row.classList.add("high");
+    if (state.current === t.id) row.classList.add("selected");
+    if (!state.seen.has(t.id) && !state.firstLoad) row.classList.add("fresh");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "pick";
+    box.value = t.id;
+    box.addEventListener("click", (e) => { e.stopPropagation(); updateDismiss(); });
+    const pick = el("td"); pick.appendChild(box);
+    const status = t.status === "assigned" ? "with " + (t.agent_name || "agent") : "waiting";
+    row.append(pick, el("td", t.display_name), el("td", t.reason.replace("_", " ")),
+      el("td", t.channel), el("td", waited(t.status === "waiting" ? secondsSince(t.created_at) : t.waiting_seconds), "wait"),
+      el("td", status));
+    row.addEventListener("click", () => openTicket(t.id));
+    body.appendChild(row);
+  }
+  for (const t of state.tickets) state.seen.add(t.id);
+  state.firstLoad = false;
+  updateDismiss();
+}
+
+function updateDismiss() {
+  $("dismiss").disabled = document.querySelectorAll(".pick:checked").length === 0;
+}
+
+async function loadQueue() {
+  state.tickets = await api("/api/tickets?status=open");
+  renderQueue();
+}
+
+function renderContext(ticket) {
+  const dl = $("context");
+  dl.replaceChildren();
+  const rows = [["reason", ticket.reason.replace("_", " ")], ["channel", ticket.channel],
+    ["customer", ticket.display_name], ["priority", ticket.priority > 0 ? "high" : "normal"],
+    ["waiting", waited(ticket.waiting_seconds)]];
+  for (const i of (ticket.context.intents || [])) rows.push(["said", i.text + "  → " + i.intent + " (" + Math.round(i.confidence * 100) + "%)"]);
+  for (const [k, v] of Object.entries(ticket.context.slots || {})) rows.push([k, JSON.stringify(v)]);
+  for (const [k, v] of rows) dl.append(el("dt", k), el("dd", v));
+  $("tags").value = (ticket.tags || []).join(", ");
+}
+
+function renderTranscript(lines) {
+  const list = $("transcript");
+  list.replaceChildren();
+  for (const line of lines) {
+    const item = el("li", null, line.author);
+    const who = line.author === "note" ? "internal note" : line.author;
+    item.append(el("span", who, "who"), document.createTextNode(line.text));
+    item.dataset.author = line.author;
+    list.appendChild(item);
+  }
+  list.scrollTop = list.scrollHeight;
+}
+
+async function openTicket(id) {
+  state.current = id;
+  const data = await api("/api/tickets/" + id);
+  const t = data.ticket;
+  $("conversation").hidden = false;
+  $("conv-title").textContent = t.display_name + " · " + t.channel;
+  const mine = t.status === "assigned" && t.assigned_agent_id === state.me.id;
+  $("claim").disabled = t.status !== "waiting";
+  for (const id2 of ["resolve", "transfer", "transfer-to"]) $(id2).disabled = !mine;
+  $("send").disabled = !(mine || $("as-note").checked);
+  renderContext(t);
+  renderTranscript(data.transcript);
+  renderQueue();
+}
+
+async function act(fn) {
+  try { await fn(); } catch (err) { toast(err.message); }
+}
+
+function connectEvents() {
+  const source = new EventSource("/events");
+  source.onopen = () => $("live").classList.remove("down");
+  source.onerror = () => $("live").classList.add("down");
+  const refresh = (e) => {
+    const ev = JSON.parse(e.data);
+    loadQueue();
+    if (state.current && ev.ticket_id === state.current) openTicket(state.current);
+  };
+  for (const kind of ["ticket_claimed", "ticket_transferred", "ticket_resolved", "ticket_abandoned",
+    "ticket_dismissed", "ticket_updated", "message"]) source.addEventListener(kind, refresh);
+  source.addEventListener("ticket_created", (e) => {
+    refresh(e);
+    const ev = JSON.parse(e.data);
+    toast("New conversation waiting (" + ev.payload.reason.replace("_", " ") + ")");
+    beep();
+  });
+}
+
+async function main() {
+  const me = await api("/api/me");
+  state.me = me;
+  state.csrf = me.csrf;
+  $("logout-csrf").value = me.csrf;
+  $("me").textContent = me.display_name + " (" + me.role + ")";
+  state.agents = await api("/api/agents");
+  const select = $("transfer-to");
+  for (const a of state.agents.filter((x) => x.id !== me.id)) {
+    const opt = el("option", a.display_name);
+    opt.value = a.id;
+    select.appendChild(opt);
+  }
+  $("claim").addEventListener("click", () => act(async () => {
+    await api("/api/tickets/" + state.current + "/claim", { body: {} });
+    await openTicket(state.current);
+  }));
+  $("resolve").addEventListener("click", () => act(async () => {
+    await api("/api/tickets/" + state.current + "/resolve", { body: {} });
+    await openTicket(state.current);
+    await loadQueue();
+  }));
+  $("transfer").addEventListener("click", () => act(async () => {
+    await api("/api/tickets/" + state.current + "/transfer", { body: { agent_id: Number(select.value) } });
+    await openTicket(state.current);
+  }));
+  $("as-note").addEventListener("change", () => { if (state.current) openTicket(state.current); });
+  $("reply-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("reply").value.trim();
+    if (!text) return;
+    const kind = $("as-note").checked ? "note" : "reply";
+    act(async () => {
+      await api("/api/tickets/" + state.current + "/" + kind, { body: { text } });
+      $("reply").value = "";
+      await openTicket(state.current);
+    });
+  });
+  $("tags-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const tags = $("tags").value.split(",").map((s) => s.trim()).filter(Boolean);
+    act(() => api("/api/tickets/" + state.current + "/tags", { body: { tags } }));
+  });
+  $("dismiss").addEventListener("click", () => act(async () => {
+    const ids = [...document.querySelectorAll(".pick:checked")].map((b) => Number(b.value));
+    await api("/api/tickets/dismiss", { body: { ids } });
+    await loadQueue();
+  }));
+  setInterval(() => {
+    for (const row of document.querySelectorAll("#tickets tr")) {
+      const t = state.tickets.find((x) => String(x.id) === row.dataset.ticket);
+      if (t && t.status === "waiting") row.querySelector(".wait").textContent = waited(secondsSince(t.created_at));
+    }
+  }, 1000);
+  await loadQueue();
+  connectEvents();
+}
+
+main();

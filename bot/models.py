@@ -1,0 +1,3 @@
+"""Imports every table module so `Base.metadata` is complete (migrations, tests)."""
+
+from bot import agents, conversations, events, handoff, orders  # noqa: F401

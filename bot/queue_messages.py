@@ -1,0 +1,50 @@
+"""What the customer is told about the queue, from the writer-owned replies.
+
+One place for the values behind {queue_position}, {eta}, {next_open} and the
+other channels, so the handoff action and the gate say the same thing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot import support_hours
+from bot.handoff import QueuePlace
+from bot.settings import load_settings
+from bot.storage import utcnow
+
+
+def format_wait(wait: timedelta) -> str:
+    minutes = round(wait.total_seconds() / 60)
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 60:
+        return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+    hours, rest = divmod(minutes, 60)
+    return f"about {hours} h {rest:02d} min"
+
+
+def queue_values(place: QueuePlace, now: datetime | None = None) -> tuple[bool, dict[str, Any]]:
+    """(open now?, placeholder values) for the queue replies."""
+    now = now or utcnow()
+    hours = support_hours.load(load_settings().support_hours_file)
+    values: dict[str, Any] = {
+        "queue_position": place.position,
+        "eta": format_wait(place.eta),
+        "next_open": hours.describe_opening(now),
+        "support_email": hours.channels.get("email", ""),
+        "support_phone": hours.channels.get("phone", ""),
+        "support_webchat": hours.channels.get("webchat", ""),
+    }
+    return hours.is_open(now), values
+
+
+def handoff_reply(place: QueuePlace, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+    is_open, values = queue_values(place, now)
+    return ("utter_handoff_queued" if is_open else "utter_handoff_after_hours"), values
+
+
+def update_reply(place: QueuePlace, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+    is_open, values = queue_values(place, now)
+    return ("utter_queue_update" if is_open else "utter_queue_update_after_hours"), values

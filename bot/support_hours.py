@@ -1,0 +1,102 @@
+"""When people are at the desk, and what to tell customers when they are not.
+
+Configured in `support_hours.yml` (weekly hours in the team's time zone,
+holidays, the other channels customers can use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from bot.settings import PROJECT_ROOT
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_FILE = PROJECT_ROOT / "support_hours.yml"
+
+
+@dataclass(frozen=True)
+class SupportHours:
+    timezone: ZoneInfo
+    weekly: dict[int, list[tuple[time, time]]]  # weekday -> open intervals
+    holidays: frozenset[date]
+    channels: dict[str, str]  # email, phone, web chat …
+
+    def is_open(self, when: datetime) -> bool:
+        local = when.astimezone(self.timezone)
+        if local.date() in self.holidays:
+            return False
+        return any(start <= local.time() < end for start, end in self.weekly.get(
+            local.weekday(), []))
+
+    def next_opening(self, when: datetime) -> datetime | None:
+        """The next moment someone is at the desk (now if open); None if never."""
+        if self.is_open(when):
+            return when
+        local = when.astimezone(self.timezone)
+        for offset in range(0, 366):
+            day = local.date() + timedelta(days=offset)
+            if day in self.holidays:
+                continue
+            for start, _end in sorted(self.weekly.get(day.weekday(), [])):
+                candidate = datetime.combine(day, start, tzinfo=self.timezone)
+                if candidate > local:
+                    return candidate
+        return None
+
+    def describe_opening(self, when: datetime) -> str:
+        """E.g. 'today at 09:00', 'tomorrow at 09:00', 'Mon 27 Apr at 09:00' (local time)."""
+        opening = self.next_opening(when)
+        if opening is None:
+            return "as soon as possible"
+        today = when.astimezone(self.timezone).date()
+        clock = opening.strftime("%H:%M")
+        if opening.date() == today:
+            return f"today at {clock}"
+        if opening.date() == today + timedelta(days=1):
+            return f"tomorrow at {clock}"
+        return f"{opening.strftime('%a %d %b')} at {clock}"
+
+
+def _parse_interval(text: str, where: str) -> tuple[time, time]:
+    try:
+        start_s, end_s = (part.strip() for part in text.split("-"))
+        start, end = time.fromisoformat(start_s), time.fromisoformat(end_s)
+    except ValueError:
+        raise ValueError(f"{where}: expected 'HH:MM-HH:MM', got {text!r}") from None
+    if start >= end:
+        raise ValueError(f"{where}: {text!r} ends before it starts")
+    return start, end
+
+
+def parse(config: dict[str, Any], source: str = "support hours") -> SupportHours:
+    try:
+        zone = ZoneInfo(str(config.get("timezone", "UTC")))
+    except (KeyError, ValueError):
+        raise ValueError(f"{source}: unknown timezone {config.get('timezone')!r}") from None
+    weekly: dict[int, list[tuple[time, time]]] = {}
+    for day, spans in (config.get("weekly") or {}).items():
+        key = str(day).lower()[:3]
+        if key not in DAYS:
+            raise ValueError(f"{source}: unknown day {day!r} (use mon … sun)")
+        spans = [spans] if isinstance(spans, str) else (spans or [])
+        weekly[DAYS.index(key)] = [_parse_interval(s, f"{source}: {day}") for s in spans]
+    holidays = set()
+    for item in config.get("holidays") or []:
+        try:
+            holidays.add(item if isinstance(item, date) else date.fromisoformat(str(item)))
+        except ValueError:
+            raise ValueError(f"{source}: holiday {item!r} is not YYYY-MM-DD") from None
+    channels = {str(k): str(v) for k, v in (config.get("channels") or {}).items()}
+    return SupportHours(zone, weekly, frozenset(holidays), channels)
+
+
+@lru_cache(maxsize=4)
+def load(path: Path = DEFAULT_FILE) -> SupportHours:
+    return parse(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))

@@ -1,0 +1,129 @@
+"""The ownership gate every connector passes inbound messages through.
+
+Stores the customer's message first (nothing accepted is lost), drops platform
+redeliveries (nothing twice), and decides who answers: the bot, the queue (a
+position update; `BOT` leaves it), or the agent holding the conversation (the
+bot stays silent). After a resolved handoff it asks for, and takes, a rating.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
+
+from bot import agents, conversations, events, handoff, responses
+from bot.conversations import Conversation, add_message, ensure_conversation
+from bot.queue_messages import update_reply
+from bot.storage import session_scope, utcnow
+
+Route = Literal["bot", "queue", "agent", "duplicate", "handled"]
+BOT_KEYWORD = re.compile(r"^\W*bot\W*$", re.IGNORECASE)
+RATING = re.compile(r"^\s*([1-5])\s*(/\s*5)?\s*[.!]?\s*$")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    conversation_id: str
+    text: str
+    platform_message_id: str | None = None
+    display_name: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    ticket_id: int | None = None
+
+
+def _reply(session: Any, conversation_id: str, name: str, ticket_id: int | None = None,
+           **values: Any) -> dict[str, Any]:
+    """Render a writer-owned reply and record it in the transcript."""
+    rendered = responses.render(name, **values)
+    extra = {k: v for k, v in rendered.items() if k != "text"}
+    add_message(session, conversation_id, "system", rendered["text"], ticket_id=ticket_id,
+                payload=extra or None, delivery="sync")
+    return rendered
+
+
+def accept(inbound: Inbound, url: str | None = None) -> Decision:
+    """Store the message and route it. Blocking (database): run it in a thread."""
+    try:
+        return _accept(inbound, url)
+    except IntegrityError:
+        # A concurrent redelivery of the same platform message won the insert.
+        if inbound.platform_message_id:
+            return Decision("duplicate")
+        raise
+
+
+def _accept(inbound: Inbound, url: str | None) -> Decision:
+    conv_id = inbound.conversation_id
+    leave_queue = False
+    with session_scope(url) as session:
+        conversation = ensure_conversation(session, conv_id, inbound.display_name)
+        if inbound.platform_message_id and conversations.is_duplicate(
+                session, conv_id, inbound.platform_message_id):
+            return Decision("duplicate")
+        conversation.last_customer_at = utcnow()
+        ticket = handoff.open_ticket(session, conv_id)
+        message = add_message(session, conv_id, "customer", inbound.text,
+                              ticket_id=ticket.id if ticket else None,
+                              platform_message_id=inbound.platform_message_id)
+        if ticket is not None:
+            events.publish(session, "message", ticket_id=ticket.id, conversation_id=conv_id,
+                           author="customer", message_id=message.id)
+            if ticket.status == "assigned":
+                return Decision("agent", ticket_id=ticket.id)
+            if not BOT_KEYWORD.match(inbound.text):
+                place = handoff.place_of(session, ticket, agents.agents_online(url))
+                name, values = update_reply(place)
+                return Decision("queue", [_reply(session, conv_id, name, ticket.id, **values)],
+                                ticket.id)
+            leave_queue = True
+        else:
+            rated = _take_rating(session, conversation, inbound.text)
+            if rated is not None:
+                return Decision("handled", [rated])
+    if leave_queue:
+        handoff.abandon(conv_id, "customer typed BOT", url=url)
+        with session_scope(url) as session:
+            return Decision("handled", [_reply(session, conv_id, "utter_back_to_bot")])
+    return Decision("bot")
+
+
+def _take_rating(session: Any, conversation: Conversation, text: str) -> dict[str, Any] | None:
+    """The answer to the rating question, if this is one; any other text ends asking."""
+    if conversation.rating_state != "asked":
+        return None
+    conversation.rating_state = "none"
+    match = RATING.match(text)
+    if match is None or conversation.rating_ticket_id is None:
+        return None
+    score = int(match.group(1))
+    session.add(handoff.Rating(ticket_id=conversation.rating_ticket_id, score=score,
+                               created_at=utcnow()))
+    return _reply(session, conversation.id, "utter_rating_thanks", rating=score)
+
+
+def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
+              url: str | None = None) -> list[dict[str, Any]]:
+    """Record what the bot said; after a resolved handoff, follow it with the rating
+    question. Returns the extra replies to send after the bot's."""
+    with session_scope(url) as session:
+        ticket = handoff.open_ticket(session, conversation_id)
+        for reply in bot_replies:
+            extra = {k: v for k, v in reply.items() if k not in {"text", "recipient_id"}}
+            add_message(session, conversation_id, "bot", reply.get("text") or "",
+                        ticket_id=ticket.id if ticket else None, payload=extra or None)
+        conversation = session.get(Conversation, conversation_id)
+        if (ticket is None and conversation is not None and bot_replies
+                and conversation.rating_state == "pending"):
+            conversation.rating_state = "asked"
+            return [_reply(session, conversation_id, "utter_ask_rating",
+                           conversation.rating_ticket_id)]
+    return []
