@@ -51,17 +51,25 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _database_url(url: str | None) -> str:
     return url or load_settings().database_url
 
 
-@cache
 def get_engine(url: str | None = None) -> Engine:
-    """One engine (and pool) per URL and process."""
-    url = _database_url(url)
+    """One engine (and pool) per URL and process; None means the configured URL."""
+    return _engine(_database_url(url))
+
+
+@cache
+def _engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_sqlite_dir(url)
         # Writers queue on SQLite's file lock instead of failing at once.
         kwargs["connect_args"] = {"timeout": 30}
     else:
@@ -90,4 +98,5 @@ def create_schema(url: str | None = None) -> None:
     """Bring the database to the newest migration (idempotent)."""
     from alembic import command
 
+    _ensure_sqlite_dir(_database_url(url))
     command.upgrade(alembic_config(url), "head")

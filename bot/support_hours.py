@@ -67,9 +67,11 @@ class SupportHours:
 def _parse_interval(text: str, where: str) -> tuple[time, time]:
     try:
         start_s, end_s = (part.strip() for part in text.split("-"))
-        start, end = time.fromisoformat(start_s), time.fromisoformat(end_s)
+        start = time.fromisoformat(start_s)
+        end = time.max if end_s == "24:00" else time.fromisoformat(end_s)
     except ValueError:
-        raise ValueError(f"{where}: expected 'HH:MM-HH:MM', got {text!r}") from None
+        raise ValueError(
+            f"{where}: expected 'HH:MM-HH:MM' (end may be 24:00), got {text!r}") from None
     if start >= end:
         raise ValueError(f"{where}: {text!r} ends before it starts")
     return start, end

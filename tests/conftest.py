@@ -38,6 +38,29 @@ def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+def _hours_file(path: Path, weekly: dict[str, str]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "timezone": "UTC", "weekly": weekly,
+        "channels": {"email": "help@example.com", "phone": "+1 555 0100",
+                     "webchat": "example.com/chat"}}))
+    return path
+
+
+@pytest.fixture
+def always_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Support hours that are open at any time the tests run."""
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    path = _hours_file(tmp_path / "open.yml", dict.fromkeys(days, "00:00-24:00"))
+    monkeypatch.setenv("PARLEY_SUPPORT_HOURS", str(path))
+
+
+@pytest.fixture
+def never_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_SUPPORT_HOURS", str(_hours_file(tmp_path / "shut.yml", {})))
+
+
 @dataclass
 class RunningBot:
     """`python -m bot.cli run` (what `make run` starts), on free ports."""

@@ -13,6 +13,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from actions.fallback import TOPIC_TITLES, ActionFallback, consecutive_fallbacks, top_topics
 from actions.handoff import ActionHandoff, handoff_reason
 from actions.orders import ActionOrderStatus, ValidateOrderForm
+from bot import conversations, handoff
 
 
 def user_event(text: str, intent: str, confidence: float = 0.9) -> dict[str, Any]:
@@ -134,11 +135,16 @@ def test_first_fallback_asks_to_rephrase_with_two_topic_buttons() -> None:
     assert events == []
 
 
-def test_second_consecutive_fallback_marks_handoff() -> None:
+def test_second_consecutive_fallback_hands_off(db_url: str, always_open: None) -> None:
     history = [user_event("asdf", "nlu_fallback"), user_event("qwer", "nlu_fallback")]
     messages, events = run(ActionFallback(), tracker(intent="nlu_fallback", events=history))
-    assert [m["response"] for m in messages] == ["utter_fallback_handoff"]
+    assert [m["response"] for m in messages] == ["utter_fallback_handoff",
+                                                 "utter_handoff_queued"]
+    assert messages[1]["queue_position"] == 1
     assert events == [SlotSet("handoff_reason", "low_confidence")]
+    ticket = handoff.list_tickets(url=db_url)[0]
+    assert ticket.reason == "low_confidence"
+    assert [i["text"] for i in ticket.context["intents"]] == ["asdf", "qwer"]
 
 
 @pytest.mark.parametrize(("text", "intent", "reason"), [
@@ -148,8 +154,53 @@ def test_second_consecutive_fallback_marks_handoff() -> None:
     ("yes please", "affirm", "complaint"),
     ("reagent", "human_handoff", "intent"),
 ])
-def test_handoff_records_why(text: str, intent: str, reason: str) -> None:
+def test_handoff_records_why(text: str, intent: str, reason: str, db_url: str,
+                             always_open: None) -> None:
     assert handoff_reason(text, intent) == reason
     messages, events = run(ActionHandoff(), tracker(text=text, intent=intent))
-    assert [m["response"] for m in messages] == ["utter_handoff"]
+    assert [m["response"] for m in messages] == ["utter_handoff_queued"]
     assert events == [SlotSet("handoff_reason", reason)]
+    assert [t.reason for t in handoff.list_tickets(url=db_url)] == [reason]
+
+
+def test_handoff_queues_with_position_wait_and_context(db_url: str, always_open: None) -> None:
+    handoff.escalate("webchat:someone-else", "keyword", url=db_url)
+    history = [user_event("my parcel is broken", "complaint", 0.91),
+               user_event("AGENT", "human_handoff", 1.0)]
+    t = Tracker("webchat:me", {"order_number": "10234", "requested_slot": None},
+                {"text": "AGENT", "intent": {"name": "human_handoff"},
+                 "metadata": {"display_name": "Maria"}},
+                history, False, None, {"name": None}, "action_listen")
+    messages, _ = run(ActionHandoff(), t)
+    assert messages[0]["queue_position"] == 2
+    assert messages[0]["eta"].startswith("about")
+    ticket = next(x for x in handoff.list_tickets(url=db_url)
+                  if x.conversation_id == "webchat:me")
+    assert ticket.context["slots"] == {"order_number": "10234"}
+    assert ticket.context["intents"][0] == {"text": "my parcel is broken",
+                                            "intent": "complaint", "confidence": 0.91}
+    assert ticket.context["channel"] == "webchat"
+    assert ticket.priority == handoff.PRIORITY_NORMAL
+    assert conversations.display_names(["webchat:me"], db_url) == {"webchat:me": "Maria"}
+
+
+def test_after_hours_handoff_says_when_and_where_else(db_url: str, never_open: None) -> None:
+    messages, _ = run(ActionHandoff(), tracker(text="AGENT", intent="human_handoff"))
+    assert messages[0]["response"] == "utter_handoff_after_hours"
+    assert messages[0]["support_email"] and messages[0]["support_phone"]
+    assert messages[0]["next_open"] == "as soon as possible"
+
+
+@pytest.mark.parametrize(("complaints", "expected"), [
+    (["the box was damaged"], handoff.PRIORITY_NORMAL),
+    (["the box was damaged", "and the shoes are wrong"], handoff.PRIORITY_HIGH),
+    (["THIS IS THE WORST SHOP EVER"], handoff.PRIORITY_HIGH),
+    (["still nothing 😡"], handoff.PRIORITY_HIGH),
+])
+def test_angry_or_repeated_complaints_raise_priority(complaints: list[str], expected: int,
+                                                     db_url: str, always_open: None) -> None:
+    history = [user_event(text, "complaint") for text in complaints]
+    history.append(user_event("yes please", "affirm"))
+    t = tracker(text="yes please", intent="affirm", events=history)
+    run(ActionHandoff(), t)
+    assert handoff.list_tickets(url=db_url)[0].priority == expected

@@ -91,12 +91,21 @@ def test_fallback_classifier_is_configured() -> None:
     fallback = [c for c in config["pipeline"] if c["name"] == "FallbackClassifier"]
     assert len(fallback) == 1
     assert 0.3 <= fallback[0]["threshold"] <= 0.9
-    assert config["pipeline"][-1]["name"] == "FallbackClassifier"  # must see final confidences
+    names = [c["name"] for c in config["pipeline"]]
+    # The fallback must see the classifier's final confidences, and the AGENT
+    # keyword must come after it so no confidence can out-vote it.
+    assert names.index("FallbackClassifier") > names.index("DIETClassifier")
+    assert names[-1] == "bot.nlu.keywords.KeywordIntentOverride"
+    keywords = config["pipeline"][-1]["keywords"]
+    assert keywords == {"agent": "human_handoff"}
 
 
 def test_every_response_an_action_sends_exists(responses) -> None:
     sent_by_code = {"utter_order_not_found", "utter_ask_order_number", "utter_invalid_order_number",
-                    "utter_ask_rephrase", "utter_fallback_handoff", "utter_handoff"}
+                    "utter_ask_rephrase", "utter_fallback_handoff", "utter_handoff_queued",
+                    "utter_handoff_after_hours", "utter_queue_update",
+                    "utter_queue_update_after_hours", "utter_back_to_bot", "utter_agent_joined",
+                    "utter_handoff_resolved", "utter_ask_rating", "utter_rating_thanks"}
     sent_by_code |= {f"utter_order_{status}" for status in STATUSES}
     assert sent_by_code <= set(responses)
 

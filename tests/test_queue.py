@@ -130,7 +130,7 @@ def test_customer_leaving_and_bulk_dismiss(any_db: str) -> None:
     assert not handoff.abandon("webchat:f", url=any_db)
     assert handoff.owner("webchat:f", any_db)[0] == "bot"
     ids = [escalate(any_db, f"webchat:g{i}").ticket.id for i in range(3)]
-    assert handoff.dismiss(ids[:2] + [9999], agent_id=1, url=any_db) == ids[:2]
+    assert handoff.dismiss([*ids[:2], 9999], agent_id=1, url=any_db) == ids[:2]
     assert [t.id for t in handoff.list_tickets(url=any_db)] == ids[2:]
     # a closed conversation can be handed off again
     assert escalate(any_db, "webchat:f").created
@@ -197,9 +197,9 @@ def test_ten_agents_clicking_the_same_ticket_one_wins(any_db: str) -> None:
         ticket = escalate(any_db, f"webchat:same{round_}").ticket
         winners: list[int] = []
 
-        def click(agent: int, ticket_id: int = ticket.id) -> None:
+        def click(agent: int, ticket_id: int = ticket.id, won: list[int] = winners) -> None:
             if handoff.claim_ticket(ticket_id, agent + 1, any_db) is not None:
-                winners.append(agent + 1)
+                won.append(agent + 1)
 
         run_threads(10, click)
         assert len(winners) == 1

@@ -1,0 +1,126 @@
+"""The ownership gate, on a real database: who answers each customer message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from bot import agents, conversations, events, handoff, support_hours
+from bot.storage import session_scope
+from connectors import gate
+from connectors.gate import Inbound
+
+ALWAYS = {"timezone": "UTC", "weekly": {d: "00:00-24:00" for d in support_hours.DAYS},
+          "channels": {"email": "help@example.com", "phone": "+1 555 0100",
+                       "webchat": "example.com/chat"}}
+NEVER = {**ALWAYS, "weekly": {}}
+
+
+@pytest.fixture
+def hours_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def use(config: dict) -> None:
+        path = tmp_path / f"hours-{len(config['weekly'])}.yml"
+        path.write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("PARLEY_SUPPORT_HOURS", str(path))
+
+    use(ALWAYS)
+    return use
+
+
+def customer_lines(conv: str, url: str) -> list[str]:
+    return [m.text for m in conversations.transcript(conv, url) if m.author == "customer"]
+
+
+def test_new_conversation_goes_to_the_bot_and_is_stored(db_url: str, hours_file) -> None:
+    decision = gate.accept(Inbound("webchat:n1", "hello", display_name="Nia"), db_url)
+    assert decision.route == "bot" and decision.replies == []
+    assert customer_lines("webchat:n1", db_url) == ["hello"]
+
+
+def test_redelivered_platform_message_is_dropped(db_url: str, hours_file) -> None:
+    first = gate.accept(Inbound("telegram:42", "hi", platform_message_id="m1"), db_url)
+    again = gate.accept(Inbound("telegram:42", "hi", platform_message_id="m1"), db_url)
+    other = gate.accept(Inbound("telegram:43", "hi", platform_message_id="m1"), db_url)
+    assert (first.route, again.route, other.route) == ("bot", "duplicate", "bot")
+    assert customer_lines("telegram:42", db_url) == ["hi"]
+
+
+def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> None:
+    handoff.escalate("webchat:w0", "keyword", url=db_url)
+    ticket = handoff.escalate("webchat:w1", "keyword", url=db_url).ticket
+    after = events.last_event_id(db_url)
+    decision = gate.accept(Inbound("webchat:w1", "hello? still there?"), db_url)
+    assert decision.route == "queue" and decision.ticket_id == ticket.id
+    assert "number 2 in the queue" in decision.replies[0]["text"]
+    assert [e.kind for e in events.events_after(after, url=db_url)] == ["message"]
+    assert customer_lines("webchat:w1", db_url) == ["hello? still there?"]
+
+
+def test_waiting_after_hours_says_when_and_no_position(db_url: str, hours_file) -> None:
+    hours_file(NEVER)
+    handoff.escalate("webchat:w2", "keyword", url=db_url)
+    decision = gate.accept(Inbound("webchat:w2", "anyone?"), db_url)
+    assert "offline" in decision.replies[0]["text"]
+
+
+def test_bot_keyword_leaves_the_queue(db_url: str, hours_file) -> None:
+    handoff.escalate("webchat:b1", "keyword", url=db_url)
+    decision = gate.accept(Inbound("webchat:b1", "  Bot! "), db_url)
+    assert decision.route == "handled"
+    assert "back with the bot" in decision.replies[0]["text"]
+    assert handoff.owner("webchat:b1", db_url) == ("bot", None)
+    assert gate.accept(Inbound("webchat:b1", "what are your hours"), db_url).route == "bot"
+
+
+def test_bot_stays_silent_while_an_agent_holds_the_conversation(db_url: str,
+                                                                hours_file) -> None:
+    agent = agents.create_user("ana", "correct horse", url=db_url)
+    ticket = handoff.escalate("webchat:a1", "intent", url=db_url).ticket
+    handoff.claim_ticket(ticket.id, agent.id, db_url)
+    for text in ("hi", "AGENT", "BOT", "where is my order 10234"):
+        decision = gate.accept(Inbound("webchat:a1", text), db_url)
+        assert decision.route == "agent" and decision.replies == []
+    assert customer_lines("webchat:a1", db_url) == ["hi", "AGENT", "BOT",
+                                                     "where is my order 10234"]
+
+
+def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
+                                                              hours_file) -> None:
+    agent = agents.create_user("ana", "correct horse", url=db_url)
+    ticket = handoff.escalate("webchat:r1", "intent", url=db_url).ticket
+    handoff.claim_ticket(ticket.id, agent.id, db_url)
+    handoff.resolve(ticket.id, agent.id, db_url)
+    assert gate.accept(Inbound("webchat:r1", "how long is shipping"), db_url).route == "bot"
+    extra = gate.after_bot("webchat:r1", [{"text": "3-5 days", "recipient_id": "webchat:r1"}],
+                           db_url)
+    assert "Rate it from 1" in extra[0]["text"]
+    assert [b["payload"] for b in extra[0]["buttons"]] == ["1", "2", "3", "4", "5"]
+    assert gate.after_bot("webchat:r1", [{"text": "more"}], db_url) == []  # asked once
+    thanks = gate.accept(Inbound("webchat:r1", "4"), db_url)
+    assert thanks.route == "handled" and "4/5" in thanks.replies[0]["text"]
+    with session_scope(db_url) as s:
+        assert s.execute(select(handoff.Rating.score)).scalars().all() == [4]
+    assert gate.accept(Inbound("webchat:r1", "5"), db_url).route == "bot"  # not rated twice
+
+
+def test_anything_but_a_score_ends_the_rating_question(db_url: str, hours_file) -> None:
+    agent = agents.create_user("ana", "correct horse", url=db_url)
+    ticket = handoff.escalate("webchat:r2", "intent", url=db_url).ticket
+    handoff.claim_ticket(ticket.id, agent.id, db_url)
+    handoff.resolve(ticket.id, agent.id, db_url)
+    gate.after_bot("webchat:r2", [{"text": "answer"}], db_url)
+    assert gate.accept(Inbound("webchat:r2", "where is my order"), db_url).route == "bot"
+    with session_scope(db_url) as s:
+        assert s.execute(select(handoff.Rating)).first() is None
+
+
+def test_bot_replies_are_recorded_in_the_transcript(db_url: str, hours_file) -> None:
+    gate.accept(Inbound("webchat:t1", "hi"), db_url)
+    gate.after_bot("webchat:t1", [{"recipient_id": "webchat:t1", "text": "Hello!",
+                                   "buttons": [{"title": "A", "payload": "/a"}]}], db_url)
+    lines = conversations.transcript("webchat:t1", db_url)
+    assert [(m.author, m.text) for m in lines] == [("customer", "hi"), ("bot", "Hello!")]
+    assert lines[1].payload == {"buttons": [{"title": "A", "payload": "/a"}]}
