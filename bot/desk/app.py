@@ -150,6 +150,34 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False) ->
         return response.json([{"id": a.id, "display_name": a.display_name, "role": a.role}
                               for a in agents.list_agents(db)])
 
+    @app.get("/api/users")
+    @requires_session(roles=("admin",))
+    async def users(_request: Request) -> HTTPResponse:
+        return response.json([{"id": a.id, "username": a.username,
+                               "display_name": a.display_name, "role": a.role}
+                              for a in agents.list_agents(db)])
+
+    @app.post("/api/users")
+    @requires_session(roles=("admin",))
+    async def add_user(request: Request) -> HTTPResponse:
+        payload = body_json(request)
+        username = text_field(payload, "username", 64)
+        password = text_field(payload, "password", 200)
+        role = payload.get("role", "agent")
+        display_name = payload.get("display_name")
+        if display_name is not None and not isinstance(display_name, str):
+            raise BadRequest("'display_name' must be text")
+        try:
+            user = await asyncio.to_thread(agents.create_user, username, password, str(role),
+                                           display_name, db)
+        except agents.DuplicateUser as exc:
+            raise BadRequest(str(exc), 409) from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return response.json({"id": user.id, "username": user.username,
+                              "display_name": user.display_name, "role": user.role},
+                             status=201)
+
     @app.get("/api/tickets")
     @requires_session()
     async def tickets(request: Request) -> HTTPResponse:

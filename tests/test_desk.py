@@ -1,0 +1,268 @@
+"""The desk over HTTP, against a real desk process: sessions, CSRF, roles, API."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot import agents, conversations, handoff, storage
+from bot.settings import PROJECT_ROOT
+from tests.conftest import free_port
+
+# Every route the desk serves, and whether it is open without a session.
+ROUTES = {
+    ("GET", "/healthz"): "public",
+    ("GET", "/static/<name:str>"): "public",
+    ("GET", "/login"): "public",
+    ("POST", "/login"): "public",
+    ("POST", "/logout"): "session",
+    ("GET", "/"): "session",
+    ("GET", "/api/me"): "session",
+    ("GET", "/api/agents"): "session",
+    ("GET", "/api/users"): "admin",
+    ("POST", "/api/users"): "admin",
+    ("GET", "/api/tickets"): "session",
+    ("GET", "/api/tickets/<ticket_id:int>"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/claim"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/reply"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/note"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/tags"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/transfer"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/resolve"): "session",
+    ("POST", "/api/tickets/dismiss"): "session",
+    ("GET", "/events"): "session",
+}
+
+
+def concrete(path: str) -> str:
+    return path.replace("<ticket_id:int>", "1").replace("<name:str>", "desk.js")
+
+
+class Desk:
+    def __init__(self, url: str, db: str) -> None:
+        self.url = url
+        self.db = db
+        self.clients: list[httpx.Client] = []
+
+    def client(self) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, timeout=10)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        while self.clients:
+            self.clients.pop().close()
+
+    def login(self, username: str, password: str) -> tuple[httpx.Client, str]:
+        client = self.client()
+        page = client.get("/login").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        resp = client.post("/login", data={"csrf": csrf, "username": username,
+                                           "password": password})
+        assert resp.status_code == 303 and resp.headers["location"] == "/", resp.text
+        return client, client.get("/api/me").json()["csrf"]
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
+    state = tmp_path_factory.mktemp("desk")
+    db = f"sqlite:///{state / 'parley.db'}"
+    storage.create_schema(db)
+    agents.create_user("ana", "ana-password", "agent", "Ana", db)
+    agents.create_user("bo", "bo-password", "agent", "Bo", db)
+    agents.create_user("root", "root-password", "admin", "Root", db)
+    port = free_port()
+    env = {**os.environ, "PARLEY_DATABASE_URL": db}
+    log = (state / "desk.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bot.desk", "--port", str(port)],
+                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"desk did not start: {Path(state / 'desk.log').read_text()}")
+    try:
+        yield Desk(url, db)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "desk" in request.fixturenames:
+        request.getfixturevalue("desk").close_clients()
+
+
+def test_route_table_matches_the_app() -> None:
+    from bot.desk.app import create_app
+
+    app = create_app("sqlite:///:memory:")
+    served = {(method, "/" + route.path.lstrip("/"))
+              for route in app.router.routes for method in route.methods
+              if method not in {"HEAD", "OPTIONS"}}
+    assert served == set(ROUTES), "update ROUTES (and its access rule) with the app"
+
+
+@pytest.mark.parametrize(("method", "path"), [k for k, v in ROUTES.items() if v != "public"])
+def test_every_private_route_needs_a_session(desk: Desk, method: str, path: str) -> None:
+    resp = httpx.request(method, desk.url + concrete(path), json={}, timeout=10)
+    if path.startswith("/api/") or path == "/events":
+        assert resp.status_code == 401
+    else:
+        assert resp.status_code == 302 and resp.headers["location"] == "/login"
+
+
+@pytest.mark.parametrize(("method", "path"), [k for k, v in ROUTES.items() if v == "admin"])
+def test_admin_routes_refuse_agents(desk: Desk, method: str, path: str) -> None:
+    client, csrf = desk.login("ana", "ana-password")
+    resp = client.request(method, concrete(path), json={}, headers={"X-CSRF-Token": csrf})
+    assert resp.status_code == 403
+
+
+def test_login_failures(desk: Desk) -> None:
+    client = desk.client()
+    page = client.get("/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    wrong = client.post("/login", data={"csrf": csrf, "username": "ana", "password": "nope"})
+    assert wrong.status_code == 303 and "failed" in wrong.headers["location"]
+    forged = httpx.post(f"{desk.url}/login", data={"csrf": csrf, "username": "ana",
+                                                   "password": "ana-password"})
+    assert forged.status_code == 403  # no matching login cookie: cross-site post
+    assert "parley_session" not in client.cookies
+
+
+def test_posts_need_the_csrf_token(desk: Desk) -> None:
+    client, csrf = desk.login("ana", "ana-password")
+    ticket = handoff.escalate("webchat:csrf", "keyword", url=desk.db).ticket
+    assert client.post(f"/api/tickets/{ticket.id}/claim", json={}).status_code == 403
+    assert client.post(f"/api/tickets/{ticket.id}/claim", json={},
+                       headers={"X-CSRF-Token": "guess"}).status_code == 403
+    assert handoff.get_ticket(ticket.id, desk.db).status == "waiting"
+    ok = client.post(f"/api/tickets/{ticket.id}/claim", json={}, headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200
+
+
+def test_two_agents_claiming_one_ticket(desk: Desk) -> None:
+    ana, ana_csrf = desk.login("ana", "ana-password")
+    bo, bo_csrf = desk.login("bo", "bo-password")
+    ticket = handoff.escalate("webchat:race", "intent", url=desk.db).ticket
+    first = ana.post(f"/api/tickets/{ticket.id}/claim", json={},
+                     headers={"X-CSRF-Token": ana_csrf})
+    second = bo.post(f"/api/tickets/{ticket.id}/claim", json={},
+                     headers={"X-CSRF-Token": bo_csrf})
+    assert (first.status_code, second.status_code) == (200, 409)
+    assert "someone else" in second.json()["error"]
+    # Bo cannot reply to or resolve Ana's conversation
+    assert bo.post(f"/api/tickets/{ticket.id}/reply", json={"text": "hi"},
+                   headers={"X-CSRF-Token": bo_csrf}).status_code == 409
+
+
+def test_reply_note_tags_transfer_resolve(desk: Desk) -> None:
+    ana, csrf = desk.login("ana", "ana-password")
+    h = {"X-CSRF-Token": csrf}
+    conv = "webchat:flow"
+    ticket = handoff.escalate(conv, "complaint", url=desk.db, display_name="Flo").ticket
+    listed = ana.get("/api/tickets").json()
+    assert any(t["id"] == ticket.id and t["display_name"] == "Flo" for t in listed)
+    ana.post(f"/api/tickets/{ticket.id}/claim", json={}, headers=h)
+    assert ana.post(f"/api/tickets/{ticket.id}/reply", json={"text": "Hello Flo"},
+                    headers=h).status_code == 201
+    assert ana.post(f"/api/tickets/{ticket.id}/note", json={"text": "VIP"},
+                    headers=h).status_code == 201
+    tags = ana.post(f"/api/tickets/{ticket.id}/tags", json={"tags": ["Refund"]}, headers=h)
+    assert tags.json()["tags"] == ["refund"]
+    pushed = [(m.author, m.text) for m in conversations.pushed_after(conv, 0, desk.db)]
+    assert pushed == [("system", "Ana from our team has joined the chat."),
+                      ("agent", "Hello Flo")]  # the note is not sent
+    detail = ana.get(f"/api/tickets/{ticket.id}").json()
+    assert [line["author"] for line in detail["transcript"]][-2:] == ["agent", "note"]
+    bo_id = next(a["id"] for a in ana.get("/api/agents").json() if a["display_name"] == "Bo")
+    moved = ana.post(f"/api/tickets/{ticket.id}/transfer", json={"agent_id": bo_id}, headers=h)
+    assert moved.json()["agent_name"] == "Bo"
+    bo, bo_csrf = desk.login("bo", "bo-password")
+    done = bo.post(f"/api/tickets/{ticket.id}/resolve", json={},
+                   headers={"X-CSRF-Token": bo_csrf})
+    assert done.json()["status"] == "resolved"
+    assert "handed you back" in conversations.pushed_after(conv, 0, desk.db)[-1].text
+
+
+def test_bulk_dismiss(desk: Desk) -> None:
+    ana, csrf = desk.login("ana", "ana-password")
+    ids = [handoff.escalate(f"webchat:spam{i}", "intent", url=desk.db).ticket.id
+           for i in range(3)]
+    resp = ana.post("/api/tickets/dismiss", json={"ids": ids[:2]}, headers={"X-CSRF-Token": csrf})
+    assert resp.json() == {"dismissed": ids[:2]}
+    open_ids = {t["id"] for t in ana.get("/api/tickets").json()}
+    assert ids[2] in open_ids and not open_ids & set(ids[:2])
+
+
+@pytest.mark.parametrize(("path", "body", "status", "reason"), [
+    ("/api/tickets/{id}/reply", b"{oops", 400, "JSON"),
+    ("/api/tickets/{id}/reply", b'{"text": "  "}', 400, "non-empty"),
+    ("/api/tickets/{id}/reply", b'{"text": "' + b"x" * 5000 + b'"}', 413, "limit"),
+    ("/api/tickets/{id}/tags", b'{"tags": "vip"}', 400, "list of strings"),
+    ("/api/tickets/{id}/transfer", b'{"agent_id": 99999}', 400, "desk user"),
+    ("/api/tickets/dismiss", b'{"ids": []}', 400, "non-empty list"),
+    ("/api/tickets/99999/claim", b"{}", 404, "not found"),
+])
+def test_bad_input_gets_a_clear_4xx(desk: Desk, path: str, body: bytes, status: int,
+                                    reason: str) -> None:
+    ana, csrf = desk.login("ana", "ana-password")
+    ticket = handoff.escalate(f"webchat:bad{time.monotonic_ns()}", "intent", url=desk.db).ticket
+    ana.post(f"/api/tickets/{ticket.id}/claim", json={}, headers={"X-CSRF-Token": csrf})
+    resp = ana.post(path.format(id=ticket.id), content=body,
+                    headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"})
+    assert resp.status_code == status
+    assert reason in resp.json()["error"]
+
+
+def test_oversized_body_is_413(desk: Desk) -> None:
+    ana, csrf = desk.login("ana", "ana-password")
+    resp = ana.post("/api/tickets/dismiss", content=b"x" * (200 * 1024),
+                    headers={"X-CSRF-Token": csrf})
+    assert resp.status_code == 413
+
+
+def test_admin_can_add_users(desk: Desk) -> None:
+    root, csrf = desk.login("root", "root-password")
+    h = {"X-CSRF-Token": csrf}
+    made = root.post("/api/users", json={"username": "cy", "password": "cy-password-1"},
+                     headers=h)
+    assert made.status_code == 201 and made.json()["role"] == "agent"
+    again = root.post("/api/users", json={"username": "cy", "password": "cy-password-1"},
+                      headers=h)
+    assert again.status_code == 409
+    weak = root.post("/api/users", json={"username": "dee", "password": "short"}, headers=h)
+    assert weak.status_code == 400 and "8 characters" in weak.json()["error"]
+    desk.login("cy", "cy-password-1")
+
+
+def test_logout_ends_the_session(desk: Desk) -> None:
+    ana, csrf = desk.login("ana", "ana-password")
+    assert ana.post("/logout", data={"csrf": csrf}).status_code == 303
+    assert ana.get("/api/me").status_code == 401
+
+
+def test_pages_forbid_inline_script(desk: Desk) -> None:
+    ana, _ = desk.login("ana", "ana-password")
+    page = ana.get("/")
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self'
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "<script>" not in page.text  # only the external desk.js
