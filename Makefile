@@ -5,7 +5,7 @@ BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test install train validate test-stories pytest lint clean
+.PHONY: run test install train validate test-stories pytest browser lint clean
 
 run: train  ## start the bot, the action server and the demo web chat
 	@$(PY) -m bot.cli run
@@ -32,8 +32,11 @@ test-stories: train
 	$(BIN)/rasa test core --e2e --stories data/tests --model models/parley.tar.gz \
 	  --fail-on-prediction-errors --out var/results/core
 
-pytest: train
+pytest: train browser
 	$(BIN)/pytest
+
+browser:  ## Debian's Chromium for the Playwright tests
+	@scripts/install-chromium.sh
 
 lint: install
 	$(BIN)/ruff check .

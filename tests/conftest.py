@@ -68,7 +68,13 @@ class RunningBot:
     process: subprocess.Popen[str]
     rasa_url: str
     action_url: str
+    desk_url: str
+    state: Path
     banner: str
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.state / 'parley.db'}"
 
     @property
     def webchat_url(self) -> str:
@@ -108,14 +114,19 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
     if not model_path(PROJECT_ROOT).exists():
         pytest.fail("no trained model: run `make test` (it trains first)")
     state = tmp_path_factory.mktemp("state")
-    rasa_port, action_port = free_port(), free_port()
+    rasa_port, action_port, desk_port = free_port(), free_port(), free_port()
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    hours = _hours_file(state / "hours.yml", dict.fromkeys(days, "00:00-24:00"))
     env = {
         **os.environ,
         "PARLEY_RASA_PORT": str(rasa_port),
         "PARLEY_ACTION_PORT": str(action_port),
+        "PARLEY_DESK_PORT": str(desk_port),
         "PARLEY_VAR_DIR": str(state),
+        "PARLEY_SUPPORT_HOURS": str(hours),
         "PYTHONUNBUFFERED": "1",
     }
+    env.pop("PARLEY_DATABASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -123,7 +134,8 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
     try:
         banner = _read_banner(proc, timeout=240)
         yield RunningBot(proc, f"http://127.0.0.1:{rasa_port}",
-                         f"http://127.0.0.1:{action_port}", banner)
+                         f"http://127.0.0.1:{action_port}", f"http://127.0.0.1:{desk_port}",
+                         state, banner)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

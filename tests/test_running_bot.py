@@ -28,6 +28,9 @@ def texts(replies: list[dict]) -> list[str]:
 
 def test_banner_prints_where_to_chat(running_bot: RunningBot) -> None:
     assert running_bot.webchat_url in running_bot.banner
+    assert f"{running_bot.desk_url}/" in running_bot.banner
+    password = (running_bot.state / "desk-admin-password.txt").read_text().strip()
+    assert f"admin / {password}" in running_bot.banner  # first run made an admin
     assert "Ctrl-C" in running_bot.banner
 
 
@@ -67,12 +70,15 @@ def test_two_low_confidence_messages_hand_off(running_bot: RunningBot) -> None:
     buttons = [b for r in first for b in r.get("buttons", [])]
     assert len(buttons) == 2 and all(b["payload"].startswith("/") for b in buttons)
     second = " ".join(texts(running_bot.say(sender, "wubba lubba snorkel grape")))
-    assert "asked a person" in second
+    assert "bringing in a person" in second and "in the queue" in second
 
 
-def test_agent_keyword_requests_a_person(running_bot: RunningBot) -> None:
-    reply = " ".join(texts(running_bot.say(new_sender(), "AGENT")))
-    assert "asked a person" in reply
+@pytest.mark.parametrize("text", ["AGENT", "agent", "can I get an Agent please",
+                                  "your agent was rude to me"])
+def test_agent_keyword_always_queues(running_bot: RunningBot, text: str) -> None:
+    reply = " ".join(texts(running_bot.say(new_sender(), text)))
+    assert "in the queue" in reply and "Type BOT" in reply
+
 
 
 def test_web_chat_page_is_served_and_renders_text_inert(running_bot: RunningBot) -> None:
@@ -111,7 +117,7 @@ def test_ctrl_c_stops_every_server(running_bot: RunningBot) -> None:
     """Runs last in this module: the stack is gone afterwards."""
     running_bot.process.send_signal(signal.SIGINT)
     assert running_bot.process.wait(timeout=60) == 0
-    for url in (running_bot.rasa_url, running_bot.action_url):
+    for url in (running_bot.rasa_url, running_bot.action_url, running_bot.desk_url):
         port = int(url.rsplit(":", 1)[1])
         with socket.socket() as sock, pytest.raises(OSError):
             sock.connect(("127.0.0.1", port))

@@ -1,0 +1,158 @@
+"""End to end in a real browser: a customer on the web chat, an agent on the desk.
+
+Both sides run in headless Chromium (Playwright, Debian's /usr/bin/chromium)
+against the servers `make run` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import select
+
+from bot import agents, handoff
+from bot.storage import session_scope
+from tests.conftest import RunningBot
+
+pytestmark = pytest.mark.servers
+CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (make test does)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def agent_login(running_bot: RunningBot) -> tuple[str, str]:
+    agents.create_user("ana", "ana-password", "agent", "Ana", running_bot.database_url)
+    return "ana", "ana-password"
+
+
+@pytest.fixture
+def customer(browser: Browser, running_bot: RunningBot) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(running_bot.webchat_url)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def desk(browser: Browser, running_bot: RunningBot, agent_login: tuple[str, str]
+         ) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{running_bot.desk_url}/")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.fill("input[name=username]", agent_login[0])
+    page.fill("input[name=password]", agent_login[1])
+    page.click("button[type=submit]")
+    expect(page.locator("#me")).to_contain_text("Ana")
+    expect(page.locator("#live")).not_to_have_class(re.compile("down"))
+    page.evaluate("window.__sameLoad = 42")  # survives only if the page never reloads
+    yield page
+    context.close()
+
+
+def say(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+    expect(page.locator("#send")).to_be_enabled()  # the webhook answered
+
+
+def visitor_name(customer: Page) -> str:
+    sender = customer.evaluate("localStorage.getItem('parley-webchat-sender')")
+    return f"Web visitor {sender[-4:]}"
+
+
+def wait_for_row(desk: Page, customer: Page, reason: str):
+    row = desk.locator("#tickets tr", has_text=visitor_name(customer))
+    expect(row).to_be_visible()
+    expect(row).to_contain_text(reason)
+    assert desk.evaluate("window.__sameLoad") == 42, "the desk reloaded"
+    return row
+
+
+def test_agent_keyword_claim_reply_resolve_and_rating(
+        running_bot: RunningBot, customer: Page, desk: Page) -> None:
+    say(customer, "AGENT")
+    expect(customer.locator(".msg.bot").last).to_contain_text("number 1 in the queue")
+
+    row = wait_for_row(desk, customer, "keyword")
+    expect(desk.locator("#toast")).to_contain_text("New conversation waiting")
+    row.click()
+    expect(desk.locator("#context")).to_contain_text("keyword")
+    desk.click("#claim")
+    expect(customer.locator(".msg.bot", has_text="Ana from our team has joined")).to_be_visible()
+
+    desk.fill("#reply", "Hi, I'm Ana. How can I help?")
+    desk.click("#send")
+    expect(customer.locator(".msg.agent")).to_contain_text("Hi, I'm Ana")
+
+    # The customer writes again: the bot stays silent, the agent sees it, inert.
+    bot_bubbles = customer.locator(".msg.bot").count()
+    payload = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=1\"> hello?"
+    say(customer, payload)
+    line = desk.locator("#transcript li.customer").last
+    expect(line).to_contain_text(payload)
+    assert desk.evaluate("window.__pwned") is None
+    assert desk.locator("#transcript script, #transcript img").count() == 0
+    assert customer.locator(".msg.bot").count() == bot_bubbles
+
+    desk.click("#resolve")
+    expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
+    expect(desk.locator("#tickets tr", has_text=visitor_name(customer))).to_have_count(0)
+
+    say(customer, "how long does shipping take?")
+    expect(customer.locator(".msg.bot", has_text="Standard shipping")).to_be_visible()
+    expect(customer.locator(".msg.bot").last).to_contain_text("Rate it from 1")
+    customer.locator(".buttons button", has_text="5").click()
+    expect(customer.locator(".msg.bot").last).to_contain_text("5/5")
+    with session_scope(running_bot.database_url) as s:
+        scores = s.execute(select(handoff.Rating.score)).scalars().all()
+    assert 5 in scores
+
+
+def test_two_nonsense_messages_reach_the_desk(running_bot: RunningBot, customer: Page,
+                                             desk: Page) -> None:
+    say(customer, "xqzvk blorptangle frumious")
+    expect(customer.locator(".buttons button")).to_have_count(2)
+    say(customer, "wubba lubba snorkel grape")
+    expect(customer.locator(".msg.bot").last).to_contain_text("in the queue")
+    row = wait_for_row(desk, customer, "low confidence")
+    row.click()
+    expect(desk.locator("#context")).to_contain_text("wubba lubba")
+    desk.click("#claim")
+    desk.fill("#reply", "Sorry about that, what do you need?")
+    desk.click("#send")
+    expect(customer.locator(".msg.agent")).to_contain_text("what do you need")
+    desk.click("#resolve")
+    expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
+
+
+def test_bot_leaves_the_queue(running_bot: RunningBot, customer: Page, desk: Page) -> None:
+    say(customer, "can I talk to a person")
+    expect(customer.locator(".msg.bot").last).to_contain_text("in the queue")
+    wait_for_row(desk, customer, "intent")
+    say(customer, "still there?")
+    expect(customer.locator(".msg.bot").last).to_contain_text("You're number")
+    say(customer, "BOT")
+    expect(customer.locator(".msg.bot").last).to_contain_text("back with the bot")
+    expect(desk.locator("#tickets tr", has_text=visitor_name(customer))).to_have_count(0)
+    say(customer, "what payment methods do you accept")
+    expect(customer.locator(".msg.bot").last).to_contain_text("PayPal")
