@@ -72,6 +72,7 @@ class Ticket(Base):
     assigned_at = Column(UTCDateTime, nullable=True)
     first_reply_at = Column(UTCDateTime, nullable=True)
     resolved_at = Column(UTCDateTime, nullable=True)
+    follow_up_at = Column(UTCDateTime, nullable=True)  # when the check-in was sent
 
 
 class Rating(Base):
@@ -440,3 +441,33 @@ def push_notice(conversation_id: str, text: str, ticket_id: int | None = None,
         message = add_message(session, conversation_id, "system", text, ticket_id=ticket_id,
                               payload=payload, delivery="push")
         return int(message.id)
+
+
+def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
+                    url: str | None = None) -> list[int]:
+    """Check in once on held conversations where the agent spoke last and the
+    customer has been silent for `after`. Returns the tickets followed up."""
+    from bot.conversations import Message
+
+    now = now or utcnow()
+    sent = []
+    with session_scope(url) as session:
+        held = session.execute(
+            select(Ticket).where(Ticket.status == "assigned", Ticket.follow_up_at.is_(None))
+        ).scalars().all()
+        for ticket in held:
+            last = session.execute(
+                select(Message.author, Message.created_at)
+                .where(Message.conversation_id == ticket.conversation_id,
+                       Message.author.in_(("customer", "agent")))
+                .order_by(Message.id.desc()).limit(1)
+            ).first()
+            if last is None or last.author != "agent" or now - last.created_at < after:
+                continue
+            ticket.follow_up_at = now
+            add_message(session, ticket.conversation_id, "system", text, ticket_id=ticket.id,
+                        delivery="push")
+            events.publish(session, "message", ticket_id=ticket.id,
+                           conversation_id=ticket.conversation_id, author="system")
+            sent.append(ticket.id)
+    return sent

@@ -23,6 +23,7 @@ class Settings:
     desk_port: int
     host: str
     support_hours_file: Path
+    follow_up_hours: float  # 0: no follow-up message
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -34,6 +35,17 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     if not 0 < port < 65536:
         raise ValueError(f"{key} must be between 1 and 65535, got {port}")
     return port
+
+
+def _hours(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, str(default))
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number of hours (0 turns it off), got {raw!r}") from None
+    if hours < 0:
+        raise ValueError(f"{key} cannot be negative")
+    return hours
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -49,4 +61,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=env.get("PARLEY_HOST", "127.0.0.1"),
         support_hours_file=Path(env.get("PARLEY_SUPPORT_HOURS")
                                 or PROJECT_ROOT / "support_hours.yml"),
+        follow_up_hours=_hours(env, "PARLEY_FOLLOWUP_HOURS", 24.0),
     )

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from bot import agents, conversations, handoff, storage
+from bot.launcher import free_port
 from bot.settings import PROJECT_ROOT
-from tests.conftest import free_port
 
 # Every route the desk serves, and whether it is open without a session.
 ROUTES = {

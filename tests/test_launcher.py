@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from bot import launcher, model_freshness
+from bot.launcher import free_port
 from bot.settings import PROJECT_ROOT, load_settings
-from tests.conftest import free_port
 
 
 class StandInStack(launcher.Stack):

@@ -148,3 +148,10 @@ def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
 def test_settings_reject_out_of_range_ports(value: str) -> None:
     with pytest.raises(ValueError, match="between 1 and 65535"):
         load_settings({"PARLEY_RASA_PORT": value})
+
+
+def test_follow_up_hours_setting() -> None:
+    assert load_settings({}).follow_up_hours == 24.0
+    assert load_settings({"PARLEY_FOLLOWUP_HOURS": "0"}).follow_up_hours == 0.0
+    with pytest.raises(ValueError, match="number of hours"):
+        load_settings({"PARLEY_FOLLOWUP_HOURS": "daily"})

@@ -204,3 +204,20 @@ def test_ten_agents_clicking_the_same_ticket_one_wins(any_db: str) -> None:
         run_threads(10, click)
         assert len(winners) == 1
         assert handoff.get_ticket(ticket.id, any_db).assigned_agent_id == winners[0]
+
+
+def test_follow_up_once_when_the_customer_went_quiet(any_db: str) -> None:
+    agent = agents.create_user("ana", "correct horse", url=any_db)
+    quiet = escalate(any_db, "webchat:quiet").ticket
+    answered = escalate(any_db, "webchat:answered").ticket
+    for t in (quiet, answered):
+        handoff.claim_ticket(t.id, agent.id, any_db)
+        handoff.agent_reply(t.id, agent.id, "Could you send a photo?", any_db)
+    with session_scope(any_db) as s:
+        conversations.add_message(s, "webchat:answered", "customer", "sure, here")
+    day = timedelta(hours=24)
+    assert handoff.send_follow_ups(day, "Checking in", url=any_db) == []  # too soon
+    later = utcnow() + timedelta(hours=25)
+    assert handoff.send_follow_ups(day, "Checking in", later, any_db) == [quiet.id]
+    assert handoff.send_follow_ups(day, "Checking in", later, any_db) == []  # only once
+    assert conversations.pushed_after("webchat:quiet", 0, any_db)[-1].text == "Checking in"

@@ -108,6 +108,33 @@ def test_bad_input_gets_a_clear_4xx(running_bot: RunningBot, body: bytes, status
     assert reason in resp.json()["error"]
 
 
+@pytest.mark.parametrize(("query", "reason"), [
+    ({"sender": "abc", "after": "ten"}, "'after' must be an integer"),
+    ({"sender": "../x"}, "'sender'"),
+    ({}, "'sender'"),
+])
+def test_updates_bad_input_gets_a_clear_4xx(running_bot: RunningBot, query: dict,
+                                            reason: str) -> None:
+    resp = httpx.get(f"{running_bot.webchat_url}updates", params=query, timeout=10)
+    assert resp.status_code == 400 and reason in resp.json()["error"]
+
+
+def test_updates_start_with_a_cursor_and_return_pushed_messages(running_bot: RunningBot
+                                                                ) -> None:
+    from bot import handoff
+
+    sender = new_sender()
+    running_bot.say(sender, "AGENT")
+    url = f"{running_bot.webchat_url}updates"
+    cursor = httpx.get(url, params={"sender": sender}, timeout=10).json()["cursor"]
+    assert cursor > 0
+    handoff.push_notice(f"webchat:{sender}", "An agent is looking at it",
+                        url=running_bot.database_url)
+    body = httpx.get(url, params={"sender": sender, "after": cursor}, timeout=30).json()
+    assert [m["text"] for m in body["messages"]] == ["An agent is looking at it"]
+    assert body["cursor"] == body["messages"][0]["id"]
+
+
 def test_wrong_method_is_not_a_server_error(running_bot: RunningBot) -> None:
     resp = httpx.get(f"{running_bot.webchat_url}webhook", timeout=10)
     assert resp.status_code == 405

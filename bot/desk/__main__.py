@@ -16,7 +16,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=settings.desk_port)
     args = parser.parse_args()
     app = create_app(settings.database_url,
-                     secure_cookies=os.environ.get("PARLEY_SECURE_COOKIES") == "1")
+                     secure_cookies=os.environ.get("PARLEY_SECURE_COOKIES") == "1",
+                     follow_up_hours=settings.follow_up_hours)
     app.run(host=args.host, port=args.port, access_log=False, workers=1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -28,13 +29,15 @@ from bot.storage import utcnow
 EVENT_POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
 MAX_BODY = 64 * 1024
+FOLLOW_UP_CHECK_SECONDS = 60.0
 
 
 def _page(name: str) -> str:
     return resources.files("bot.desk").joinpath("static", name).read_text("utf-8")
 
 
-def create_app(database_url: str | None = None, secure_cookies: bool = False) -> Sanic:
+def create_app(database_url: str | None = None, secure_cookies: bool = False,
+               follow_up_hours: float = 0.0) -> Sanic:
     app = Sanic("parley_desk")
     app.config.REQUEST_MAX_SIZE = MAX_BODY
     app.config.FORWARDED_SECRET = None
@@ -298,6 +301,17 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False) ->
                 idle = 0.0
         await resp.eof()
         return resp
+
+    async def follow_up_loop() -> None:
+        """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
+        after = timedelta(hours=follow_up_hours)
+        text = responses.render("utter_follow_up")["text"]
+        while True:
+            await asyncio.to_thread(handoff.send_follow_ups, after, text, None, db)
+            await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)
+
+    if follow_up_hours > 0:
+        app.add_task(follow_up_loop())
 
     @app.on_response
     async def security_headers(_request: Request, resp: HTTPResponse) -> None:
