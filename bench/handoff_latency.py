@@ -10,6 +10,7 @@ SQLite database, then runs the handoffs one after another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,10 +41,8 @@ class EventWatcher:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the stack stops at the end of the run
             self._read()
-        except httpx.HTTPError:
-            pass  # the stack stopped at the end of the run
 
     def _read(self) -> None:
         with self._client.stream("GET", "/events", timeout=None) as stream:
