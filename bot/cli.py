@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import getpass
+import os
 import secrets
 import subprocess
 import sys
@@ -88,6 +91,36 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _telegram_env() -> tuple[str, str]:
+    token = os.environ.get("TELEGRAM_TOKEN", "")
+    secret = os.environ.get("TELEGRAM_WEBHOOK_SECRET", "")
+    if not token or not secret:
+        raise ValueError("set TELEGRAM_TOKEN and TELEGRAM_WEBHOOK_SECRET (any random string)")
+    return token, secret
+
+
+def cmd_telegram_webhook(args: argparse.Namespace) -> int:
+    from connectors import telegram
+
+    token, secret = _telegram_env()
+    if not args.url.startswith("https://"):
+        raise ValueError("Telegram only calls https:// webhooks")
+    asyncio.run(telegram.register_webhook(token, args.url, secret))
+    print(f"Telegram will deliver updates to {args.url}")
+    return 0
+
+
+def cmd_telegram_poll(_args: argparse.Namespace) -> int:
+    from connectors import telegram
+
+    token, secret = _telegram_env()
+    local = f"http://127.0.0.1:{load_settings().rasa_port}/webhooks/telegram/webhook"
+    print(f"Polling Telegram and forwarding updates to {local} (Ctrl-C to stop)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(telegram.poll(token, secret, local))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--password-stdin", action="store_true",
                       help="read the password from standard input (for scripts)")
     user.set_defaults(func=cmd_create_user)
+    hook = sub.add_parser("telegram-webhook", help="register the Telegram webhook (https URL)")
+    hook.add_argument("url", help="e.g. https://bot.example.com/webhooks/telegram/webhook")
+    hook.set_defaults(func=cmd_telegram_webhook)
+    sub.add_parser("telegram-poll", help="local development: long-poll Telegram instead "
+                   "of a webhook").set_defaults(func=cmd_telegram_poll)
     return parser
 
 

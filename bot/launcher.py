@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,6 +45,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     var_dir: Path | None = None  # databases, runtime config, logs; default root/var
     database_url: str | None = None  # default: SQLite under var_dir
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # added to credentials
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -86,6 +88,15 @@ class Stack:
         out.write_text(yaml.safe_dump(endpoints, sort_keys=False))
         return out
 
+    def runtime_credentials(self) -> Path:
+        """credentials.yml plus this stack's extra channels (tests add fakes' URLs)."""
+        credentials = yaml.safe_load((self.root / "credentials.yml").read_text()) or {}
+        credentials.update(self.channels)
+        out = self.state_dir / "run" / f"credentials.{self.rasa_port}.yml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(credentials, sort_keys=False))
+        return out
+
     def specs(self) -> list[ServiceSpec]:
         bin_dir = Path(sys.executable).parent
         rasa = str(bin_dir / "rasa")
@@ -100,7 +111,7 @@ class Stack:
                 "rasa",
                 [rasa, "run", "--model", str(model_path(self.root)),
                  "--port", str(self.rasa_port), "--interface", self.host,
-                 "--credentials", str(self.root / "credentials.yml"),
+                 "--credentials", str(self.runtime_credentials()),
                  "--endpoints", str(self.runtime_endpoints())],
                 f"{self.rasa_url}/",
             ),

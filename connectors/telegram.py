@@ -1,0 +1,267 @@
+"""Telegram: a Rasa channel over python-telegram-bot's `Update` and `Bot`.
+
+Webhook mode for production (register it with `python -m bot.cli telegram-webhook`),
+long-polling for local development (`python -m bot.cli telegram-poll`), which
+feeds updates to the same webhook handler. Register in credentials.yml:
+
+    connectors.telegram.TelegramInput:
+      access_token: "${TELEGRAM_TOKEN}"
+      webhook_secret: "${TELEGRAM_WEBHOOK_SECRET}"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from sanic import Blueprint, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.ext import AIORateLimiter, ExtBot
+
+from connectors import gate
+from connectors.outbound import Limits, Retryable, Sender
+from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+from connectors.text import split_text
+
+CHANNEL = "telegram"
+MAX_TEXT = 4096
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+DEFAULT_API = "https://api.telegram.org"
+# Bot-wide 30/s is PTB's AIORateLimiter; ~1/s per chat (short bursts allowed) is ours.
+LIMITS = Limits(per_second=1000, per_conversation=1.0, conversation_burst=3)
+logger = logging.getLogger(__name__)
+
+
+def conversation_id(chat_id: int | str) -> str:
+    return f"{CHANNEL}:{chat_id}"
+
+
+def chat_of(conversation: str) -> int:
+    return int(conversation.split(":", 1)[1])
+
+
+def verify(headers: Mapping[str, str], secret: str) -> bool:
+    """Telegram echoes the webhook's secret_token in a header; compare in constant time."""
+    sent = headers.get(SECRET_HEADER) or ""
+    return bool(secret) and hmac.compare_digest(sent.encode(), secret.encode())
+
+
+def parse(payload: dict[str, Any], bot: ExtBot | None = None) -> list[gate.Inbound]:
+    """Customer messages in one update (text, or a pressed inline button).
+    Other updates (edits, stickers, member changes …) are ignored: []."""
+    if not isinstance(payload.get("update_id"), int):
+        raise RejectedRequest(400, "not a Telegram update: 'update_id' missing")
+    try:
+        update = Update.de_json(payload, bot)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RejectedRequest(400, f"malformed Telegram update ({exc.__class__.__name__})") \
+            from None
+    message, query = update.message, update.callback_query
+    if message is not None and message.text and message.chat.type == "private":
+        user = message.from_user
+        return [gate.Inbound(conversation_id(message.chat.id), message.text,
+                             platform_message_id=str(update.update_id),
+                             display_name=user.full_name if user else "",
+                             metadata={"chat_id": message.chat.id})]
+    if query is not None and query.data and query.message is not None:
+        return [gate.Inbound(conversation_id(query.message.chat.id), query.data,
+                             platform_message_id=str(update.update_id),
+                             display_name=query.from_user.full_name,
+                             metadata={"chat_id": query.message.chat.id,
+                                       "callback_query_id": query.id})]
+    logger.debug("ignored Telegram update %s (no customer text)", update.update_id)
+    return []
+
+
+def _seconds(value: int | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+async def _call(coro_factory: Callable[[], Awaitable[Any]]) -> Any:
+    """One Bot API call, its errors sorted into retryable and permanent."""
+    try:
+        return await coro_factory()
+    except RetryAfter as exc:
+        raise Retryable("telegram: too many requests", _seconds(exc.retry_after)) from exc
+    except (BadRequest, Forbidden):
+        raise  # permanent: wrong chat, blocked by the user, bad markup …
+    except NetworkError as exc:  # timeouts, 5xx, connection errors
+        raise Retryable(f"telegram: {exc.message}") from exc
+
+
+class Telegram:
+    """The outbound side for one bot: shared by the Rasa channel and the desk."""
+
+    def __init__(self, token: str, api_base_url: str = DEFAULT_API) -> None:
+        base = api_base_url.rstrip("/")
+        self.bot = ExtBot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
+                          rate_limiter=AIORateLimiter(max_retries=0))
+        self.sender = Sender(LIMITS)
+        self._ready = asyncio.Lock()
+        self._initialized = False
+
+    async def _init(self) -> None:
+        async with self._ready:
+            if not self._initialized:
+                await self.bot.initialize()
+                self._initialized = True
+
+    def _calls(self, chat: int, message: dict[str, Any]) -> list[Callable[[], Awaitable[Any]]]:
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        chunks = split_text(message.get("text") or "", MAX_TEXT)
+        buttons = message.get("buttons") or []
+        markup = InlineKeyboardMarkup(
+            [[InlineKeyboardButton(b["title"], callback_data=str(b["payload"])[:64])]
+             for b in buttons]) if buttons else None
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            calls.append(lambda c=chunk, m=markup if last else None: _call(
+                lambda: self.bot.send_message(chat, c, reply_markup=m)))
+        if message.get("image"):
+            calls.append(lambda: _call(lambda: self.bot.send_photo(chat, message["image"])))
+        return calls
+
+    async def deliver(self, conversation: str, message: dict[str, Any]) -> None:
+        """Send one reply (text split at 4096, buttons, image) in order."""
+        await self._init()
+        await self.sender.send_all(conversation, self._calls(chat_of(conversation), message))
+
+    async def acknowledge(self, conversation: str, callback_query_id: str) -> None:
+        await self._init()
+        try:
+            await self.sender.send(conversation, lambda: _call(
+                lambda: self.bot.answer_callback_query(callback_query_id)))
+        except TelegramError as exc:  # a stale button press: nothing for the customer
+            logger.debug("callback answer failed: %s", exc.message)
+
+    async def shutdown(self) -> None:
+        if self._initialized:
+            await self.bot.shutdown()
+
+
+class TelegramOutput(OutputChannel):
+    """Sends Rasa's replies and remembers them for the transcript."""
+
+    def __init__(self, telegram: Telegram) -> None:
+        self.telegram = telegram
+        self.sent: list[dict[str, Any]] = []
+
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL
+
+    async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
+        await self.telegram.deliver(recipient_id, message)
+        self.sent.append(dict(message))
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        await self.send_response(recipient_id, {"text": text})
+
+
+class TelegramInput(InputChannel):
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL
+
+    @classmethod
+    def from_credentials(cls, credentials: dict[str, Any] | None) -> TelegramInput:
+        credentials = credentials or {}
+        token, secret = credentials.get("access_token"), credentials.get("webhook_secret")
+        if not token or not secret:
+            raise ValueError("telegram needs 'access_token' and 'webhook_secret' in credentials")
+        return cls(str(token), str(secret),
+                   str(credentials.get("api_base_url") or DEFAULT_API),
+                   int(credentials.get("max_body_bytes") or DEFAULT_MAX_BODY))
+
+    def __init__(self, token: str, webhook_secret: str, api_base_url: str = DEFAULT_API,
+                 max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
+        self.telegram = Telegram(token, api_base_url)
+        self.webhook_secret = webhook_secret
+        self.max_body_bytes = max_body_bytes
+
+    def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
+        hook = Blueprint("telegram_webhook", __name__)
+
+        @hook.route("/", methods=["GET"])
+        async def health(_request: Request) -> HTTPResponse:
+            return response.json({"status": "ok"})
+
+        @hook.route("/webhook", methods=["POST"])
+        async def receive(request: Request) -> HTTPResponse:
+            if not verify(request.headers, self.webhook_secret):
+                return response.json({"error": "secret token missing or wrong"}, status=403)
+            try:
+                inbound = parse(read_json_object(request, self.max_body_bytes),
+                                self.telegram.bot)
+            except RejectedRequest as rejected:
+                return rejected.as_response()
+            for item in inbound:  # every entry, never only the first
+                await self._handle_safely(item, on_new_message)
+            return response.json({"ok": True})
+
+        return hook
+
+    async def _handle(self, item: gate.Inbound,
+                      on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        decision = await asyncio.to_thread(gate.accept, item)
+        if "callback_query_id" in item.metadata and decision.route != "duplicate":
+            await self.telegram.acknowledge(item.conversation_id,
+                                            item.metadata["callback_query_id"])
+        if decision.route == "bot":
+            output = TelegramOutput(self.telegram)
+            await on_new_message(UserMessage(
+                item.text, output, item.conversation_id, input_channel=CHANNEL,
+                metadata={"display_name": item.display_name}))
+            extra = await asyncio.to_thread(gate.after_bot, item.conversation_id, output.sent)
+        else:
+            extra = decision.replies
+        for reply in extra:
+            await self.telegram.deliver(item.conversation_id, reply)
+
+    async def _handle_safely(self, item: gate.Inbound,
+                             on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """The message is stored before anything is sent, so a failed send is logged
+        (without the token) and answered 200: Telegram retrying would not help."""
+        try:
+            await self._handle(item, on_new_message)
+        except (TelegramError, Retryable) as exc:
+            logger.warning("telegram send to %s failed: %s", item.conversation_id,
+                           exc.__class__.__name__)
+
+
+async def register_webhook(token: str, url: str, secret: str,
+                           api_base_url: str = DEFAULT_API) -> None:
+    """Point Telegram at our webhook, with the secret it must echo back."""
+    async with ExtBot(token, base_url=f"{api_base_url.rstrip('/')}/bot") as bot:
+        await bot.set_webhook(url, secret_token=secret,
+                              allowed_updates=["message", "callback_query"])
+
+
+async def poll(token: str, secret: str, local_webhook: str, api_base_url: str = DEFAULT_API,
+               rounds: int | None = None, timeout: int = 30) -> int:
+    """Local development without a public URL: long-poll getUpdates and hand each
+    update to our own webhook, so both modes run the same code. Returns how many
+    updates were forwarded."""
+    forwarded, offset, done = 0, None, 0
+    async with ExtBot(token, base_url=f"{api_base_url.rstrip('/')}/bot") as bot:
+        await bot.delete_webhook()
+        async with httpx.AsyncClient(timeout=timeout + 60) as client:
+            while rounds is None or done < rounds:
+                updates = await bot.get_updates(offset=offset, timeout=timeout,
+                                                allowed_updates=["message", "callback_query"])
+                for update in updates:
+                    await client.post(local_webhook, json=update.to_dict(),
+                                      headers={SECRET_HEADER: secret})
+                    offset = update.update_id + 1
+                    forwarded += 1
+                done += 1
+    return forwarded

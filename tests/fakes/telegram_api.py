@@ -1,0 +1,118 @@
+"""A fake Telegram Bot API server on loopback that speaks the documented wire format.
+
+python-telegram-bot is pointed at it through `base_url`. It records every call,
+answers like the Bot API (`{"ok": true, "result": …}`), and can be told to fail
+the next calls with 429 (with `parameters.retry_after`) or 5xx.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+BOT_USER = {"id": 999, "is_bot": True, "first_name": "Northwind", "username": "northwind_bot"}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+
+
+@dataclass
+class FakeTelegram:
+    token: str = "123456:TEST-token"
+    calls: list[Call] = field(default_factory=list)
+    failures: list[tuple[str, int, int]] = field(default_factory=list)  # method, status, retry
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: Any = field(default_factory=lambda: itertools.count(1000))
+    pending_updates: list[dict[str, Any]] = field(default_factory=list)  # for getUpdates
+
+    def fail_next(self, method: str, count: int, status: int = 429, retry_after: int = 1) -> None:
+        with self.lock:
+            self.failures += [(method, status, retry_after)] * count
+
+    def sent(self, method: str = "sendMessage") -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.method == method]
+
+    def answer(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            for i, (m, status, retry_after) in enumerate(self.failures):
+                if m == method:
+                    del self.failures[i]
+                    if status == 429:
+                        return 429, {"ok": False, "error_code": 429,
+                                     "description": f"Too Many Requests: retry after {retry_after}",
+                                     "parameters": {"retry_after": retry_after}}
+                    return status, {"ok": False, "error_code": status,
+                                    "description": "Bad Gateway"}
+            self.calls.append(Call(method, params, time.monotonic()))
+        if method == "getMe":
+            return 200, {"ok": True, "result": BOT_USER}
+        if method in {"sendMessage", "sendPhoto"}:
+            chat = int(params["chat_id"])
+            return 200, {"ok": True, "result": {
+                "message_id": next(self._ids), "date": int(time.time()),
+                "chat": {"id": chat, "type": "private"}, "from": BOT_USER,
+                **({"text": params.get("text", "")} if method == "sendMessage" else {})}}
+        if method in {"answerCallbackQuery", "setWebhook", "deleteWebhook"}:
+            return 200, {"ok": True, "result": True}
+        if method == "getUpdates":
+            with self.lock:
+                offset = int(params.get("offset") or 0)
+                updates = [u for u in self.pending_updates if u["update_id"] >= offset]
+                self.pending_updates = updates
+            return 200, {"ok": True, "result": updates}
+        return 404, {"ok": False, "error_code": 404, "description": "Not Found: method"}
+
+
+def _params(handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, Any]:
+    kind = handler.headers.get("Content-Type", "")
+    if "json" in kind:
+        return json.loads(body or b"{}")
+    raw = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():  # PTB JSON-encodes nested values in form fields
+        try:
+            out[key] = json.loads(value) if value[:1] in "[{" else value
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def serve(fake: FakeTelegram) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            prefix = f"/bot{fake.token}/"
+            if not self.path.startswith(prefix):
+                status, payload = 401, {"ok": False, "error_code": 401,
+                                        "description": "Unauthorized"}
+            else:
+                status, payload = fake.answer(self.path[len(prefix):], _params(self, body))
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def stop(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,254 @@
+"""Telegram through the real Rasa server, against a fake Bot API server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from bot import conversations, launcher
+from bot.launcher import free_port
+from bot.settings import PROJECT_ROOT
+from bot.support_hours import DAYS
+from connectors import telegram
+from connectors.requests import RejectedRequest
+from tests.fakes.telegram_api import FakeTelegram, serve, stop
+
+SECRET = "webhook-secret-1"
+_update_ids = itertools.count(int(time.time()))
+_chat_ids = itertools.count(5_000_000)
+
+
+def text_update(chat: int, text: str, update_id: int | None = None) -> dict:
+    return {"update_id": update_id or next(_update_ids), "message": {
+        "message_id": next(_update_ids), "date": int(time.time()), "text": text,
+        "chat": {"id": chat, "type": "private", "first_name": "Maria"},
+        "from": {"id": chat, "is_bot": False, "first_name": "Maria", "last_name": "Lopes"}}}
+
+
+def button_update(chat: int, data: str) -> dict:
+    return {"update_id": next(_update_ids), "callback_query": {
+        "id": f"cb{next(_update_ids)}", "chat_instance": "1", "data": data,
+        "from": {"id": chat, "is_bot": False, "first_name": "Maria"},
+        "message": {"message_id": 1, "date": int(time.time()), "text": "pick one",
+                    "chat": {"id": chat, "type": "private"}}}}
+
+
+class TelegramStack:
+    def __init__(self, fake: FakeTelegram, stack: launcher.Stack, fake_url: str) -> None:
+        self.fake = fake
+        self.fake_url = fake_url
+        self.stack = stack
+        self.url = f"{stack.rasa_url}/webhooks/telegram/webhook"
+
+    def post(self, payload: dict | bytes, secret: str | None = SECRET) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return httpx.post(self.url, content=body, headers=headers, timeout=60)
+
+    def replies(self, chat: int) -> list[str]:
+        return [c.params.get("text", "") for c in self.fake.sent()
+                if int(c.params["chat_id"]) == chat]
+
+
+@pytest.fixture(scope="module")
+def tg() -> Iterator[TelegramStack]:
+    fake = FakeTelegram()
+    server, api_url = serve(fake)
+    state = Path(tempfile.mkdtemp(prefix="parley-tg-"))
+    hours = state / "hours.yml"
+    hours.write_text(yaml.safe_dump({"timezone": "UTC",
+                                     "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
+    stack = launcher.Stack(
+        PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(), desk_port=free_port(),
+        var_dir=state, env={"PARLEY_SUPPORT_HOURS": str(hours)},
+        channels={"connectors.telegram.TelegramInput": {
+            "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
+    stack.start()
+    try:
+        yield TelegramStack(fake, stack, api_url)
+    finally:
+        stack.stop()
+        stop(server)
+
+
+pytestmark = pytest.mark.servers
+
+
+def test_a_full_conversation(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    assert tg.post(text_update(chat, "hi")).status_code == 200
+    assert "AGENT" in tg.replies(chat)[-1]
+    tg.post(text_update(chat, "where is my order?"))
+    assert "order number" in tg.replies(chat)[-1]
+    tg.post(text_update(chat, "10234"))
+    assert "DHL" in tg.replies(chat)[-1]
+    lines = conversations.transcript(f"telegram:{chat}", tg.stack.db_url)
+    assert [m.author for m in lines] == ["customer", "bot"] * 3
+    assert conversations.display_names([f"telegram:{chat}"], tg.stack.db_url) == {
+        f"telegram:{chat}": "Maria Lopes"}
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong-secret", SECRET + "x"])
+def test_forged_or_missing_secret_is_refused(tg: TelegramStack, secret: str | None) -> None:
+    chat = next(_chat_ids)
+    resp = tg.post(text_update(chat, "hi"), secret=secret)
+    assert resp.status_code == 403
+    assert tg.replies(chat) == []
+    assert conversations.transcript(f"telegram:{chat}", tg.stack.db_url) == []
+
+
+def test_a_redelivered_update_gets_no_second_reply(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    update = text_update(chat, "what are your opening hours")
+    assert tg.post(update).status_code == 200
+    assert tg.post(update).status_code == 200
+    with ThreadPoolExecutor(4) as pool:  # and concurrent redeliveries
+        list(pool.map(lambda _: tg.post(update), range(4)))
+    assert len(tg.replies(chat)) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    (b"{nope", 400, "not valid JSON"),
+    (b'{"message": {}}', 400, "update_id"),
+    (b'{"update_id": 5, "message": {"chat": 1}}', 400, "malformed"),
+    (b'{"update_id": 1, "x": "' + b"y" * 70000 + b'"}', 413, "limit"),
+])
+def test_bad_bodies_get_a_clear_4xx(tg: TelegramStack, body: bytes, status: int,
+                                    reason: str) -> None:
+    resp = tg.post(body)
+    assert resp.status_code == status and reason in resp.json()["error"]
+
+
+def test_updates_without_customer_text_are_ignored(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    edited = {"update_id": next(_update_ids), "edited_message": text_update(chat, "x")["message"]}
+    sticker = text_update(chat, "")
+    assert tg.post(edited).status_code == 200
+    assert tg.post(sticker).status_code == 200
+    assert tg.replies(chat) == []
+
+
+def test_buttons_round_trip(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    tg.post(text_update(chat, "xqzvk blorptangle frumious"))
+    last = [c for c in tg.fake.sent() if int(c.params["chat_id"]) == chat][-1]
+    keyboard = last.params["reply_markup"]["inline_keyboard"]
+    payloads = [row[0]["callback_data"] for row in keyboard]
+    assert len(payloads) == 2 and all(p.startswith("/") for p in payloads)
+    acks_before = len(tg.fake.sent("answerCallbackQuery"))
+    tg.post(button_update(chat, "/shipping_times"))
+    assert "Standard shipping" in tg.replies(chat)[-1]
+    assert len(tg.fake.sent("answerCallbackQuery")) == acks_before + 1
+
+
+def test_handoff_and_queue_updates_over_telegram(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    tg.post(text_update(chat, "AGENT"))
+    assert "in the queue" in tg.replies(chat)[-1]
+    tg.post(text_update(chat, "hello?"))
+    assert "You're number" in tg.replies(chat)[-1]
+    tg.post(text_update(chat, "bot"))
+    assert "back with the bot" in tg.replies(chat)[-1]
+
+
+def test_a_429_storm_is_survived_in_order(tg: TelegramStack) -> None:
+    chats = [next(_chat_ids) for _ in range(3)]
+    tg.fake.fail_next("sendMessage", 4, status=429, retry_after=1)
+    tg.fake.fail_next("sendMessage", 2, status=502)
+    start = time.monotonic()
+
+    def conversation(chat: int) -> None:
+        tg.post(text_update(chat, "hi"))
+        tg.post(text_update(chat, "how long does shipping take"))
+
+    threads = [threading.Thread(target=conversation, args=(c,)) for c in chats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for chat in chats:
+        replies = tg.replies(chat)
+        assert len(replies) == 2, replies
+        assert "AGENT" in replies[0] and "Standard shipping" in replies[1]
+    assert time.monotonic() - start >= 1.0  # retry_after was honoured
+    sends = [c for c in tg.fake.sent() if int(c.params["chat_id"]) in chats]
+    for chat in chats:  # never faster than the per-chat limit allows (burst of 3, then 1/s)
+        stamps = [c.at for c in sends if int(c.params["chat_id"]) == chat]
+        assert len(stamps) == 2
+
+
+def test_long_replies_are_split_on_word_boundaries() -> None:
+    fake = FakeTelegram()
+    server, api_url = serve(fake)
+    try:
+        text = "word " * 2000
+
+        async def send() -> None:
+            client = telegram.Telegram(fake.token, api_url)
+            await client.deliver("telegram:77", {"text": text, "buttons": [
+                {"title": "Yes", "payload": "/affirm"}]})
+            await client.shutdown()
+
+        asyncio.run(send())
+        sent = fake.sent()
+        assert [len(c.params["text"]) <= 4096 for c in sent] == [True] * len(sent)
+        assert len(sent) == 3
+        assert " ".join(c.params["text"] for c in sent).split() == text.split()
+        assert "reply_markup" in sent[-1].params and "reply_markup" not in sent[0].params
+    finally:
+        stop(server)
+
+
+def test_parse_unit() -> None:
+    [item] = telegram.parse(text_update(42, "hello", update_id=7))
+    assert (item.conversation_id, item.text, item.platform_message_id) == (
+        "telegram:42", "hello", "7")
+    group = text_update(-100, "hi all")
+    group["message"]["chat"]["type"] = "group"
+    assert telegram.parse(group) == []
+    with pytest.raises(RejectedRequest):
+        telegram.parse({"update_id": "x"})
+
+
+def test_secret_comparison() -> None:
+    assert telegram.verify({"x-telegram-bot-api-secret-token": "abc"}, "abc")
+    assert not telegram.verify({"x-telegram-bot-api-secret-token": "abd"}, "abc")
+    assert not telegram.verify({}, "")
+
+
+def test_credentials_are_required() -> None:
+    with pytest.raises(ValueError, match="access_token"):
+        telegram.TelegramInput.from_credentials({"webhook_secret": "x"})
+    with pytest.raises(ValueError, match="webhook_secret"):
+        telegram.TelegramInput.from_credentials({"access_token": "1:x"})
+
+
+def test_long_polling_feeds_the_same_webhook(tg: TelegramStack) -> None:
+    chat = next(_chat_ids)
+    tg.fake.pending_updates.append(text_update(chat, "do you take paypal"))
+    forwarded = asyncio.run(telegram.poll(tg.fake.token, SECRET, tg.url,
+                                          api_base_url=tg.fake_url, rounds=2, timeout=0))
+    assert forwarded == 1
+    assert "PayPal" in tg.replies(chat)[-1]
+    assert tg.fake.sent("deleteWebhook")
+
+
+def test_webhook_registration_sends_the_secret(tg: TelegramStack) -> None:
+    asyncio.run(telegram.register_webhook(tg.fake.token, "https://bot.example/webhooks/telegram/"
+                                          "webhook", SECRET, tg.fake_url))
+    call = tg.fake.sent("setWebhook")[-1]
+    assert call.params["secret_token"] == SECRET
+    assert call.params["url"].startswith("https://bot.example/")
