@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     select,
+    update,
 )
 from sqlalchemy.orm import Session
 
@@ -60,6 +61,10 @@ class Message(Base):
     delivery = Column(String(8), nullable=False, default="sync")
     platform_message_id = Column(String(200), nullable=True)
     created_at = Column(UTCDateTime, nullable=False, default=utcnow)
+    # For pushed messages on platforms we call (Telegram, Meta): when a worker took
+    # it to send, and the platform's error if sending failed for good.
+    sent_at = Column(UTCDateTime, nullable=True)
+    delivery_error = Column(String(300), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,18 @@ class TranscriptLine:
     payload: dict[str, Any] | None
     agent_id: int | None
     created_at: datetime
+    delivery_error: str | None = None
+
+    @classmethod
+    def of(cls, m: Message) -> TranscriptLine:
+        return cls(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at,
+                   m.delivery_error)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "author": self.author, "text": self.text,
                 "payload": self.payload, "agent_id": self.agent_id,
-                "created_at": self.created_at.isoformat()}
+                "created_at": self.created_at.isoformat(),
+                "delivery_error": self.delivery_error}
 
 
 def channel_of(conversation_id: str) -> str:
@@ -125,8 +137,7 @@ def transcript(conversation_id: str, url: str | None = None,
         if not include_notes:
             query = query.where(Message.author != "note")
         rows = session.execute(query.order_by(Message.id.desc()).limit(limit)).scalars()
-        lines = [TranscriptLine(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at)
-                 for m in rows]
+        lines = [TranscriptLine.of(m) for m in rows]
     return list(reversed(lines))
 
 
@@ -139,8 +150,7 @@ def pushed_after(conversation_id: str, after_id: int,
                                   Message.delivery == "push", Message.id > after_id)
             .order_by(Message.id)
         ).scalars()
-        return [TranscriptLine(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at)
-                for m in rows]
+        return [TranscriptLine.of(m) for m in rows]
 
 
 def latest_message_id(conversation_id: str, url: str | None = None) -> int:
@@ -163,3 +173,40 @@ def display_names(conversation_ids: list[str], url: str | None = None) -> dict[s
             .where(Conversation.id.in_(set(conversation_ids)))
         ).all()
         return {cid: name or cid for cid, name in rows}
+
+
+def take_pending_pushes(channel: str, limit: int = 50,
+                        url: str | None = None) -> list[tuple[str, TranscriptLine]]:
+    """Claim pushed messages of one channel that no worker has taken yet, oldest
+    first. The guarded UPDATE makes each message go to exactly one worker, even
+    with several Rasa replicas polling."""
+    taken: list[tuple[str, TranscriptLine]] = []
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Message).join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.channel == channel, Message.delivery == "push",
+                   Message.sent_at.is_(None))
+            .order_by(Message.id).limit(limit)
+        ).scalars().all()
+        for message in rows:
+            won = session.execute(
+                update(Message).where(Message.id == message.id, Message.sent_at.is_(None))
+                .values(sent_at=utcnow()).execution_options(synchronize_session=False)
+            ).rowcount
+            if won == 1:
+                taken.append((message.conversation_id, TranscriptLine.of(message)))
+    return taken
+
+
+def mark_failed(message_id: int, error: str, url: str | None = None) -> None:
+    """Keep the platform's reason so the agent sees the reply did not arrive."""
+    from bot import events
+
+    with session_scope(url) as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            return
+        message.delivery_error = error[:300]
+        events.publish(session, "message", ticket_id=message.ticket_id,
+                       conversation_id=message.conversation_id, author="system",
+                       delivery_error=message.delivery_error)

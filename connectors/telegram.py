@@ -27,6 +27,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
 
+from bot import conversations
 from connectors import gate
 from connectors.outbound import Limits, Retryable, Sender
 from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
@@ -38,6 +39,7 @@ SECRET_HEADER = "x-telegram-bot-api-secret-token"
 DEFAULT_API = "https://api.telegram.org"
 # Bot-wide 30/s is PTB's AIORateLimiter; ~1/s per chat (short bursts allowed) is ours.
 LIMITS = Limits(per_second=1000, per_conversation=1.0, conversation_burst=3)
+PUSH_POLL_SECONDS = 0.1
 logger = logging.getLogger(__name__)
 
 
@@ -195,6 +197,10 @@ class TelegramInput(InputChannel):
         async def health(_request: Request) -> HTTPResponse:
             return response.json({"status": "ok"})
 
+        @hook.listener("after_server_start")
+        async def start_delivery(app: Any, _loop: Any) -> None:
+            app.add_task(self._deliver_pushes())
+
         @hook.route("/webhook", methods=["POST"])
         async def receive(request: Request) -> HTTPResponse:
             if not verify(request.headers, self.webhook_secret):
@@ -226,6 +232,31 @@ class TelegramInput(InputChannel):
             extra = decision.replies
         for reply in extra:
             await self.telegram.deliver(item.conversation_id, reply)
+
+    async def _deliver_pushes(self) -> None:
+        """Send what the desk queued for Telegram customers (agent replies, notices):
+        conversations in parallel, each in order; failures kept for the agent."""
+        while True:
+            taken = await asyncio.to_thread(conversations.take_pending_pushes, CHANNEL)
+            by_conversation: dict[str, list[conversations.TranscriptLine]] = {}
+            for conv, line in taken:
+                by_conversation.setdefault(conv, []).append(line)
+            await asyncio.gather(*(self._push(conv, lines)
+                                   for conv, lines in by_conversation.items()))
+            if not taken:
+                await asyncio.sleep(PUSH_POLL_SECONDS)
+
+    async def _push(self, conversation: str, lines: list[conversations.TranscriptLine]) -> None:
+        for line in lines:
+            try:
+                await self.telegram.deliver(conversation, {"text": line.text,
+                                                           **(line.payload or {})})
+            except TelegramError as exc:
+                await asyncio.to_thread(conversations.mark_failed, line.id,
+                                        f"Telegram refused it: {exc.message}")
+            except Retryable:
+                await asyncio.to_thread(conversations.mark_failed, line.id,
+                                        "Telegram kept failing (rate limit or outage)")
 
     async def _handle_safely(self, item: gate.Inbound,
                              on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:

@@ -184,6 +184,7 @@ def test_a_429_storm_is_survived_in_order(tg: TelegramStack) -> None:
         assert len(replies) == 2, replies
         assert "AGENT" in replies[0] and "Standard shipping" in replies[1]
     assert time.monotonic() - start >= 1.0  # retry_after was honoured
+    assert tg.fake.failures == []  # the whole storm was met and survived
     sends = [c for c in tg.fake.sent() if int(c.params["chat_id"]) in chats]
     for chat in chats:  # never faster than the per-chat limit allows (burst of 3, then 1/s)
         stamps = [c.at for c in sends if int(c.params["chat_id"]) == chat]
@@ -252,3 +253,54 @@ def test_webhook_registration_sends_the_secret(tg: TelegramStack) -> None:
     call = tg.fake.sent("setWebhook")[-1]
     assert call.params["secret_token"] == SECRET
     assert call.params["url"].startswith("https://bot.example/")
+
+
+def wait_until(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None:
+    from bot import agents, handoff
+
+    chat = next(_chat_ids)
+    conv = f"telegram:{chat}"
+    tg.post(text_update(chat, "AGENT"))
+    agent = agents.create_user(f"tg{chat}", "agent-password", url=tg.stack.db_url)
+    ticket = handoff.owner(conv, tg.stack.db_url)[1]
+    handoff.claim_ticket(ticket.id, agent.id, tg.stack.db_url)
+    for i in range(3):
+        handoff.agent_reply(ticket.id, agent.id, f"Agent reply {i}", tg.stack.db_url)
+    assert wait_until(lambda: sum("Agent reply" in r for r in tg.replies(chat)) == 3)
+    assert [r for r in tg.replies(chat) if "Agent reply" in r] == [
+        "Agent reply 0", "Agent reply 1", "Agent reply 2"]
+    # while the agent holds it, customer messages get no bot reply
+    before = len(tg.replies(chat))
+    tg.post(text_update(chat, "thanks, and my refund?"))
+    time.sleep(0.5)
+    assert len(tg.replies(chat)) == before
+
+
+def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None:
+    from bot import agents, handoff
+
+    chat = next(_chat_ids)
+    conv = f"telegram:{chat}"
+    tg.post(text_update(chat, "AGENT"))
+    agent = agents.create_user(f"tg{chat}", "agent-password", url=tg.stack.db_url)
+    ticket = handoff.owner(conv, tg.stack.db_url)[1]
+    handoff.claim_ticket(ticket.id, agent.id, tg.stack.db_url)
+    tg.fake.blocked_chats.add(chat)
+    message_id = handoff.agent_reply(ticket.id, agent.id, "Are you there?", tg.stack.db_url)
+
+    def failed() -> str | None:
+        lines = conversations.transcript(conv, tg.stack.db_url)
+        return next((m.delivery_error for m in lines if m.id == message_id), None)
+
+    assert wait_until(lambda: failed() is not None)
+    assert "blocked by the user" in failed()
+    assert tg.fake.token not in failed()

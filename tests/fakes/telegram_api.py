@@ -34,6 +34,7 @@ class FakeTelegram:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     pending_updates: list[dict[str, Any]] = field(default_factory=list)  # for getUpdates
+    blocked_chats: set[int] = field(default_factory=set)  # users who blocked the bot
 
     def fail_next(self, method: str, count: int, status: int = 429, retry_after: int = 1) -> None:
         with self.lock:
@@ -59,6 +60,9 @@ class FakeTelegram:
             return 200, {"ok": True, "result": BOT_USER}
         if method in {"sendMessage", "sendPhoto"}:
             chat = int(params["chat_id"])
+            if chat in self.blocked_chats:
+                return 403, {"ok": False, "error_code": 403,
+                             "description": "Forbidden: bot was blocked by the user"}
             return 200, {"ok": True, "result": {
                 "message_id": next(self._ids), "date": int(time.time()),
                 "chat": {"id": chat, "type": "private"}, "from": BOT_USER,

@@ -112,6 +112,7 @@ function renderTranscript(lines) {
     const item = el("li", null, line.author);
     const who = line.author === "note" ? "internal note" : line.author;
     item.append(el("span", who, "who"), document.createTextNode(line.text));
+    if (line.delivery_error) item.append(el("span", "⚠ not delivered: " + line.delivery_error, "failed"));
     item.dataset.author = line.author;
     list.appendChild(item);
   }
