@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, create_engine
+from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, declarative_base
 from sqlalchemy.types import TypeDecorator
@@ -68,13 +68,27 @@ def get_engine(url: str | None = None) -> Engine:
 @cache
 def _engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
-    if url.startswith("sqlite:///"):
+    sqlite = url.startswith("sqlite:///")
+    if sqlite:
         _ensure_sqlite_dir(url)
         # Writers queue on SQLite's file lock instead of failing at once.
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (the desk's live stream, long-polls) run beside the writer,
+    and synchronous=NORMAL drops an fsync per commit; still durable across a
+    process crash, which is what invariant 2 asks."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 @contextmanager
