@@ -28,7 +28,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.ext import AIORateLimiter, ExtBot
 
 from bot import conversations
-from connectors import gate
+from connectors import gate, redact
 from connectors.outbound import Limits, Retryable, Sender
 from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
 from connectors.text import split_text
@@ -104,6 +104,7 @@ class Telegram:
     """The outbound side for one bot: shared by the Rasa channel and the desk."""
 
     def __init__(self, token: str, api_base_url: str = DEFAULT_API) -> None:
+        redact.install()
         base = api_base_url.rstrip("/")
         self.bot = ExtBot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
                           rate_limiter=AIORateLimiter(max_retries=0))

@@ -304,3 +304,20 @@ def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None
     assert wait_until(lambda: failed() is not None)
     assert "blocked by the user" in failed()
     assert tg.fake.token not in failed()
+
+
+def test_the_token_never_reaches_the_logs(tg: TelegramStack) -> None:
+    """Runs after the conversations above: the Rasa server's whole log is clean."""
+    log = (tg.stack.log_dir / "rasa.log").read_text(errors="replace")
+    assert "Rasa server is up and running" in log  # the log is the right one
+    assert tg.fake.token not in log
+    assert tg.fake.token.split(":")[1] not in log
+
+
+def test_redaction_patterns() -> None:
+    from connectors.redact import redact
+
+    assert redact("POST https://api.telegram.org/bot123:AbC-_x/sendMessage") == \
+        "POST https://api.telegram.org/bot<redacted>/sendMessage"
+    assert redact("GET /v19.0/me?access_token=EAAB123&x=1") == \
+        "GET /v19.0/me?access_token=<redacted>&x=1"

@@ -94,6 +94,9 @@ def _params(handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, Any]:
 
 def serve(fake: FakeTelegram) -> tuple[ThreadingHTTPServer, str]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the real Bot API
+        disable_nagle_algorithm = True  # headers and body go out as written
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             prefix = f"/bot{fake.token}/"
