@@ -241,25 +241,29 @@ def queue_place(conversation_id: str, agents_online: int = 1,
         return None if ticket is None else place_of(session, ticket, agents_online)
 
 
+def _assign(session: Session, ticket_id: int, agent_id: int) -> TicketView | None:
+    """waiting -> assigned, guarded: the UPDATE re-checks `status = 'waiting'` under
+    the row's write lock (PostgreSQL) or the database lock (SQLite), so of several
+    concurrent claimers exactly one changes a row. None for the losers."""
+    result = session.execute(
+        update(Ticket).where(Ticket.id == ticket_id, Ticket.status == "waiting")
+        .values(status="assigned", assigned_agent_id=agent_id, assigned_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    ticket = session.get(Ticket, ticket_id)
+    assert ticket is not None
+    session.refresh(ticket)
+    events.publish(session, "ticket_claimed", ticket_id=ticket_id,
+                   conversation_id=ticket.conversation_id, agent_id=agent_id)
+    return TicketView.of(ticket)
+
+
 def claim_ticket(ticket_id: int, agent_id: int, url: str | None = None) -> TicketView | None:
-    """Take a waiting ticket. Exactly one of several concurrent claimers wins:
-    the guarded UPDATE re-checks `status = 'waiting'` under the row's write lock
-    (PostgreSQL) or the database lock (SQLite). Returns None for the losers."""
+    """Take a waiting ticket (an agent clicked it); None if someone else has it."""
     with session_scope(url) as session:
-        now = utcnow()
-        result = session.execute(
-            update(Ticket).where(Ticket.id == ticket_id, Ticket.status == "waiting")
-            .values(status="assigned", assigned_agent_id=agent_id, assigned_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
-            return None
-        ticket = session.get(Ticket, ticket_id)
-        assert ticket is not None
-        session.refresh(ticket)
-        events.publish(session, "ticket_claimed", ticket_id=ticket_id,
-                       conversation_id=ticket.conversation_id, agent_id=agent_id)
-        return TicketView.of(ticket)
+        return _assign(session, ticket_id, agent_id)
 
 
 def claim_next(agent_id: int, team: str = "support", url: str | None = None,
@@ -277,19 +281,9 @@ def claim_next(agent_id: int, team: str = "support", url: str | None = None,
             ticket_id = session.execute(query).scalar()
             if ticket_id is None:
                 return None
-            now = utcnow()
-            result = session.execute(
-                update(Ticket).where(Ticket.id == ticket_id, Ticket.status == "waiting")
-                .values(status="assigned", assigned_agent_id=agent_id, assigned_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount == 1:
-                ticket = session.get(Ticket, ticket_id)
-                assert ticket is not None
-                session.refresh(ticket)
-                events.publish(session, "ticket_claimed", ticket_id=ticket_id,
-                               conversation_id=ticket.conversation_id, agent_id=agent_id)
-                return TicketView.of(ticket)
+            claimed = _assign(session, ticket_id, agent_id)
+            if claimed is not None:
+                return claimed
         # Someone else took it between our SELECT and UPDATE (SQLite): try the next.
     return None
 
@@ -401,37 +395,34 @@ def record_rating(ticket_id: int, score: int, url: str | None = None) -> None:
         session.add(Rating(ticket_id=ticket_id, score=score, created_at=utcnow()))
 
 
-def agent_reply(ticket_id: int, agent_id: int, text: str, url: str | None = None) -> int:
-    """Record an agent's reply for the customer's channel to push; returns its id."""
+def _record(ticket_id: int, agent_id: int, text: str, author: str,
+            url: str | None) -> int:
     text = text.strip()
     if not text:
-        raise ValueError("a reply needs some text")
+        raise ValueError(f"a {'reply' if author == 'agent' else author} needs some text")
     with session_scope(url) as session:
         ticket = _held_ticket(session, ticket_id)
-        if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
-            raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
-        ticket.first_reply_at = ticket.first_reply_at or utcnow()
-        message = add_message(session, ticket.conversation_id, "agent", text,
-                              ticket_id=ticket_id, agent_id=agent_id, delivery="push")
+        if author == "agent":
+            if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
+                raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
+            ticket.first_reply_at = ticket.first_reply_at or utcnow()
+        message = add_message(session, ticket.conversation_id, author, text,
+                              ticket_id=ticket_id, agent_id=agent_id,
+                              delivery="push" if author == "agent" else "none")
         events.publish(session, "message", ticket_id=ticket_id,
-                       conversation_id=ticket.conversation_id, author="agent",
+                       conversation_id=ticket.conversation_id, author=author,
                        message_id=message.id)
         return int(message.id)
+
+
+def agent_reply(ticket_id: int, agent_id: int, text: str, url: str | None = None) -> int:
+    """Record an agent's reply for the customer's channel to push; returns its id."""
+    return _record(ticket_id, agent_id, text, "agent", url)
 
 
 def add_note(ticket_id: int, agent_id: int, text: str, url: str | None = None) -> int:
     """An internal note: in the transcript for agents, never sent to the customer."""
-    text = text.strip()
-    if not text:
-        raise ValueError("a note needs some text")
-    with session_scope(url) as session:
-        ticket = _held_ticket(session, ticket_id)
-        message = add_message(session, ticket.conversation_id, "note", text,
-                              ticket_id=ticket_id, agent_id=agent_id, delivery="none")
-        events.publish(session, "message", ticket_id=ticket_id,
-                       conversation_id=ticket.conversation_id, author="note",
-                       message_id=message.id)
-        return int(message.id)
+    return _record(ticket_id, agent_id, text, "note", url)
 
 
 def push_notice(conversation_id: str, text: str, ticket_id: int | None = None,

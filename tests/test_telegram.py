@@ -264,7 +264,8 @@ def wait_until(condition, timeout: float = 15.0) -> bool:
     return False
 
 
-def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None:
+def held_by_an_agent(tg: TelegramStack) -> tuple[int, str, int, int]:
+    """A Telegram customer who typed AGENT, claimed: (chat, conversation, ticket, agent)."""
     from bot import agents, handoff
 
     chat = next(_chat_ids)
@@ -273,8 +274,15 @@ def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None
     agent = agents.create_user(f"tg{chat}", "agent-password", url=tg.stack.db_url)
     ticket = handoff.owner(conv, tg.stack.db_url)[1]
     handoff.claim_ticket(ticket.id, agent.id, tg.stack.db_url)
+    return chat, conv, ticket.id, agent.id
+
+
+def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None:
+    from bot import handoff
+
+    chat, _conv, ticket_id, agent_id = held_by_an_agent(tg)
     for i in range(3):
-        handoff.agent_reply(ticket.id, agent.id, f"Agent reply {i}", tg.stack.db_url)
+        handoff.agent_reply(ticket_id, agent_id, f"Agent reply {i}", tg.stack.db_url)
     assert wait_until(lambda: sum("Agent reply" in r for r in tg.replies(chat)) == 3)
     assert [r for r in tg.replies(chat) if "Agent reply" in r] == [
         "Agent reply 0", "Agent reply 1", "Agent reply 2"]
@@ -286,16 +294,11 @@ def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None
 
 
 def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None:
-    from bot import agents, handoff
+    from bot import handoff
 
-    chat = next(_chat_ids)
-    conv = f"telegram:{chat}"
-    tg.post(text_update(chat, "AGENT"))
-    agent = agents.create_user(f"tg{chat}", "agent-password", url=tg.stack.db_url)
-    ticket = handoff.owner(conv, tg.stack.db_url)[1]
-    handoff.claim_ticket(ticket.id, agent.id, tg.stack.db_url)
+    chat, conv, ticket_id, agent_id = held_by_an_agent(tg)
     tg.fake.blocked_chats.add(chat)
-    message_id = handoff.agent_reply(ticket.id, agent.id, "Are you there?", tg.stack.db_url)
+    message_id = handoff.agent_reply(ticket_id, agent_id, "Are you there?", tg.stack.db_url)
 
     def failed() -> str | None:
         lines = conversations.transcript(conv, tg.stack.db_url)

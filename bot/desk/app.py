@@ -213,23 +213,22 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
                                 ticket_id, None, db)
         return response.json(ticket_json([view])[0])
 
+    async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
+        text = text_field(body_json(request), "text", 4096)
+        held(ticket_id)
+        message_id = await asyncio.to_thread(write, ticket_id, request.ctx.session.agent.id,
+                                             text, db)
+        return response.json({"id": message_id}, status=201)
+
     @app.post("/api/tickets/<ticket_id:int>/reply")
     @requires_session()
     async def reply(request: Request, ticket_id: int) -> HTTPResponse:
-        text = text_field(body_json(request), "text", 4096)
-        held(ticket_id)
-        message_id = await asyncio.to_thread(
-            handoff.agent_reply, ticket_id, request.ctx.session.agent.id, text, db)
-        return response.json({"id": message_id}, status=201)
+        return await record(request, ticket_id, handoff.agent_reply)
 
     @app.post("/api/tickets/<ticket_id:int>/note")
     @requires_session()
     async def note(request: Request, ticket_id: int) -> HTTPResponse:
-        text = text_field(body_json(request), "text", 4096)
-        held(ticket_id)
-        message_id = await asyncio.to_thread(
-            handoff.add_note, ticket_id, request.ctx.session.agent.id, text, db)
-        return response.json({"id": message_id}, status=201)
+        return await record(request, ticket_id, handoff.add_note)
 
     @app.post("/api/tickets/<ticket_id:int>/tags")
     @requires_session()
