@@ -210,3 +210,10 @@ def mark_failed(message_id: int, error: str, url: str | None = None) -> None:
         events.publish(session, "message", ticket_id=message.ticket_id,
                        conversation_id=message.conversation_id, author="system",
                        delivery_error=message.delivery_error)
+
+
+def last_customer_at(conversation_id: str, url: str | None = None) -> datetime | None:
+    """When the customer last wrote: the start of the platform's messaging window."""
+    with session_scope(url) as session:
+        conversation = session.get(Conversation, conversation_id)
+        return conversation.last_customer_at if conversation else None

@@ -36,7 +36,8 @@ from bot.conversations import add_message, ensure_conversation
 from bot.storage import Base, UTCDateTime, get_engine, session_scope, utcnow
 
 OPEN = ("waiting", "assigned")
-REASONS = ("keyword", "intent", "low_confidence", "complaint")
+# "external": a person answered in the platform's own inbox (e.g. Meta Business Suite).
+REASONS = ("keyword", "intent", "low_confidence", "complaint", "external")
 PRIORITY_NORMAL, PRIORITY_HIGH = 0, 1
 DEFAULT_HANDLE_TIME = timedelta(minutes=5)
 
@@ -462,3 +463,23 @@ def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
                            conversation_id=ticket.conversation_id, author="system")
             sent.append(ticket.id)
     return sent
+
+
+def hold_externally(conversation_id: str, who: str, text: str = "",
+                    url: str | None = None) -> TicketView:
+    """A person answered outside the desk (the platform's own inbox): the
+    conversation is human-owned from now on, so the bot goes quiet. Their words go
+    into the transcript. The desk can dismiss the ticket to hand back to the bot."""
+    place = escalate(conversation_id, "external", context={"held_by": who}, url=url)
+    with session_scope(url) as session:
+        ticket = _held_ticket(session, place.ticket.id)
+        if ticket.status == "waiting":
+            _transition(ticket, "assigned")
+            ticket.assigned_at = utcnow()
+            events.publish(session, "ticket_claimed", ticket_id=ticket.id,
+                           conversation_id=conversation_id, agent_id=None, held_by=who)
+        if text:
+            ticket.first_reply_at = ticket.first_reply_at or utcnow()
+            add_message(session, conversation_id, "agent", text, ticket_id=ticket.id,
+                        delivery="none")
+        return TicketView.of(ticket)

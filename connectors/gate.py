@@ -8,10 +8,13 @@ bot stays silent). After a resolved handoff it asks for, and takes, a rating.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from rasa.core.channels.channel import UserMessage
 from sqlalchemy.exc import IntegrityError
 
 from bot import agents, conversations, events, handoff, responses
@@ -127,3 +130,27 @@ def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
             return [_reply(session, conversation_id, "utter_ask_rating",
                            conversation.rating_ticket_id)]
     return []
+
+
+class RecordingOutput(Protocol):
+    sent: list[dict[str, Any]]
+
+
+async def converse(item: Inbound,
+                   on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                   output: RecordingOutput, channel: str,
+                   deliver: Callable[[dict[str, Any]], Awaitable[None]]) -> Decision:
+    """One inbound message through the gate, Rasa when the bot owns the
+    conversation, the transcript, and whatever the gate itself has to say.
+    Shared by every platform connector; `deliver` sends one reply to the customer."""
+    decision = await asyncio.to_thread(accept, item)
+    if decision.route == "bot":
+        await on_new_message(UserMessage(item.text, output,  # type: ignore[arg-type]
+                                         item.conversation_id, input_channel=channel,
+                                         metadata={"display_name": item.display_name}))
+        extra = await asyncio.to_thread(after_bot, item.conversation_id, output.sent)
+    else:
+        extra = decision.replies
+    for reply in extra:
+        await deliver(reply)
+    return decision

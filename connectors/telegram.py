@@ -28,7 +28,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.ext import AIORateLimiter, ExtBot
 
 from bot import conversations
-from connectors import gate, redact
+from connectors import gate, push, redact
 from connectors.outbound import Limits, Retryable, Sender
 from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
 from connectors.text import split_text
@@ -39,7 +39,6 @@ SECRET_HEADER = "x-telegram-bot-api-secret-token"
 DEFAULT_API = "https://api.telegram.org"
 # Bot-wide 30/s is PTB's AIORateLimiter; ~1/s per chat (short bursts allowed) is ours.
 LIMITS = Limits(per_second=1000, per_conversation=1.0, conversation_burst=3)
-PUSH_POLL_SECONDS = 0.1
 logger = logging.getLogger(__name__)
 
 
@@ -198,9 +197,7 @@ class TelegramInput(InputChannel):
         async def health(_request: Request) -> HTTPResponse:
             return response.json({"status": "ok"})
 
-        @hook.listener("after_server_start")
-        async def start_delivery(app: Any, _loop: Any) -> None:
-            app.add_task(self._deliver_pushes())
+        push.start_with(hook, CHANNEL, self._push)
 
         @hook.route("/webhook", methods=["POST"])
         async def receive(request: Request) -> HTTPResponse:
@@ -219,45 +216,20 @@ class TelegramInput(InputChannel):
 
     async def _handle(self, item: gate.Inbound,
                       on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        decision = await asyncio.to_thread(gate.accept, item)
-        if "callback_query_id" in item.metadata and decision.route != "duplicate":
+        if "callback_query_id" in item.metadata:
             await self.telegram.acknowledge(item.conversation_id,
                                             item.metadata["callback_query_id"])
-        if decision.route == "bot":
-            output = TelegramOutput(self.telegram)
-            await on_new_message(UserMessage(
-                item.text, output, item.conversation_id, input_channel=CHANNEL,
-                metadata={"display_name": item.display_name}))
-            extra = await asyncio.to_thread(gate.after_bot, item.conversation_id, output.sent)
-        else:
-            extra = decision.replies
-        for reply in extra:
-            await self.telegram.deliver(item.conversation_id, reply)
+        await gate.converse(item, on_new_message, TelegramOutput(self.telegram), CHANNEL,
+                            lambda reply: self.telegram.deliver(item.conversation_id, reply))
 
-    async def _deliver_pushes(self) -> None:
-        """Send what the desk queued for Telegram customers (agent replies, notices):
-        conversations in parallel, each in order; failures kept for the agent."""
-        while True:
-            taken = await asyncio.to_thread(conversations.take_pending_pushes, CHANNEL)
-            by_conversation: dict[str, list[conversations.TranscriptLine]] = {}
-            for conv, line in taken:
-                by_conversation.setdefault(conv, []).append(line)
-            await asyncio.gather(*(self._push(conv, lines)
-                                   for conv, lines in by_conversation.items()))
-            if not taken:
-                await asyncio.sleep(PUSH_POLL_SECONDS)
-
-    async def _push(self, conversation: str, lines: list[conversations.TranscriptLine]) -> None:
-        for line in lines:
-            try:
-                await self.telegram.deliver(conversation, {"text": line.text,
-                                                           **(line.payload or {})})
-            except TelegramError as exc:
-                await asyncio.to_thread(conversations.mark_failed, line.id,
-                                        f"Telegram refused it: {exc.message}")
-            except Retryable:
-                await asyncio.to_thread(conversations.mark_failed, line.id,
-                                        "Telegram kept failing (rate limit or outage)")
+    async def _push(self, conversation: str, message: dict[str, Any],
+                    _line: conversations.TranscriptLine) -> None:
+        try:
+            await self.telegram.deliver(conversation, message)
+        except TelegramError as exc:
+            raise push.DeliveryFailed(f"Telegram refused it: {exc.message}") from exc
+        except Retryable as exc:
+            raise push.DeliveryFailed("Telegram kept failing (rate limit or outage)") from exc
 
     async def _handle_safely(self, item: gate.Inbound,
                              on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
