@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, declarative_base
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from bot.settings import load_settings
@@ -71,8 +72,14 @@ def _engine(url: str) -> Engine:
     sqlite = url.startswith("sqlite:///")
     if sqlite:
         _ensure_sqlite_dir(url)
-        # Writers queue on SQLite's file lock instead of failing at once.
-        kwargs["connect_args"] = {"timeout": 30}
+        # Writers queue on SQLite's file lock instead of failing at once. SQLAlchemy
+        # 1.4 defaults file SQLite to NullPool (a new connection, and our PRAGMAs, per
+        # transaction: ~4 ms); a pool of connections, each used by one thread at a
+        # time, keeps them.
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        kwargs["poolclass"] = QueuePool
+        kwargs["pool_size"] = 5
+        kwargs["max_overflow"] = 20
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
