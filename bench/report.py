@@ -62,3 +62,27 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(section + "\n", text) if pattern.search(text) else \
         text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+def grouped_bars_png(levels: list[str], series: dict[str, list[float]], path: Path,
+                     title: str, ylabel: str) -> Path:
+    """One group of bars per level (e.g. concurrency), one bar per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [x + i * width for x in range(len(levels))]
+        ax.bar(xs, values, width=width, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

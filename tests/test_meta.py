@@ -388,3 +388,23 @@ def test_credentials_are_required() -> None:
     with pytest.raises(ValueError, match="phone_number_id"):
         whatsapp.WhatsAppInput.from_credentials({"access_token": "x", "app_secret": "s",
                                                  "verify_token": "v"})
+
+
+def test_images_become_media_messages() -> None:
+    meta = messenger.Meta(messenger.Platform, "token")
+    bodies = meta.payloads("PSID1", {"text": "Here it is", "image": "https://x.example/a.png"},
+                           tag=None)
+    assert bodies[0]["message"] == {"text": "Here it is"}
+    assert bodies[1]["message"]["attachment"] == {
+        "type": "image", "payload": {"url": "https://x.example/a.png", "is_reusable": True}}
+    wa = whatsapp.payloads("155", {"text": "Here", "image": "https://x.example/a.png"})
+    assert wa[-1] == {"messaging_product": "whatsapp", "recipient_type": "individual",
+                      "to": "155", "type": "image", "image": {"link": "https://x.example/a.png"}}
+
+
+def test_messenger_splits_at_2000_and_instagram_at_1000() -> None:
+    text = "word " * 900
+    fb = messenger.Meta(messenger.Platform, "t").payloads("P", {"text": text}, None)
+    ig = messenger.Meta(messenger.InstagramPlatform, "t").payloads("P", {"text": text}, None)
+    assert all(len(b["message"]["text"]) <= 2000 for b in fb) and len(fb) == 3
+    assert all(len(b["message"]["text"]) <= 1000 for b in ig) and len(ig) == 5

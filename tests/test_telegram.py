@@ -324,3 +324,20 @@ def test_redaction_patterns() -> None:
         "POST https://api.telegram.org/bot<redacted>/sendMessage"
     assert redact("GET /v19.0/me?access_token=EAAB123&x=1") == \
         "GET /v19.0/me?access_token=<redacted>&x=1"
+
+
+def test_images_are_sent_as_photos() -> None:
+    fake = FakeTelegram()
+    server, api_url = serve(fake)
+    try:
+        async def send() -> None:
+            client = telegram.Telegram(fake.token, api_url)
+            await client.deliver("telegram:78", {"text": "Your parcel:",
+                                                 "image": "https://x.example/p.jpg"})
+            await client.shutdown()
+
+        asyncio.run(send())
+        assert [c.params["text"] for c in fake.sent()] == ["Your parcel:"]
+        assert [c.params["photo"] for c in fake.sent("sendPhoto")] == ["https://x.example/p.jpg"]
+    finally:
+        stop(server)
