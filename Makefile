@@ -20,6 +20,7 @@ $(STAMP):
 	if [ ! -x $(PY) ]; then echo "Creating $(VENV) with $$py"; "$$py" -m venv $(VENV) || exit 1; fi
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip check
 	@rm -f $(VENV)/.installed-*; touch $@
 
 train: install  ## train only when data/ or config changed
