@@ -16,16 +16,12 @@ import argparse
 import asyncio
 import itertools
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
 from bench.report import DOCS, grouped_bars_png, percentile, write_section
-from bot import launcher
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
+from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import FakeTelegram, serve, stop
 
 SECRET = "bench-secret"
@@ -97,13 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     fake = FAKE
     server, api_url = serve(fake)
-    state = Path(tempfile.mkdtemp(prefix="parley-bench-tg-"))
-    stack = launcher.Stack(PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(),
-                           desk_port=free_port(), var_dir=state,
-                           channels={"connectors.telegram.TelegramInput": {
-                               "access_token": fake.token, "webhook_secret": SECRET,
-                               "api_base_url": api_url}})
-    stack.start()
+    stack = start_stack("bench-tg", {"connectors.telegram.TelegramInput": {
+        "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
     rows = ["| concurrent | path | turns | p50 ms | p95 ms | turns/s | p50 overhead "
             "| p95 overhead | webhook done p50 / p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
     chart: dict[str, list[float]] = {"REST p50": [], "Telegram p50": [], "REST p95": [],

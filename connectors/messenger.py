@@ -31,6 +31,7 @@ from connectors.meta import (
     GraphClient,
     MetaError,
     add_webhook,
+    push_delivery,
     window,
 )
 from connectors.outbound import Limits, Retryable, Sender
@@ -232,12 +233,8 @@ class MessengerInput(InputChannel):
 
     async def _push(self, conversation: str, message: dict[str, Any],
                     line: conversations.TranscriptLine) -> None:
-        try:
-            await self.meta.deliver(conversation, message, human=line.author == "agent")
-        except MetaError as exc:
-            raise push.DeliveryFailed(f"Meta refused it: {exc}") from exc
-        except Retryable as exc:
-            raise push.DeliveryFailed("Meta kept failing (rate limit or outage)") from exc
+        await push_delivery("Meta", self.meta.deliver(conversation, message,
+                                                      human=line.author == "agent"))
 
 
 class InstagramInput(MessengerInput):

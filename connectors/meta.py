@@ -145,3 +145,15 @@ def add_webhook(hook: Any, *, app_secret: str, verify_token: str, max_body: int,
         except RejectedRequest as rejected:
             return rejected.as_response()
         return response.json({"ok": True})
+
+
+async def push_delivery(platform: str, send: Awaitable[None]) -> None:
+    """A desk push: a Graph refusal or exhausted retries become the agent-visible reason."""
+    from connectors.push import DeliveryFailed
+
+    try:
+        await send
+    except MetaError as exc:
+        raise DeliveryFailed(f"{platform} refused it: {exc}") from exc
+    except Retryable as exc:
+        raise DeliveryFailed(f"{platform} kept failing (rate limit or outage)") from exc

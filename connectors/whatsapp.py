@@ -31,6 +31,7 @@ from connectors.meta import (
     GraphClient,
     MetaError,
     add_webhook,
+    push_delivery,
     window,
 )
 from connectors.outbound import Limits, Retryable, Sender
@@ -182,9 +183,5 @@ class WhatsAppInput(InputChannel):
 
     async def _push(self, conversation: str, message: dict[str, Any],
                     line: conversations.TranscriptLine) -> None:
-        try:
-            await self.whatsapp.deliver(conversation, message, human=line.author == "agent")
-        except MetaError as exc:
-            raise push.DeliveryFailed(f"WhatsApp refused it: {exc}") from exc
-        except Retryable as exc:
-            raise push.DeliveryFailed("WhatsApp kept failing (rate limit or outage)") from exc
+        await push_delivery("WhatsApp", self.whatsapp.deliver(conversation, message,
+                                                              human=line.author == "agent"))

@@ -5,28 +5,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from sqlalchemy import update
 
 from bot import agents, conversations, handoff, launcher
 from bot.conversations import Conversation
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
 from bot.storage import session_scope, utcnow
-from bot.support_hours import DAYS
 from connectors import messenger, whatsapp
 from connectors.meta import generate_signature, window
 from connectors.requests import RejectedRequest
 from tests.fakes.graph_api import FakeGraph, serve
+from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import stop
 
 APP_SECRET = "app-secret-1"
@@ -92,23 +87,15 @@ class MetaStack:
 def meta() -> Iterator[MetaStack]:
     fake = FakeGraph()
     server, graph_url = serve(fake)
-    state = Path(tempfile.mkdtemp(prefix="parley-meta-"))
-    hours = state / "hours.yml"
-    hours.write_text(yaml.safe_dump({"timezone": "UTC",
-                                     "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
     common = {"app_secret": APP_SECRET, "verify_token": VERIFY, "graph_base_url": graph_url}
-    stack = launcher.Stack(
-        PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(), desk_port=free_port(),
-        var_dir=state, env={"PARLEY_SUPPORT_HOURS": str(hours)},
-        channels={
-            "connectors.messenger.MessengerInput": {
-                "page_access_token": fake.token, "app_id": APP_ID, **common},
-            "connectors.messenger.InstagramInput": {
-                "page_access_token": fake.token, "app_id": APP_ID, **common},
-            "connectors.whatsapp.WhatsAppInput": {
-                "access_token": fake.token, "phone_number_id": "PNID", **common},
-        })
-    stack.start()
+    stack = start_stack("meta", {
+        "connectors.messenger.MessengerInput": {
+            "page_access_token": fake.token, "app_id": APP_ID, **common},
+        "connectors.messenger.InstagramInput": {
+            "page_access_token": fake.token, "app_id": APP_ID, **common},
+        "connectors.whatsapp.WhatsAppInput": {
+            "access_token": fake.token, "phone_number_id": "PNID", **common},
+    })
     try:
         yield MetaStack(fake, stack, graph_url)
     finally:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from bot import conversations, launcher
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
-from bot.support_hours import DAYS
 from connectors import telegram
 from connectors.requests import RejectedRequest
+from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import FakeTelegram, serve, stop
 
 SECRET = "webhook-secret-1"
@@ -67,16 +62,8 @@ class TelegramStack:
 def tg() -> Iterator[TelegramStack]:
     fake = FakeTelegram()
     server, api_url = serve(fake)
-    state = Path(tempfile.mkdtemp(prefix="parley-tg-"))
-    hours = state / "hours.yml"
-    hours.write_text(yaml.safe_dump({"timezone": "UTC",
-                                     "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
-    stack = launcher.Stack(
-        PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(), desk_port=free_port(),
-        var_dir=state, env={"PARLEY_SUPPORT_HOURS": str(hours)},
-        channels={"connectors.telegram.TelegramInput": {
-            "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
-    stack.start()
+    stack = start_stack("tg", {"connectors.telegram.TelegramInput": {
+        "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
     try:
         yield TelegramStack(fake, stack, api_url)
     finally:

@@ -1,0 +1,27 @@
+"""The whole bot on free ports with extra channels pointed at fake platforms,
+support hours always open, and a throw-away state directory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot import launcher
+from bot.launcher import free_port
+from bot.settings import PROJECT_ROOT
+from bot.support_hours import DAYS
+
+
+def start_stack(prefix: str, channels: dict[str, dict[str, Any]]) -> launcher.Stack:
+    state = Path(tempfile.mkdtemp(prefix=f"parley-{prefix}-"))
+    hours = state / "hours.yml"
+    hours.write_text(yaml.safe_dump({"timezone": "UTC",
+                                     "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
+    stack = launcher.Stack(PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(),
+                           desk_port=free_port(), var_dir=state,
+                           env={"PARLEY_SUPPORT_HOURS": str(hours)}, channels=channels)
+    stack.start()
+    return stack
