@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import statistics
 from pathlib import Path
+from typing import Any
 
 from bot.settings import PROJECT_ROOT
 
@@ -27,6 +28,18 @@ def summary(values_ms: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(values_ms)}
 
 
+def _save(fig: Any, ax: Any, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def histogram_png(series: dict[str, list[float]], path: Path, title: str,
                   target_ms: float | None = None) -> Path:
     import matplotlib
@@ -41,13 +54,7 @@ def histogram_png(series: dict[str, list[float]], path: Path, title: str,
         ax.axvline(target_ms, color="red", linestyle="--", label=f"target p95 {target_ms:.0f} ms")
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("count")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title)
 
 
 def write_section(name: str, body: str) -> None:
@@ -79,10 +86,4 @@ def grouped_bars_png(levels: list[str], series: dict[str, list[float]], path: Pa
         ax.bar(xs, values, width=width, label=label)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title)

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,16 @@ def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     storage.create_schema(url)
     orders.seed_demo_orders(url)
     return url
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 15.0) -> bool:
+    """Poll until `condition()` is truthy (for work done by another process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _hours_file(path: Path, weekly: dict[str, str]) -> Path:

@@ -20,6 +20,7 @@ from bot.storage import session_scope, utcnow
 from connectors import messenger, whatsapp
 from connectors.meta import generate_signature, window
 from connectors.requests import RejectedRequest
+from tests.conftest import wait_until
 from tests.fakes.graph_api import FakeGraph, serve
 from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import stop
@@ -283,15 +284,6 @@ def test_standby_messages_are_human_owned(meta: MetaStack) -> None:
     meta.post("messenger", standby)
     assert meta.replies(user) == []
     assert handoff.owner(f"messenger:{user}", meta.stack.db_url)[0] == "assigned"
-
-
-def wait_until(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def held(meta: MetaStack, kind: str, user: str, hours_ago: float) -> tuple[int, int, str]:

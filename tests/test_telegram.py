@@ -16,6 +16,7 @@ import pytest
 from bot import conversations, launcher
 from connectors import telegram
 from connectors.requests import RejectedRequest
+from tests.conftest import wait_until
 from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import FakeTelegram, serve, stop
 
@@ -240,15 +241,6 @@ def test_webhook_registration_sends_the_secret(tg: TelegramStack) -> None:
     call = tg.fake.sent("setWebhook")[-1]
     assert call.params["secret_token"] == SECRET
     assert call.params["url"].startswith("https://bot.example/")
-
-
-def wait_until(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def held_by_an_agent(tg: TelegramStack) -> tuple[int, str, int, int]:

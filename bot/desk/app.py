@@ -139,6 +139,12 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
             raise NotFound("no such ticket")
         return view
 
+    async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str) -> None:
+        """A writer-owned notice pushed to the customer's channel."""
+        text = responses.render(reply, agent_name=agent_name)["text"]
+        await asyncio.to_thread(handoff.push_notice, view.conversation_id, text, view.id,
+                                None, db)
+
     @app.get("/api/me")
     @requires_session()
     async def me(request: Request) -> HTTPResponse:
@@ -208,9 +214,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         if view is None:
             return response.json({"error": "someone else already took this conversation"},
                                  status=409)
-        notice = responses.render("utter_agent_joined", agent_name=agent.display_name)
-        await asyncio.to_thread(handoff.push_notice, view.conversation_id, notice["text"],
-                                ticket_id, None, db)
+        await tell_customer(view, "utter_agent_joined", agent.display_name)
         return response.json(ticket_json([view])[0])
 
     async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
@@ -257,9 +261,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         held(ticket_id)
         agent = request.ctx.session.agent
         view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, db)
-        notice = responses.render("utter_handoff_resolved", agent_name=agent.display_name)
-        await asyncio.to_thread(handoff.push_notice, view.conversation_id, notice["text"],
-                                ticket_id, None, db)
+        await tell_customer(view, "utter_handoff_resolved", agent.display_name)
         return response.json(ticket_json([view])[0])
 
     @app.post("/api/tickets/dismiss")

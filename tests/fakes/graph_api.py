@@ -10,9 +10,12 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.http import json_server
 
 
 @dataclass
@@ -68,34 +71,14 @@ class FakeGraph:
 
 
 def serve(fake: FakeGraph) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
+    def route(path: str, headers: Mapping[str, str], raw: bytes
+              ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if not path.endswith("/messages"):
+            return 404, {"error": {"message": "Unknown path", "code": 803}}, {}
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        return fake.answer(path, headers.get("Authorization", ""), body)
 
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                body = {}
-            if self.path.endswith("/messages"):
-                status, payload, headers = fake.answer(
-                    self.path, self.headers.get("Authorization", ""), body)
-            else:
-                status, payload, headers = 404, {"error": {"message": "Unknown path",
-                                                           "code": 803}}, {}
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return json_server(route)

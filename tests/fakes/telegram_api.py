@@ -11,10 +11,15 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.fakes.http import json_server, stop
+
+__all__ = ["FakeTelegram", "serve", "stop"]
 
 BOT_USER = {"id": 999, "is_bot": True, "first_name": "Northwind", "username": "northwind_bot"}
 
@@ -78,9 +83,8 @@ class FakeTelegram:
         return 404, {"ok": False, "error_code": 404, "description": "Not Found: method"}
 
 
-def _params(handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, Any]:
-    kind = handler.headers.get("Content-Type", "")
-    if "json" in kind:
+def _params(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    if "json" in headers.get("Content-Type", ""):
         return json.loads(body or b"{}")
     raw = {k: v[0] for k, v in parse_qs(body.decode()).items()}
     out: dict[str, Any] = {}
@@ -93,33 +97,12 @@ def _params(handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, Any]:
 
 
 def serve(fake: FakeTelegram) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the real Bot API
-        disable_nagle_algorithm = True  # headers and body go out as written
+    def route(path: str, headers: Mapping[str, str], body: bytes
+              ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        prefix = f"/bot{fake.token}/"
+        if not path.startswith(prefix):
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}, {}
+        status, payload = fake.answer(path[len(prefix):], _params(headers, body))
+        return status, payload, {}
 
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            prefix = f"/bot{fake.token}/"
-            if not self.path.startswith(prefix):
-                status, payload = 401, {"ok": False, "error_code": 401,
-                                        "description": "Unauthorized"}
-            else:
-                status, payload = fake.answer(self.path[len(prefix):], _params(self, body))
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def stop(server: ThreadingHTTPServer) -> None:
-    server.shutdown()
-    server.server_close()
+    return json_server(route)
