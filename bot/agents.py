@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.storage import Base, UTCDateTime, session_scope, utcnow
 
-ROLES = ("agent", "admin")
+ROLES = ("agent", "admin", "writer")
+DESK_ROLES = ("agent", "admin")  # who answers customers; writers edit replies only
 SESSION_LIFETIME = timedelta(hours=12)
 ONLINE_WINDOW = timedelta(minutes=2)
 _hasher = PasswordHasher()
@@ -148,5 +149,6 @@ def agents_online(url: str | None = None, now: datetime | None = None) -> int:
     now = now or utcnow()
     with session_scope(url) as session:
         return int(session.execute(
-            select(func.count(Agent.id)).where(Agent.last_seen_at >= now - ONLINE_WINDOW)
+            select(func.count(Agent.id)).where(Agent.last_seen_at >= now - ONLINE_WINDOW,
+                                               Agent.role.in_(DESK_ROLES))
         ).scalar() or 0)

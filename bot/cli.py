@@ -121,6 +121,35 @@ def cmd_telegram_poll(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replies_check(args: argparse.Namespace) -> int:
+    from bot.responses import checks
+    from bot.responses.library import library, read_yaml
+
+    path = args.file.resolve()
+    if args.published:
+        storage.create_schema()
+        replies = library(path).refresh(force=True).replies
+    else:
+        replies = read_yaml(path)
+    problems = checks.check_library(replies, args.root)
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    what = "published library" if args.published else path.name
+    print(f"{len(replies)} replies in the {what}: {errors} error(s), "
+          f"{len(problems) - errors} warning(s)")
+    return 1 if errors else 0
+
+
+def cmd_replies_export(args: argparse.Namespace) -> int:
+    from bot.responses import library
+
+    storage.create_schema()
+    changed = library.export(args.file.resolve())
+    print(f"wrote the published replies to {args.file} ({changed} changed); commit it to git")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     hook.set_defaults(func=cmd_telegram_webhook)
     sub.add_parser("telegram-poll", help="local development: long-poll Telegram instead "
                    "of a webhook").set_defaults(func=cmd_telegram_poll)
+    replies = sub.add_parser("replies", help="the canned-reply library").add_subparsers(
+        dest="replies_command", required=True)
+    check = replies.add_parser("check", help="check replies against each channel's limits, "
+                               "placeholders and the flows that send them")
+    check.add_argument("--published", action="store_true",
+                       help="check what is live (the YAML plus published revisions)")
+    check.set_defaults(func=cmd_replies_check)
+    export = replies.add_parser("export", help="write the published replies back to the YAML")
+    export.set_defaults(func=cmd_replies_export)
+    for command in (check, export):
+        command.add_argument("--file", type=Path, default=PROJECT_ROOT / "data" /
+                             "responses.yml", help="the writer-owned YAML")
+        command.add_argument("--root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
     return parser
 
 

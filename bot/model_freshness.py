@@ -11,10 +11,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
+
 MODEL_NAME = "parley"
 FINGERPRINT_FILE = ".fingerprint.json"
 # Files outside data/ that shape the model. Test stories do not.
 TRAINING_INPUTS = ("config.yml", "domain.yml")
+# Reply text never needs a retrain (the live library serves it); only the set of
+# reply names shapes the model, as actions in the domain.
+REPLIES_FILE = "data/responses.yml"
 
 
 def training_files(root: Path) -> list[Path]:
@@ -34,8 +39,15 @@ def fingerprint(root: Path) -> str:
     for path in training_files(root):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(hashlib.sha256(_content(root, path)).digest())
     return digest.hexdigest()
+
+
+def _content(root: Path, path: Path) -> bytes:
+    if path.relative_to(root).as_posix() != REPLIES_FILE:
+        return path.read_bytes()
+    replies = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("responses") or {}
+    return json.dumps(sorted(replies)).encode()
 
 
 def model_path(root: Path) -> Path:

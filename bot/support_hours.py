@@ -50,6 +50,22 @@ class SupportHours:
                     return candidate
         return None
 
+    def describe_week(self) -> str:
+        """E.g. 'Mon–Fri 09:00–18:00, Sat 10:00–14:00 (Europe/Lisbon time)'."""
+        groups: list[tuple[list[int], str]] = []
+        for day in range(7):
+            hours = ", ".join(f"{a:%H:%M}–{b:%H:%M}" for a, b in sorted(self.weekly.get(day, [])))
+            if hours and groups and groups[-1][1] == hours and groups[-1][0][-1] == day - 1:
+                groups[-1][0].append(day)
+            elif hours:
+                groups.append(([day], hours))
+        if not groups:
+            return "by appointment"
+        parts = [(DAYS[d[0]].title() if len(d) == 1 else
+                  f"{DAYS[d[0]].title()}–{DAYS[d[-1]].title()}") + f" {hours}"
+                 for d, hours in groups]
+        return f"{', '.join(parts)} ({self.timezone.key} time)"
+
     def describe_opening(self, when: datetime) -> str:
         """E.g. 'today at 09:00', 'tomorrow at 09:00', 'Mon 27 Apr at 09:00' (local time)."""
         opening = self.next_opening(when)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from bot import agents, conversations, events, handoff, responses
 from bot.conversations import Conversation, add_message, ensure_conversation
 from bot.queue_messages import update_reply
+from bot.responses import channels
 from bot.storage import session_scope, utcnow
 
 Route = Literal["bot", "queue", "agent", "duplicate", "handled"]
@@ -44,9 +45,12 @@ class Decision:
 
 
 def _reply(session: Any, conversation_id: str, name: str, ticket_id: int | None = None,
-           **values: Any) -> dict[str, Any]:
-    """Render a writer-owned reply and record it in the transcript."""
-    rendered = responses.render(name, **values)
+           url: str | None = None, **values: Any) -> dict[str, Any]:
+    """Render a writer-owned reply for this channel and record it in the transcript."""
+    conversation = session.get(Conversation, conversation_id)
+    rendered = responses.render(name, channels.of_conversation(conversation_id), url=url,
+                                display_name=conversation.display_name if conversation
+                                else None, **values)
     extra = {k: v for k, v in rendered.items() if k != "text"}
     add_message(session, conversation_id, "system", rendered["text"], ticket_id=ticket_id,
                 payload=extra or None, delivery="sync")
@@ -85,21 +89,23 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
             if not BOT_KEYWORD.match(inbound.text):
                 place = handoff.place_of(session, ticket, agents.agents_online(url))
                 name, values = update_reply(place)
-                return Decision("queue", [_reply(session, conv_id, name, ticket.id, **values)],
+                return Decision("queue", [_reply(session, conv_id, name, ticket.id, url,
+                                                 **values)],
                                 ticket.id)
             leave_queue = True
         else:
-            rated = _take_rating(session, conversation, inbound.text)
+            rated = _take_rating(session, conversation, inbound.text, url)
             if rated is not None:
                 return Decision("handled", [rated])
     if leave_queue:
         handoff.abandon(conv_id, "customer typed BOT", url=url)
         with session_scope(url) as session:
-            return Decision("handled", [_reply(session, conv_id, "utter_back_to_bot")])
+            return Decision("handled", [_reply(session, conv_id, "utter_back_to_bot", url=url)])
     return Decision("bot")
 
 
-def _take_rating(session: Any, conversation: Conversation, text: str) -> dict[str, Any] | None:
+def _take_rating(session: Any, conversation: Conversation, text: str,
+                 url: str | None) -> dict[str, Any] | None:
     """The answer to the rating question, if this is one; any other text ends asking."""
     if conversation.rating_state != "asked":
         return None
@@ -110,7 +116,7 @@ def _take_rating(session: Any, conversation: Conversation, text: str) -> dict[st
     score = int(match.group(1))
     session.add(handoff.Rating(ticket_id=conversation.rating_ticket_id, score=score,
                                created_at=utcnow()))
-    return _reply(session, conversation.id, "utter_rating_thanks", rating=score)
+    return _reply(session, conversation.id, "utter_rating_thanks", url=url, rating=score)
 
 
 def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
@@ -128,7 +134,7 @@ def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
                 and conversation.rating_state == "pending"):
             conversation.rating_state = "asked"
             return [_reply(session, conversation_id, "utter_ask_rating",
-                           conversation.rating_ticket_id)]
+                           conversation.rating_ticket_id, url)]
     return []
 
 
@@ -147,7 +153,8 @@ async def converse(item: Inbound,
     if decision.route == "bot":
         await on_new_message(UserMessage(item.text, output,  # type: ignore[arg-type]
                                          item.conversation_id, input_channel=channel,
-                                         metadata={"display_name": item.display_name}))
+                                         metadata={"display_name": item.display_name,
+                                                   "language": item.metadata.get("language")}))
         extra = await asyncio.to_thread(after_bot, item.conversation_id, output.sent)
     else:
         extra = decision.replies

@@ -162,9 +162,10 @@ class MetaOutput(OutputChannel):
         self.meta = meta
         self.sent: list[dict[str, Any]] = []
 
-    @classmethod
-    def name(cls) -> str:
-        return "meta"
+    def name(self) -> str:  # type: ignore[override]
+        """Per instance: Messenger and Instagram share this class, but writers give
+        them different reply variants."""
+        return self.meta.platform.channel
 
     async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
         await self.meta.deliver(recipient_id, message)

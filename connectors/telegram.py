@@ -72,13 +72,15 @@ def parse(payload: dict[str, Any], bot: ExtBot | None = None) -> list[gate.Inbou
         return [gate.Inbound(conversation_id(message.chat.id), message.text,
                              platform_message_id=str(update.update_id),
                              display_name=user.full_name if user else "",
-                             metadata={"chat_id": message.chat.id})]
+                             metadata={"chat_id": message.chat.id,
+                                       "language": user.language_code if user else None})]
     if query is not None and query.data and query.message is not None:
         return [gate.Inbound(conversation_id(query.message.chat.id), query.data,
                              platform_message_id=str(update.update_id),
                              display_name=query.from_user.full_name,
                              metadata={"chat_id": query.message.chat.id,
-                                       "callback_query_id": query.id})]
+                                       "callback_query_id": query.id,
+                                       "language": query.from_user.language_code})]
     logger.debug("ignored Telegram update %s (no customer text)", update.update_id)
     return []
 

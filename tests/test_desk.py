@@ -17,15 +17,16 @@ from bot import agents, conversations, handoff, storage
 from bot.launcher import free_port
 from bot.settings import PROJECT_ROOT
 
-# Every route the desk serves, and whether it is open without a session.
+# Every route the desk serves, and who may use it: "public" (no session), "any"
+# (every role), "session" (agents and admins), "writer" (writers and admins), "admin".
 ROUTES = {
     ("GET", "/healthz"): "public",
     ("GET", "/static/<name:str>"): "public",
     ("GET", "/login"): "public",
     ("POST", "/login"): "public",
-    ("POST", "/logout"): "session",
-    ("GET", "/"): "session",
-    ("GET", "/api/me"): "session",
+    ("POST", "/logout"): "any",
+    ("GET", "/"): "any",
+    ("GET", "/api/me"): "any",
     ("GET", "/api/agents"): "session",
     ("GET", "/api/users"): "admin",
     ("POST", "/api/users"): "admin",
@@ -39,11 +40,30 @@ ROUTES = {
     ("POST", "/api/tickets/<ticket_id:int>/resolve"): "session",
     ("POST", "/api/tickets/dismiss"): "session",
     ("GET", "/events"): "session",
+    ("GET", "/api/canned"): "session",
+    ("GET", "/library"): "writer",
+    ("GET", "/api/library/meta"): "writer",
+    ("GET", "/api/library/replies"): "writer",
+    ("GET", "/api/library/replies/<name:str>"): "writer",
+    ("POST", "/api/library/check"): "writer",
+    ("POST", "/api/library/replies/<name:str>/draft"): "writer",
+    ("POST", "/api/library/revisions/<revision_id:int>/submit"): "writer",
+    ("POST", "/api/library/revisions/<revision_id:int>/approve"): "admin",
+    ("POST", "/api/library/revisions/<revision_id:int>/send-back"): "admin",
+    ("POST", "/api/library/replies/<name:str>/rollback"): "admin",
+    ("GET", "/api/library/revisions/<revision_id:int>/diff"): "writer",
+    ("GET", "/api/library/review"): "writer",
 }
+ALLOWED = {"any": {"agent", "writer", "admin"}, "session": {"agent", "admin"},
+           "writer": {"writer", "admin"}, "admin": {"admin"}}
+USERS = {"agent": ("ana", "ana-password"), "writer": ("wes", "wes-password"),
+         "admin": ("root", "root-password")}
 
 
 def concrete(path: str) -> str:
-    return path.replace("<ticket_id:int>", "1").replace("<name:str>", "desk.js")
+    name = "desk.js" if path.startswith("/static/") else "utter_greet"
+    return (path.replace("<ticket_id:int>", "1").replace("<revision_id:int>", "1")
+            .replace("<name:str>", name))
 
 
 class Desk:
@@ -79,6 +99,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     agents.create_user("ana", "ana-password", "agent", "Ana", db)
     agents.create_user("bo", "bo-password", "agent", "Bo", db)
     agents.create_user("root", "root-password", "admin", "Root", db)
+    agents.create_user("wes", "wes-password", "writer", "Wes", db)
     port = free_port()
     env = {**os.environ, "PARLEY_DATABASE_URL": db}
     log = (state / "desk.log").open("wb")
@@ -129,11 +150,15 @@ def test_every_private_route_needs_a_session(desk: Desk, method: str, path: str)
         assert resp.status_code == 302 and resp.headers["location"] == "/login"
 
 
-@pytest.mark.parametrize(("method", "path"), [k for k, v in ROUTES.items() if v == "admin"])
-def test_admin_routes_refuse_agents(desk: Desk, method: str, path: str) -> None:
-    client, csrf = desk.login("ana", "ana-password")
-    resp = client.request(method, concrete(path), json={}, headers={"X-CSRF-Token": csrf})
-    assert resp.status_code == 403
+@pytest.mark.parametrize(("method", "path"), [k for k, v in ROUTES.items() if v != "public"])
+def test_every_route_lets_in_exactly_its_roles(desk: Desk, method: str, path: str) -> None:
+    for role, (username, password) in USERS.items():
+        client, csrf = desk.login(username, password)
+        resp = client.request(method, concrete(path), json={},
+                              headers={"X-CSRF-Token": csrf}, follow_redirects=False)
+        refused = resp.status_code == 403 and "role" in resp.json().get("error", "")
+        allowed = role in ALLOWED[ROUTES[(method, path)]]
+        assert refused != allowed, f"{role} {method} {path}: {resp.status_code} {resp.text}"
 
 
 def test_login_failures(desk: Desk) -> None:

@@ -24,6 +24,8 @@ from bot.desk.auth import (
     set_cookie,
 )
 from bot.desk.errors import BadRequest, body_json, text_field
+from bot.desk.library import add_library_routes
+from bot.responses import channels
 from bot.storage import utcnow
 
 EVENT_POLL_SECONDS = 0.1
@@ -43,7 +45,8 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     app.config.FORWARDED_SECRET = None
     app.ctx.database_url = database_url
     db = database_url
-    pages = {name: _page(name) for name in ("login.html", "desk.html", "desk.js", "desk.css")}
+    pages = {name: _page(name) for name in ("login.html", "desk.html", "desk.js", "desk.css",
+                                            "library.html", "library.js", "common.js")}
 
     @app.exception(BadRequest)
     async def bad_request(_request: Request, exc: BadRequest) -> HTTPResponse:
@@ -73,11 +76,11 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
 
     @app.get("/static/<name>")
     async def static(_request: Request, name: str) -> HTTPResponse:
-        if name == "desk.js":
-            return response.text(pages[name], content_type="text/javascript; charset=utf-8")
-        if name == "desk.css":
-            return response.text(pages[name], content_type="text/css; charset=utf-8")
-        raise NotFound("no such file")
+        types = {".js": "text/javascript", ".css": "text/css"}
+        kind = types.get(name[name.rfind("."):]) if "." in name else None
+        if name not in pages or kind is None:
+            raise NotFound("no such file")
+        return response.text(pages[name], content_type=f"{kind}; charset=utf-8")
 
     # -- login -------------------------------------------------------------
     @app.get("/login")
@@ -107,7 +110,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         return resp
 
     @app.post("/logout")
-    @requires_session()
+    @requires_session(roles=agents.ROLES)
     async def logout(request: Request) -> HTTPResponse:
         await asyncio.to_thread(agents.logout, request.ctx.session.token, db)
         resp = response.redirect("/login", status=303)
@@ -116,8 +119,10 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
 
     # -- pages -------------------------------------------------------------
     @app.get("/")
-    @requires_session()
-    async def desk(_request: Request) -> HTTPResponse:
+    @requires_session(roles=agents.ROLES)
+    async def desk(request: Request) -> HTTPResponse:
+        if request.ctx.session.agent.role not in agents.DESK_ROLES:
+            return response.redirect("/library")  # writers work in the reply library
         return response.html(pages["desk.html"])
 
     # -- API ---------------------------------------------------------------
@@ -141,12 +146,13 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
 
     async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str) -> None:
         """A writer-owned notice pushed to the customer's channel."""
-        text = responses.render(reply, agent_name=agent_name)["text"]
+        text = responses.render(reply, channels.of_conversation(view.conversation_id),
+                                url=db, agent_name=agent_name)["text"]
         await asyncio.to_thread(handoff.push_notice, view.conversation_id, text, view.id,
                                 None, db)
 
     @app.get("/api/me")
-    @requires_session()
+    @requires_session(roles=agents.ROLES)
     async def me(request: Request) -> HTTPResponse:
         s = request.ctx.session
         return response.json({"id": s.agent.id, "username": s.agent.username,
@@ -157,7 +163,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     @requires_session()
     async def agent_list(_request: Request) -> HTTPResponse:
         return response.json([{"id": a.id, "display_name": a.display_name, "role": a.role}
-                              for a in agents.list_agents(db)])
+                              for a in agents.list_agents(db) if a.role in agents.DESK_ROLES])
 
     @app.get("/api/users")
     @requires_session(roles=("admin",))
@@ -248,8 +254,9 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     @requires_session()
     async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
         to_agent = body_json(request).get("agent_id")
-        if not isinstance(to_agent, int) or to_agent not in {a.id for a in agents.list_agents(db)}:
-            raise BadRequest("'agent_id' must be the id of a desk user")
+        if not isinstance(to_agent, int) or to_agent not in {
+                a.id for a in agents.list_agents(db) if a.role in agents.DESK_ROLES}:
+            raise BadRequest("'agent_id' must be the id of an agent or admin")
         held(ticket_id)
         view = await asyncio.to_thread(handoff.transfer, ticket_id,
                                        request.ctx.session.agent.id, to_agent, db)
@@ -303,10 +310,12 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         await resp.eof()
         return resp
 
+    add_library_routes(app, db, pages["library.html"])
+
     async def follow_up_loop() -> None:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
         after = timedelta(hours=follow_up_hours)
-        text = responses.render("utter_follow_up")["text"]
+        text = responses.render("utter_follow_up", url=db)["text"]
         while True:
             await asyncio.to_thread(handoff.send_follow_ups, after, text, None, db)
             await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)

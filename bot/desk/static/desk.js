@@ -1,31 +1,7 @@
 // Parley desk. All customer-provided text is written with textContent, never as HTML.
 "use strict";
 
-const state = { me: null, csrf: "", tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true };
-const $ = (id) => document.getElementById(id);
-
-async function api(path, options = {}) {
-  const opts = { ...options, headers: { ...(options.headers || {}) } };
-  if (opts.body !== undefined) {
-    opts.method = opts.method || "POST";
-    opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(opts.body);
-  }
-  if (opts.method && opts.method !== "GET") opts.headers["X-CSRF-Token"] = state.csrf;
-  const res = await fetch(path, opts);
-  if (res.status === 401) { location.href = "/login"; throw new Error("logged out"); }
-  const data = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(data.error || ("error " + res.status));
-  return data;
-}
-
-function el(tag, text, cls) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (cls) node.className = cls;
-  return node;
-}
-
+const state = { me: null, tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true };
 function waited(seconds) {
   if (seconds < 60) return seconds + "s";
   const m = Math.floor(seconds / 60);
@@ -33,14 +9,6 @@ function waited(seconds) {
 }
 
 function secondsSince(iso) { return Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000)); }
-
-function toast(text) {
-  const box = $("toast");
-  box.textContent = text;
-  box.hidden = false;
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { box.hidden = true; }, 5000);
-}
 
 function beep() {
   try {
@@ -134,10 +102,6 @@ async function openTicket(id) {
   renderQueue();
 }
 
-async function act(fn) {
-  try { await fn(); } catch (err) { toast(err.message); }
-}
-
 function connectEvents() {
   const source = new EventSource("/events");
   source.onopen = () => $("live").classList.remove("down");
@@ -157,10 +121,34 @@ function connectEvents() {
   });
 }
 
+// Canned replies: "/ship" in the reply box lists matching replies from the library.
+async function showCanned() {
+  const box = $("canned");
+  const value = $("reply").value;
+  const match = /^\/(\S*)$/.exec(value);
+  if (!match || !state.current) { box.hidden = true; return; }
+  const found = await api("/api/canned?q=" + encodeURIComponent(match[1]) + "&ticket=" + state.current);
+  box.replaceChildren();
+  for (const r of found) {
+    const item = el("li");
+    item.append(el("span", r.shortcut, "shortcut"), el("span", r.text));
+    item.addEventListener("mousedown", (e) => { e.preventDefault(); useCanned(r.text); });
+    box.appendChild(item);
+  }
+  box.hidden = !found.length;
+  if (found.length) box.firstChild.classList.add("active");
+}
+
+function useCanned(text) {
+  $("reply").value = text;
+  $("canned").hidden = true;
+  $("reply").focus();
+}
+
 async function main() {
   const me = await api("/api/me");
   state.me = me;
-  state.csrf = me.csrf;
+  auth.csrf = me.csrf;
   $("logout-csrf").value = me.csrf;
   $("me").textContent = me.display_name + " (" + me.role + ")";
   state.agents = await api("/api/agents");
@@ -183,6 +171,16 @@ async function main() {
     await api("/api/tickets/" + state.current + "/transfer", { body: { agent_id: Number(select.value) } });
     await openTicket(state.current);
   }));
+  $("reply").addEventListener("input", () => act(showCanned));
+  $("reply").addEventListener("keydown", (e) => {
+    const active = document.querySelector("#canned li.active");
+    if (e.key === "Enter" && !$("canned").hidden && active) {
+      e.preventDefault();
+      useCanned(active.lastChild.textContent);
+    } else if (e.key === "Escape") {
+      $("canned").hidden = true;
+    }
+  });
   $("as-note").addEventListener("change", () => { if (state.current) openTicket(state.current); });
   $("reply-form").addEventListener("submit", (e) => {
     e.preventDefault();

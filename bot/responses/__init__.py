@@ -1,0 +1,52 @@
+"""The canned-reply library content writers own (see DESIGN.md, invariant 4).
+
+`data/responses.yml` is the baseline in git; published revisions in the
+database sit on top of it (`revisions`), merged and kept fresh per process
+(`library`), chosen per channel and language (`variants`), checked (`checks`),
+served to Rasa in-process (`nlg`), and edited in the desk (`bot/desk/library.py`).
+
+Code outside Rasa (the gate's queue notices, the desk's "agent joined") sends
+replies through `render`, so every word a customer reads comes from here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bot import support_hours
+from bot.settings import load_settings
+
+
+@lru_cache(maxsize=4)
+def _hours(path: Path, mtime: float) -> dict[str, str]:
+    hours = support_hours.load(path)
+    return {"support_hours": hours.describe_week(),
+            "support_email": hours.channels.get("email", ""),
+            "support_phone": hours.channels.get("phone", ""),
+            "support_webchat": hours.channels.get("webchat", "")}
+
+
+def conversation_values(display_name: str | None = None) -> dict[str, str]:
+    """Placeholders any reply may use, whoever sends it."""
+    first = (display_name or "").strip().split(" ")[0]
+    path = load_settings().support_hours_file
+    return {"first_name": first or "there", **_hours(path, path.stat().st_mtime)}
+
+
+def render(name: str, channel: str = "", language: str = "", url: str | None = None,
+           display_name: str | None = None, **values: Any) -> dict[str, Any]:
+    """Reply `name` for this channel and language, placeholders filled.
+
+    Unknown placeholders stay visible ("{eta}") rather than failing a send.
+    """
+    from bot.responses import variants
+    from bot.responses.library import library
+
+    variations = library(url=url).current().replies.get(name)
+    if not variations:
+        raise KeyError(f"no reply named {name!r} in the reply library")
+    chosen = variants.choose(variations, channel, language, {},
+                             {**conversation_values(display_name), **values})
+    return chosen or {"text": ""}

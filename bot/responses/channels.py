@@ -1,0 +1,74 @@
+"""What each channel can show: the limits the checks and the editor's preview use.
+
+The numbers are the platforms' documented limits (Telegram Bot API, Messenger
+and Instagram Send API, WhatsApp Cloud API interactive messages, X DMs). Which
+channels a deployment writes for is listed in `channels.yml` at the project root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.settings import PROJECT_ROOT
+
+CONFIG_FILE = PROJECT_ROOT / "channels.yml"
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    label: str
+    text_limit: int
+    max_buttons: int  # shown as buttons; 0: the channel has none
+    button_title_limit: int
+    list_rows: int = 0  # more buttons than max_buttons become a list of this many rows
+    list_title_limit: int = 0
+    payload_limit: int = 0  # bytes; 0: no limit worth checking
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CHANNELS: dict[str, Channel] = {c.name: c for c in (
+    Channel("webchat", "Web chat", 4096, 10, 40),
+    Channel("telegram", "Telegram", 4096, 10, 64, payload_limit=64),
+    Channel("messenger", "Messenger", 2000, 13, 20),
+    Channel("instagram", "Instagram", 1000, 13, 20),
+    Channel("whatsapp", "WhatsApp", 4096, 3, 20, list_rows=10, list_title_limit=24),
+    Channel("sms", "SMS", 160, 0, 0),
+    Channel("x", "X (DM)", 10000, 20, 36),
+    Channel("x_public", "X (public reply)", 280, 0, 0),
+)}
+DEFAULT_CHANNELS = ("webchat", "telegram", "messenger", "instagram", "whatsapp")
+LANGUAGES = ("en", "pt")
+DEFAULT_LANGUAGE = "en"
+
+
+def configured(path: Path = CONFIG_FILE) -> list[Channel]:
+    """The channels this deployment writes for (default: the five connectors)."""
+    names: list[str] = list(DEFAULT_CHANNELS)
+    if path.exists():
+        loaded = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("channels")
+        if loaded is not None:
+            names = [str(n) for n in loaded]
+    unknown = [n for n in names if n not in CHANNELS]
+    if unknown:
+        raise ValueError(f"{path.name}: unknown channel(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(CHANNELS)}")
+    return [CHANNELS[n] for n in names]
+
+
+def of_conversation(conversation_id: str) -> str:
+    """Conversation ids are namespaced by channel ('telegram:42')."""
+    prefix = conversation_id.split(":", 1)[0] if ":" in conversation_id else ""
+    return prefix if prefix in CHANNELS else ""
+
+
+def language_code(code: object) -> str:
+    """'pt-BR' → 'pt'; anything we have no replies in → the default language."""
+    short = str(code or "").replace("_", "-").split("-")[0].lower()
+    return short if short in LANGUAGES else DEFAULT_LANGUAGE

@@ -1,0 +1,52 @@
+"""Rasa's NLG plug point, served from the live reply library in-process.
+
+    # endpoints.yml
+    nlg:
+      type: bot.responses.nlg.LibraryNLG
+
+Rasa asks for each `utter_*` (from stories, rules and the action server); we
+answer from the library, which follows published edits within a second, so
+writers never need a retrain or a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from rasa.core.nlg.generator import NaturalLanguageGenerator
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.utils.endpoints import EndpointConfig
+
+from bot.responses import conversation_values, variants
+from bot.responses.channels import language_code
+from bot.responses.library import DEFAULT_FILE, Library, library
+
+
+class LibraryNLG(NaturalLanguageGenerator):
+    def __init__(self, endpoint_config: EndpointConfig | None = None,
+                 domain: Domain | None = None) -> None:
+        extra = (endpoint_config.kwargs if endpoint_config else {}) or {}
+        path = extra.get("file")
+        self.library: Library = library(Path(path) if path else DEFAULT_FILE)
+        # Replies the model was trained with: used only if the library lacks one.
+        self.trained = dict(domain.responses) if domain else {}
+
+    async def generate(self, utter_action: str, tracker: DialogueStateTracker,
+                       output_channel: str, **kwargs: Any) -> dict[str, Any] | None:
+        if self.library.due():  # one small query at most every REFRESH_SECONDS
+            await asyncio.to_thread(self.library.refresh)
+        snapshot = self.library.current()
+        variations = snapshot.replies.get(utter_action) or self.trained.get(utter_action)
+        if not variations:
+            return None
+        metadata = (tracker.latest_message.metadata if tracker.latest_message else None) or {}
+        slots = tracker.current_slot_values()
+        values = {**conversation_values(metadata.get("display_name")), **slots,
+                  **{k: v for k, v in kwargs.items() if v is not None}}
+        return variants.choose(variations, output_channel,
+                               language_code(metadata.get("language") or slots.get("language")),
+                               slots, values)
+
