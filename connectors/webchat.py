@@ -59,6 +59,15 @@ def as_reply(conv_id: str, line: conversations.TranscriptLine) -> dict[str, Any]
             "text": line.text, **(line.payload or {})}
 
 
+class WebChatOutput(CollectingOutputChannel):
+    """Collects replies for the HTTP answer, under our channel's name so writers'
+    `channel: webchat` variants apply."""
+
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL
+
+
 class WebChatInput(InputChannel):
     @classmethod
     def name(cls) -> str:
@@ -86,7 +95,7 @@ class WebChatInput(InputChannel):
                 gate.accept, gate.Inbound(conv_id, text, display_name=name))
             if decision.route != "bot":
                 return response.json([{"recipient_id": conv_id, **r} for r in decision.replies])
-            collector = CollectingOutputChannel()
+            collector = WebChatOutput()
             await on_new_message(UserMessage(text, collector, conv_id, input_channel=CHANNEL,
                                              metadata={"display_name": name}))
             extra = await asyncio.to_thread(gate.after_bot, conv_id, collector.messages)

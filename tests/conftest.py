@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -150,6 +151,39 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium through Playwright (Playwright's download fails here)."""
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (make test does)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                     headless=True)
+        yield chromium
+        chromium.close()
+
+
+def desk_login(page: Any, desk_url: str, username: str, password: str) -> None:
+    """Log in through the desk's own login form."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto(f"{desk_url}/")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
 
 
 POSTGRES_URL = os.environ.get("PARLEY_TEST_POSTGRES_URL",

@@ -6,33 +6,19 @@ against the servers `make run` starts.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from bot import agents, handoff
 from bot.storage import session_scope
-from tests.conftest import RunningBot
+from tests.conftest import RunningBot, desk_login
 
 pytestmark = pytest.mark.servers
-CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (make test does)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +43,7 @@ def desk(browser: Browser, running_bot: RunningBot, agent_login: tuple[str, str]
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(TIMEOUT)
-    page.goto(f"{running_bot.desk_url}/")
-    expect(page).to_have_url(re.compile(r"/login$"))
-    page.fill("input[name=username]", agent_login[0])
-    page.fill("input[name=password]", agent_login[1])
-    page.click("button[type=submit]")
+    desk_login(page, running_bot.desk_url, *agent_login)
     expect(page.locator("#me")).to_contain_text("Ana")
     expect(page.locator("#live")).not_to_have_class(re.compile("down"))
     page.evaluate("window.__sameLoad = 42")  # survives only if the page never reloads

@@ -32,8 +32,8 @@ def test_text_over_each_channels_limit() -> None:
     assert only(checks.check_reply("utter_long", [{"text": "x" * 4097}], FIVE), "telegram")
     assert only(checks.check_reply("utter_long", [{"text": "x" * 4097}], FIVE), "whatsapp")
     # A channel's own variant takes its limit off the generic text.
-    fixed = body + [{"text": "short", "channel": "messenger"},
-                    {"text": "short", "channel": "instagram"}]
+    fixed = [*body, {"text": "short", "channel": "messenger"},
+             {"text": "short", "channel": "instagram"}]
     assert checks.check_reply("utter_long", fixed, FIVE) == []
 
 

@@ -206,6 +206,8 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path) -> None:
     hello = asyncio.run(say("utter_hello", "telegram", tracker("hi", {"display_name":
                                                                        "Ana Silva"})))
     assert hello == {"text": "Hello Ana!"}
+    visitor = tracker("hi", {"display_name": "Web visitor 3f2a"})  # a name we made up
+    assert asyncio.run(say("utter_hello", "webchat", visitor)) == {"text": "Hello there!"}
     plain = tracker("hi")
     assert asyncio.run(say("utter_hello", "rest", plain)) == {"text": "Hello there!"}
     t = tracker("where", {"language": "pt-BR"}, order_number="10234")

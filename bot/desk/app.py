@@ -256,7 +256,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         to_agent = body_json(request).get("agent_id")
         if not isinstance(to_agent, int) or to_agent not in {
                 a.id for a in agents.list_agents(db) if a.role in agents.DESK_ROLES}:
-            raise BadRequest("'agent_id' must be the id of an agent or admin")
+            raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
         held(ticket_id)
         view = await asyncio.to_thread(handoff.transfer, ticket_id,
                                        request.ctx.session.agent.id, to_agent, db)

@@ -28,9 +28,13 @@ def _hours(path: Path, mtime: float) -> dict[str, str]:
             "support_webchat": hours.channels.get("webchat", "")}
 
 
-def conversation_values(display_name: str | None = None) -> dict[str, str]:
+# Channels whose display names we make up ("Web visitor 3f2a"): no first name.
+ANONYMOUS_CHANNELS = {"webchat", "rest", ""}
+
+
+def conversation_values(display_name: str | None = None, channel: str = "") -> dict[str, str]:
     """Placeholders any reply may use, whoever sends it."""
-    first = (display_name or "").strip().split(" ")[0]
+    first = "" if channel in ANONYMOUS_CHANNELS else (display_name or "").strip().split(" ")[0]
     path = load_settings().support_hours_file
     return {"first_name": first or "there", **_hours(path, path.stat().st_mtime)}
 
@@ -48,5 +52,5 @@ def render(name: str, channel: str = "", language: str = "", url: str | None = N
     if not variations:
         raise KeyError(f"no reply named {name!r} in the reply library")
     chosen = variants.choose(variations, channel, language, {},
-                             {**conversation_values(display_name), **values})
+                             {**conversation_values(display_name, channel), **values})
     return chosen or {"text": ""}
