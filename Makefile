@@ -5,12 +5,12 @@ BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test install train validate test-stories pytest browser lint clean
+.PHONY: run test install train validate replies-check test-stories pytest browser lint clean
 
 run: train  ## start the bot, the action server and the demo web chat
 	@$(PY) -m bot.cli run
 
-test: train validate test-stories pytest  ## everything CI runs
+test: train validate replies-check test-stories pytest  ## everything CI runs
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ train: install  ## train only when data/ or config changed
 
 validate: install
 	$(BIN)/rasa data validate --fail-on-warnings
+
+replies-check: install  ## channel limits, placeholders, missing and unused replies
+	$(BIN)/python -m bot.cli replies check
 
 test-stories: train
 	$(BIN)/rasa test core --e2e --stories data/tests --model models/parley.tar.gz \

@@ -89,6 +89,18 @@ def test_test_stories_do_not_trigger_training(tmp_path: Path) -> None:
     assert not model_freshness.is_stale(tmp_path)
 
 
+def test_reply_text_does_not_trigger_training_but_new_reply_names_do(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    replies = tmp_path / "data" / "responses.yml"
+    replies.write_text("responses:\n  utter_hi:\n    - text: Hi\n")
+    fake_training(tmp_path)
+    replies.write_text("responses:\n  utter_hi:\n    - text: Hello there, welcome!\n")
+    assert not model_freshness.is_stale(tmp_path)  # the live library serves the text
+    replies.write_text("responses:\n  utter_hi:\n    - text: Hi\n  utter_bye:\n"
+                       "    - text: Bye\n")
+    assert model_freshness.is_stale(tmp_path)
+
+
 def test_corrupt_fingerprint_means_stale(tmp_path: Path) -> None:
     make_project(tmp_path)
     fake_training(tmp_path)

@@ -15,13 +15,15 @@ from bot.settings import PROJECT_ROOT
 from bot.support_hours import DAYS
 
 
-def start_stack(prefix: str, channels: dict[str, dict[str, Any]]) -> launcher.Stack:
+def start_stack(prefix: str, channels: dict[str, dict[str, Any]],
+                database_url: str | None = None) -> launcher.Stack:
     state = Path(tempfile.mkdtemp(prefix=f"parley-{prefix}-"))
     hours = state / "hours.yml"
     hours.write_text(yaml.safe_dump({"timezone": "UTC",
                                      "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
     stack = launcher.Stack(PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(),
                            desk_port=free_port(), var_dir=state,
-                           env={"PARLEY_SUPPORT_HOURS": str(hours)}, channels=channels)
+                           env={"PARLEY_SUPPORT_HOURS": str(hours)}, channels=channels,
+                           database_url=database_url)
     stack.start()
     return stack
