@@ -93,9 +93,16 @@ def channel_of(conversation_id: str) -> str:
     return conversation_id.split(":", 1)[0]
 
 
+def get_conversation(session: Session, conversation_id: str) -> Conversation | None:
+    """A plain SELECT: on SQLAlchemy 1.4, `session.get` re-annotates its query on
+    every call, which showed in the connectors' profile."""
+    return session.execute(select(Conversation).where(Conversation.id == conversation_id)
+                           ).scalar_one_or_none()
+
+
 def ensure_conversation(session: Session, conversation_id: str,
                         display_name: str = "") -> Conversation:
-    conversation = session.get(Conversation, conversation_id)
+    conversation = get_conversation(session, conversation_id)
     if conversation is None:
         conversation = Conversation(id=conversation_id, channel=channel_of(conversation_id),
                                     display_name=display_name, rating_state="none")

@@ -47,7 +47,7 @@ class Decision:
 def _reply(session: Any, conversation_id: str, name: str, ticket_id: int | None = None,
            url: str | None = None, **values: Any) -> dict[str, Any]:
     """Render a writer-owned reply for this channel and record it in the transcript."""
-    conversation = session.get(Conversation, conversation_id)
+    conversation = conversations.get_conversation(session, conversation_id)
     rendered = responses.render(name, channels.of_conversation(conversation_id), url=url,
                                 display_name=conversation.display_name if conversation
                                 else None, **values)
@@ -72,10 +72,9 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
     conv_id = inbound.conversation_id
     leave_queue = False
     with session_scope(url) as session:
+        # A redelivery (same platform id) fails the unique index on insert below and
+        # is answered as a duplicate by `accept`: no lookup first on the hot path.
         conversation = ensure_conversation(session, conv_id, inbound.display_name)
-        if inbound.platform_message_id and conversations.is_duplicate(
-                session, conv_id, inbound.platform_message_id):
-            return Decision("duplicate")
         conversation.last_customer_at = utcnow()
         ticket = handoff.open_ticket(session, conv_id)
         message = add_message(session, conv_id, "customer", inbound.text,
@@ -129,7 +128,7 @@ def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
             extra = {k: v for k, v in reply.items() if k not in {"text", "recipient_id"}}
             add_message(session, conversation_id, "bot", reply.get("text") or "",
                         ticket_id=ticket.id if ticket else None, payload=extra or None)
-        conversation = session.get(Conversation, conversation_id)
+        conversation = conversations.get_conversation(session, conversation_id)
         if (ticket is None and conversation is not None and bot_replies
                 and conversation.rating_state == "pending"):
             conversation.rating_state = "asked"

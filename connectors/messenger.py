@@ -120,6 +120,7 @@ class Meta:
     def __init__(self, platform: type[Platform], token: str, page_id: str = "me",
                  graph_base_url: str = DEFAULT_GRAPH, version: str = GRAPH_VERSION) -> None:
         self.platform = platform
+        self.channel = platform.channel
         self.page_id = page_id
         self.graph = GraphClient(token, graph_base_url, version)
         self.sender = Sender(LIMITS)
@@ -165,7 +166,7 @@ class MetaOutput(OutputChannel):
     def name(self) -> str:  # type: ignore[override]
         """Per instance: Messenger and Instagram share this class, but writers give
         them different reply variants."""
-        return self.meta.platform.channel
+        return self.meta.channel
 
     async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
         await self.meta.deliver(recipient_id, message)

@@ -31,6 +31,7 @@ from bot import conversations
 from connectors import gate, push, redact
 from connectors.outbound import Limits, Retryable, Sender
 from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+from connectors.telegram_request import AiohttpRequest
 from connectors.text import split_text
 
 CHANNEL = "telegram"
@@ -108,6 +109,7 @@ class Telegram:
         redact.install()
         base = api_base_url.rstrip("/")
         self.bot = ExtBot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
+                          request=AiohttpRequest(),
                           rate_limiter=AIORateLimiter(max_retries=0))
         self.sender = Sender(LIMITS)
         self._ready = asyncio.Lock()

@@ -119,6 +119,8 @@ def payloads(to: str, message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class WhatsApp:
+    channel = CHANNEL
+
     def __init__(self, token: str, phone_number_id: str, graph_base_url: str = DEFAULT_GRAPH,
                  version: str = GRAPH_VERSION) -> None:
         self.phone_number_id = phone_number_id

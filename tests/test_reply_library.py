@@ -16,6 +16,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 
 from bot import agents
 from bot.responses import placeholders, revisions, variants
+from bot.responses.channels import CHANNELS
 from bot.responses.library import DEFAULT_FILE, Library, dump, export, library, read_yaml
 from bot.responses.nlg import LibraryNLG
 from bot.responses.revisions import ReviewError
@@ -239,3 +240,19 @@ def test_render_for_code_outside_rasa_uses_the_published_text(db_url: str) -> No
         "text": "Rita is here to help."}
     with pytest.raises(KeyError):
         responses.render("utter_no_such_reply", url=db_url)
+
+
+def test_each_connector_asks_for_replies_under_its_channel_name() -> None:
+    """Rasa passes the output channel's name to the NLG; `channel:` variants match it."""
+    from connectors.messenger import InstagramPlatform, Meta, MetaOutput, Platform
+    from connectors.telegram import Telegram, TelegramOutput
+    from connectors.webchat import WebChatOutput
+    from connectors.whatsapp import WhatsApp
+
+    outputs = {"messenger": MetaOutput(Meta(Platform, "t")),
+               "instagram": MetaOutput(Meta(InstagramPlatform, "t")),
+               "whatsapp": MetaOutput(WhatsApp("t", "1")),  # type: ignore[arg-type]
+               "telegram": TelegramOutput(Telegram("1:t")),
+               "webchat": WebChatOutput()}
+    assert {name: out.name() for name, out in outputs.items()} == {n: n for n in outputs}
+    assert set(outputs) <= set(CHANNELS)
