@@ -16,13 +16,16 @@ import argparse
 import asyncio
 import itertools
 import json
+import subprocess
+import sys
 import time
 
 import httpx
 
 from bench.report import DOCS, grouped_bars_png, percentile, write_section
+from bot.settings import PROJECT_ROOT
 from tests.fakes.stack import start_stack
-from tests.fakes.telegram_api import FakeTelegram, serve, stop
+from tests.fakes.telegram_api import FakeTelegram
 
 SECRET = "bench-secret"
 TEXT = "what payment methods do you accept"
@@ -30,7 +33,33 @@ TURNS_PER_CHAT = 3  # stay inside Telegram's per-chat burst, as real chats do
 _ids = itertools.count(int(time.time()) * 1000)
 
 
-FAKE = FakeTelegram()
+class FakeBotApi:
+    """The fake Bot API in its own process, as Telegram is: the load generator's
+    busy event loop must not delay when a reply is seen to arrive."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.telegram_api"],
+                                     cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def arrivals(self) -> dict[int, list[float]]:
+        """Per chat, when each reply reached the API (monotonic clock, shared by processes)."""
+        out: dict[int, list[float]] = {}
+        for call in httpx.get(f"{self.url}/_calls", timeout=30).json()["calls"]:
+            out.setdefault(int(call["params"]["chat_id"]), []).append(call["at"])
+        return {chat: sorted(times) for chat, times in out.items()}
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+API = FakeBotApi | None
+FAKE: API = None
+STARTS: list[tuple[int, float]] = []  # Telegram turns: chat, when the update was posted
 
 
 async def rest_turn(client: httpx.AsyncClient, base: str, chat: int) -> float:
@@ -47,22 +76,36 @@ WEBHOOK_DONE: list[float] = []  # Telegram: until the webhook answered 200 (tran
 
 
 async def telegram_turn(client: httpx.AsyncClient, base: str, chat: int) -> float:
-    """Until the reply reached the (fake) Bot API, i.e. the customer: what the
-    webhook does after that (recording the transcript) is not part of the turn."""
+    """Posts the update; the turn's end (the reply reaching the fake Bot API, i.e.
+    the customer) is read from the API's record after the round."""
     update = {"update_id": next(_ids), "message": {
         "message_id": next(_ids), "date": int(time.time()), "text": TEXT,
         "chat": {"id": chat, "type": "private"},
         "from": {"id": chat, "is_bot": False, "first_name": "Bench"}}}
-    seen = len(FAKE.sent())
     start = time.monotonic()
     resp = await client.post(f"{base}/webhooks/telegram/webhook", content=json.dumps(update),
                              headers={"X-Telegram-Bot-Api-Secret-Token": SECRET,
                                       "Content-Type": "application/json"})
     resp.raise_for_status()
     WEBHOOK_DONE.append(time.monotonic() - start)
-    arrived = [c.at for c in FAKE.sent()[seen:] if int(c.params["chat_id"]) == chat]
-    assert arrived, "no reply reached the Bot API"
-    return arrived[0] - start
+    STARTS.append((chat, start))
+    return 0.0
+
+
+def telegram_latencies() -> list[float]:
+    """Each turn matched with its chat's replies in order (a chat's turns run one by one)."""
+    assert FAKE is not None
+    arrivals = FAKE.arrivals()
+    by_chat: dict[int, list[float]] = {}
+    for chat, start in sorted(STARTS, key=lambda s: s[1]):
+        by_chat.setdefault(chat, []).append(start)
+    out = []
+    for chat, starts in by_chat.items():
+        seen = arrivals.get(chat, [])
+        assert len(seen) == len(starts), f"chat {chat}: {len(starts)} turns, {len(seen)} replies"
+        out += [arrived - start for start, arrived in zip(starts, seen, strict=True)]
+    STARTS.clear()
+    return out
 
 
 async def load(kind: str, base: str, concurrency: int, turns: int) -> tuple[list[float], float]:
@@ -82,6 +125,8 @@ async def load(kind: str, base: str, concurrency: int, turns: int) -> tuple[list
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+    if kind == "telegram":
+        latencies = telegram_latencies()
     return latencies, len(latencies) / elapsed
 
 
@@ -91,10 +136,11 @@ def main() -> None:
     parser.add_argument("--levels", default="1,10,50")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    fake = FAKE
-    server, api_url = serve(fake)
+    global FAKE
+    FAKE = FakeBotApi()
     stack = start_stack("bench-tg", {"connectors.telegram.TelegramInput": {
-        "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
+        "access_token": FakeTelegram().token, "webhook_secret": SECRET,
+        "api_base_url": FAKE.url}})
     rows = ["| concurrent | path | turns | p50 ms | p95 ms | turns/s | p50 overhead "
             "| p95 overhead | webhook done p50 / p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
     chart: dict[str, list[float]] = {"REST p50": [], "Telegram p50": [], "REST p95": [],
@@ -134,7 +180,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     finally:
         stack.stop()
-        stop(server)
+        FAKE.stop()
     png = grouped_bars_png(levels, chart, DOCS / "bench" / "connector_overhead.png",
                            "Bot turn: Telegram connector vs plain REST", "milliseconds")
     write_section("Connector overhead: Telegram vs plain Rasa REST", "\n".join([

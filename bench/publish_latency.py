@@ -109,7 +109,8 @@ def main() -> None:
         print(rows[-1], flush=True)
     png = histogram_png({"Rasa A": per_process[0], "Rasa B": per_process[1]},
                         DOCS / "bench" / "publish_latency.png",
-                        "Approval → new text from each Rasa process", TARGET_MS)
+                        "Approval → new text from each Rasa process", TARGET_MS,
+                        "target (every publish)")
     write_section("Reply publish to live", "\n".join([
         f"Command: `.venv/bin/python -m bench.publish_latency --publishes {args.publishes}` "
         f"(run {time.strftime('%Y-%m-%d')}; two Rasa servers, each with its action server, "

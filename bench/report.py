@@ -41,7 +41,7 @@ def _save(fig: Any, ax: Any, path: Path, title: str) -> Path:
 
 
 def histogram_png(series: dict[str, list[float]], path: Path, title: str,
-                  target_ms: float | None = None) -> Path:
+                  target_ms: float | None = None, target_label: str = "target p95") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +51,8 @@ def histogram_png(series: dict[str, list[float]], path: Path, title: str,
     for label, values in series.items():
         ax.hist(values, bins=40, alpha=0.6, label=label)
     if target_ms is not None:
-        ax.axvline(target_ms, color="red", linestyle="--", label=f"target p95 {target_ms:.0f} ms")
+        ax.axvline(target_ms, color="red", linestyle="--",
+                   label=f"{target_label} {target_ms:.0f} ms")
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("count")
     return _save(fig, ax, path, title)

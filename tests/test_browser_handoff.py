@@ -120,6 +120,12 @@ def test_two_nonsense_messages_reach_the_desk(running_bot: RunningBot, customer:
     row.click()
     expect(desk.locator("#context")).to_contain_text("wubba lubba")
     desk.click("#claim")
+    desk.fill("#reply", "/return")  # a canned reply from the writers' library
+    expect(desk.locator("#canned li").first).to_contain_text("/return_policy")
+    desk.press("#reply", "Enter")
+    expect(desk.locator("#reply")).to_have_value(re.compile(r"^You can return unworn items"))
+    desk.click("#send")
+    expect(customer.locator(".msg.agent").last).to_contain_text("return unworn items")
     desk.fill("#reply", "Sorry about that, what do you need?")
     desk.click("#send")
     expect(customer.locator(".msg.agent")).to_contain_text("what do you need")

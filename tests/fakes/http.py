@@ -31,6 +31,15 @@ def json_server(route: Route) -> tuple[ThreadingHTTPServer, str]:
             self.end_headers()
             self.wfile.write(data)
 
+        def do_GET(self) -> None:  # reading back what a fake recorded (benchmarks)
+            status, payload, _headers = route(self.path, self.headers, b"")
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def log_message(self, *args: Any) -> None:
             pass
 

@@ -100,9 +100,20 @@ def serve(fake: FakeTelegram) -> tuple[ThreadingHTTPServer, str]:
     def route(path: str, headers: Mapping[str, str], body: bytes
               ) -> tuple[int, dict[str, Any], dict[str, str]]:
         prefix = f"/bot{fake.token}/"
+        if path == "/_calls":  # not Telegram's: lets a benchmark in another process read them
+            return 200, {"calls": [c.__dict__ for c in fake.sent()]}, {}
         if not path.startswith(prefix):
             return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}, {}
         status, payload = fake.answer(path[len(prefix):], _params(headers, body))
         return status, payload, {}
 
     return json_server(route)
+
+
+if __name__ == "__main__":  # its own process, so load on a benchmark's client can't delay it
+    import sys
+
+    server, url = serve(FakeTelegram())
+    print(url, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    stop(server)

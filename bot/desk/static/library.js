@@ -176,14 +176,20 @@ function drawHistory(revisions) {
   }
 }
 
-async function openReply(name) {
-  const detail = await api("/api/library/replies/" + encodeURIComponent(name));
+function newReply(name) {
+  // A reply no flow sends yet: for agents' canned replies until a story uses it.
+  return { live: null, draft: null, revisions: [], fresh: [{ text: "", metadata: { canned: true } }], name };
+}
+
+async function openReply(name, isNew = false) {
+  const detail = isNew ? newReply(name) : await api("/api/library/replies/" + encodeURIComponent(name));
   lib.name = name;
   lib.draftId = detail.draft ? detail.draft.id : null;
-  lib.body = structuredClone(detail.draft ? detail.draft.body : detail.live);
+  lib.body = structuredClone(detail.draft ? detail.draft.body : (detail.live || detail.fresh));
   $("editor").hidden = false;
   $("reply-name").textContent = name;
-  $("draft-state").textContent = detail.draft ? "your draft #" + detail.draft.id + " (" + detail.draft.state + ")" : "live text";
+  $("draft-state").textContent = detail.draft ? "your draft #" + detail.draft.id + " (" + detail.draft.state + ")"
+    : (detail.live ? "live text" : "new reply, not saved yet");
   const returned = detail.draft && detail.draft.state === "returned";
   $("returned").hidden = !returned;
   if (returned) $("returned").textContent = "Sent back: " + detail.draft.review_comment;
@@ -272,6 +278,12 @@ async function main() {
   $("me").textContent = lib.me.display_name + " (" + lib.me.role + ")";
   $("to-desk").hidden = lib.me.role === "writer";
   lib.meta = await api("/api/library/meta");
+  $("new-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = $("new-name").value.trim();
+    if (!/^utter_[a-z0-9_]{1,100}$/.test(name)) { toast("Reply names look like utter_order_shipped"); return; }
+    act(() => openReply(name, true));
+  });
   $("search").addEventListener("input", () => { clearTimeout(loadList.timer); loadList.timer = setTimeout(() => act(loadList), 200); });
   $("add-variation").addEventListener("click", () => { lib.body.push({ text: "" }); drawVariations(); changed(); });
   $("save").addEventListener("click", () => act(save));
