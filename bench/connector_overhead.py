@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -130,6 +132,27 @@ async def load(kind: str, base: str, concurrency: int, turns: int) -> tuple[list
     return latencies, len(latencies) / elapsed
 
 
+def _pin_all_threads(pid: int, cpus: set[int]) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin(rasa_pid: int, fake_pid: int) -> str:
+    """On a machine with two or more cores, give the Rasa server (the system under
+    test) its own core and put the load generator and the fake Bot API on the
+    others, so the fake platform's own CPU is not charged to the connector.
+    Both paths run under the same placement."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one core)"
+    _pin_all_threads(rasa_pid, {cpus[0]})
+    rest = set(cpus[1:])
+    _pin_all_threads(fake_pid, rest)
+    _pin_all_threads(os.getpid(), rest)
+    return f"Rasa server on CPU {cpus[0]}; load generator and fake Bot API on CPU " + \
+        ",".join(map(str, sorted(rest)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=150, help="turns per path and level")
@@ -146,6 +169,7 @@ def main() -> None:
     chart: dict[str, list[float]] = {"REST p50": [], "Telegram p50": [], "REST p95": [],
                                      "Telegram p95": []}
     levels: list[str] = []
+    pinned = pin(stack.processes["rasa"].pid, FAKE.proc.pid)
     try:
         base = stack.rasa_url
         asyncio.run(load("rest", base, 5, 20))  # warm-up: model, caches, pools
@@ -186,7 +210,8 @@ def main() -> None:
     write_section("Connector overhead: Telegram vs plain Rasa REST", "\n".join([
         f"Command: `.venv/bin/python -m bench.connector_overhead --turns {args.turns}` "
         f"(run {time.strftime('%Y-%m-%d')}; one Rasa server, SQLite; the fake Bot API on "
-        "loopback; REST and Telegram alternate in rounds within one run).",
+        f"loopback in its own process; {pinned}; REST and Telegram alternate in rounds "
+        "within one run).",
         "",
         "Target: overhead at most +5 % at p50 and +10 % at p95. A turn ends when the "
         "customer has the reply. Rasa hands replies to a channel's output before it saves "
