@@ -143,10 +143,18 @@ async function check() {
   drawProblems(result.problems);
 }
 
+function showDiff(id, against) {
+  return act(async () => {
+    const d = await api("/api/library/revisions/" + id + "/diff" + (against ? "?against=" + against : ""));
+    $("diff").textContent = d.diff || "(no change)";
+    $("diff").hidden = false;
+  });
+}
+
 function drawHistory(revisions) {
   const list = $("history");
   list.replaceChildren();
-  for (const r of revisions) {
+  revisions.forEach((r, i) => {
     const item = el("li");
     item.dataset.revision = r.id;
     item.append(el("strong", "#" + r.id), el("span", r.state, "badge"),
@@ -156,12 +164,15 @@ function drawHistory(revisions) {
     if (r.review_comment) item.append(el("span", "“" + r.review_comment + "”", "muted"));
     const diff = el("button", "Diff vs live");
     diff.type = "button";
-    diff.addEventListener("click", () => act(async () => {
-      const d = await api("/api/library/revisions/" + r.id + "/diff");
-      $("diff").textContent = d.diff || "(same as live)";
-      $("diff").hidden = false;
-    }));
+    diff.addEventListener("click", () => showDiff(r.id));
     item.append(diff);
+    const previous = revisions[i + 1];
+    if (previous) {
+      const older = el("button", "Diff vs #" + previous.id);
+      older.type = "button";
+      older.addEventListener("click", () => showDiff(r.id, previous.id));
+      item.append(older);
+    }
     if (lib.me.role === "admin" && r.published_version) {
       const back = el("button", "Roll back to this");
       back.type = "button";
@@ -173,7 +184,7 @@ function drawHistory(revisions) {
       item.append(back);
     }
     list.appendChild(item);
-  }
+  });
 }
 
 function newReply(name) {
@@ -250,9 +261,7 @@ async function loadReview() {
     }
     item.addEventListener("click", () => act(async () => {
       await openReply(r.name);
-      const d = await api("/api/library/revisions/" + r.id + "/diff");
-      $("diff").textContent = d.diff || "(same as live)";
-      $("diff").hidden = false;
+      await showDiff(r.id);
     }));
     list.appendChild(item);
   }
