@@ -173,19 +173,21 @@ def add_library_routes(app: Sanic, db: str | None, page: str) -> None:
             raise NotFound("no such revision")
         return view
 
+    async def checked_step(call: Any, request: Request, revision_id: int) -> HTTPResponse:
+        """Submitting and approving both refuse a reply that fails the checks."""
+        view = await held(revision_id)
+        return blocking(view.body, view.name) or await step(
+            call, revision_id, request.ctx.session.agent)
+
     @app.post("/api/library/revisions/<revision_id:int>/submit")
     @requires_session(roles=WRITERS)
     async def submit(request: Request, revision_id: int) -> HTTPResponse:
-        view = await held(revision_id)
-        return blocking(view.body, view.name) or await step(
-            revisions.submit, revision_id, request.ctx.session.agent)
+        return await checked_step(revisions.submit, request, revision_id)
 
     @app.post("/api/library/revisions/<revision_id:int>/approve")
     @requires_session(roles=ADMINS)
     async def approve(request: Request, revision_id: int) -> HTTPResponse:
-        view = await held(revision_id)
-        return blocking(view.body, view.name) or await step(
-            revisions.approve, revision_id, request.ctx.session.agent)
+        return await checked_step(revisions.approve, request, revision_id)
 
     @app.post("/api/library/revisions/<revision_id:int>/send-back")
     @requires_session(roles=ADMINS)

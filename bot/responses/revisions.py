@@ -101,6 +101,19 @@ def _held(session: Any, revision_id: int) -> ReplyRevision:
     return row
 
 
+def _under_review(session: Any, revision_id: int, actor: AgentView,
+                  outcome: str) -> ReplyRevision:
+    """A submitted revision, reviewed now by `actor`, who must not be its author."""
+    row = _held(session, revision_id)
+    if row.author_id == actor.id:
+        raise ReviewError("you cannot review your own draft; ask another admin", 403)
+    if row.state != "submitted":
+        raise ReviewError(f"revision {revision_id} is {row.state}; only submitted drafts "
+                          f"can be {outcome}")
+    row.reviewer_id, row.reviewed_at = actor.id, utcnow()
+    return row
+
+
 def _publish(session: Any, row: ReplyRevision) -> None:
     """Bump the library version (a row lock serialises publishers) and stamp it."""
     session.execute(update(ReplyLibrary).where(ReplyLibrary.id == 1)
@@ -146,13 +159,7 @@ def approve(revision_id: int, actor: AgentView, url: str | None = None) -> Revis
     """Publish a submitted draft. The author can never approve their own."""
     _require_role(actor, REVIEW_ROLES, "approve replies")
     with session_scope(url) as session:
-        row = _held(session, revision_id)
-        if row.author_id == actor.id:
-            raise ReviewError("you cannot approve your own draft; ask another admin", 403)
-        if row.state != "submitted":
-            raise ReviewError(f"revision {revision_id} is {row.state}; only submitted "
-                              "drafts can be approved")
-        row.reviewer_id, row.reviewed_at = actor.id, utcnow()
+        row = _under_review(session, revision_id, actor, "approved")
         _publish(session, row)
         return _view(row)
 
@@ -163,14 +170,8 @@ def send_back(revision_id: int, actor: AgentView, comment: str,
     if not comment.strip():
         raise ReviewError("say what to change: a comment is required", 400)
     with session_scope(url) as session:
-        row = _held(session, revision_id)
-        if row.author_id == actor.id:
-            raise ReviewError("you cannot review your own draft", 403)
-        if row.state != "submitted":
-            raise ReviewError(f"revision {revision_id} is {row.state}; only submitted "
-                              "drafts can be sent back")
+        row = _under_review(session, revision_id, actor, "sent back")
         row.state, row.review_comment = "returned", comment.strip()
-        row.reviewer_id, row.reviewed_at = actor.id, utcnow()
         return _view(row)
 
 
