@@ -37,6 +37,7 @@ class OrderView:
     def placeholders(self) -> dict[str, str]:
         return {
             "order_number": self.number,
+            "order_id": self.number,  # writers know it by either name
             "carrier": self.carrier,
             "tracking_url": self.tracking_url,
             "eta": self.eta,

@@ -162,6 +162,11 @@ def _channel_limits(name: str, variation: dict[str, Any], channel: Channel,
     if len(buttons) > channel.max_buttons:
         if channel.list_rows and len(buttons) <= channel.list_rows:
             title_limit = channel.list_title_limit  # sent as a list message
+            problems.append(Problem(name, channel.name, f"{label}has {len(buttons)} buttons; "
+                                    f"{channel.label} shows at most {channel.max_buttons} "
+                                    "reply buttons, so it goes out as a list the customer "
+                                    "opens first: keep it if that is fine, or cut to "
+                                    f"{channel.max_buttons}", "warning"))
         else:
             most = (f"{channel.max_buttons} reply buttons (or {channel.list_rows} as a list)"
                     if channel.list_rows else f"{channel.max_buttons} buttons")
