@@ -49,4 +49,3 @@ class LibraryNLG(NaturalLanguageGenerator):
         return variants.choose(variations, output_channel,
                                language_code(metadata.get("language") or slots.get("language")),
                                slots, values)
-
