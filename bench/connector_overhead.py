@@ -153,6 +153,12 @@ def pin(rasa_pid: int, fake_pid: int) -> str:
         ",".join(map(str, sorted(rest)))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=150, help="turns per path and level")
@@ -165,11 +171,13 @@ def main() -> None:
         "access_token": FakeTelegram().token, "webhook_secret": SECRET,
         "api_base_url": FAKE.url}})
     rows = ["| concurrent | path | turns | p50 ms | p95 ms | turns/s | p50 overhead "
-            "| p95 overhead | webhook done p50 / p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
+            "| p95 overhead | webhook done p50 / p95 ms | Rasa server CPU ms per turn |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     chart: dict[str, list[float]] = {"REST p50": [], "Telegram p50": [], "REST p95": [],
                                      "Telegram p95": []}
     levels: list[str] = []
-    pinned = pin(stack.processes["rasa"].pid, FAKE.proc.pid)
+    rasa_pid = stack.processes["rasa"].pid
+    pinned = pin(rasa_pid, FAKE.proc.pid)
     try:
         base = stack.rasa_url
         asyncio.run(load("rest", base, 5, 20))  # warm-up: model, caches, pools
@@ -178,10 +186,13 @@ def main() -> None:
             samples: dict[str, list[float]] = {"rest": [], "telegram": []}
             WEBHOOK_DONE.clear()
             rates: dict[str, list[float]] = {"rest": [], "telegram": []}
+            cpu: dict[str, float] = {"rest": 0.0, "telegram": 0.0}
             per_round = max(1, args.turns // args.rounds)
             for _ in range(args.rounds):
                 for kind in ("rest", "telegram"):
+                    before = cpu_seconds(rasa_pid)
                     lat, rate = asyncio.run(load(kind, base, level, per_round))
+                    cpu[kind] += cpu_seconds(rasa_pid) - before
                     samples[kind] += lat
                     rates[kind].append(rate)
             p = {k: (percentile([x * 1000 for x in v], 50), percentile([x * 1000 for x in v], 95))
@@ -198,9 +209,10 @@ def main() -> None:
                 done = "" if kind == "rest" else (
                     f"{percentile([x * 1000 for x in WEBHOOK_DONE], 50):.0f} / "
                     f"{percentile([x * 1000 for x in WEBHOOK_DONE], 95):.0f}")
+                per_turn = cpu[kind] * 1000 / len(samples[kind])
                 rows.append(f"| {level} | {kind} | {len(samples[kind])} | {p[kind][0]:.0f} "
                             f"| {p[kind][1]:.0f} | {rate:.1f} | {over[0]} | {over[1]} "
-                            f"| {done} |")
+                            f"| {done} | {per_turn:.1f} |")
                 print(rows[-1], flush=True)
     finally:
         stack.stop()
