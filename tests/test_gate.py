@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,27 @@ def test_redelivered_platform_message_is_dropped(db_url: str, hours_file) -> Non
     other = gate.accept(Inbound("telegram:43", "hi", platform_message_id="m1"), db_url)
     assert (first.route, again.route, other.route) == ("bot", "duplicate", "bot")
     assert customer_lines("telegram:42", db_url) == ["hi"]
+
+
+def test_the_bots_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
+    """Store, rename, dedupe and record in plain SQL; first messages racing both land."""
+    assert gate.accept(Inbound("telegram:7", "hi", "u1", "Ana Silva"), any_db).route == "bot"
+    assert gate.accept(Inbound("telegram:7", "hey", "u2", "Ana S."), any_db).route == "bot"
+    assert gate.accept(Inbound("telegram:7", "hey", "u2", "Ana S."), any_db).route == \
+        "duplicate"
+    assert gate.after_bot("telegram:7", [{"text": "Hello", "buttons": [
+        {"title": "Go", "payload": "/go"}], "recipient_id": "telegram:7"}], any_db) == []
+    lines = conversations.transcript("telegram:7", any_db)
+    assert [(line.author, line.text) for line in lines] == [
+        ("customer", "hi"), ("customer", "hey"), ("bot", "Hello")]
+    assert lines[2].payload == {"buttons": [{"title": "Go", "payload": "/go"}]}
+    assert conversations.display_names(["telegram:7"], any_db) == {"telegram:7": "Ana S."}
+    with ThreadPoolExecutor(8) as pool:
+        routes = list(pool.map(lambda i: gate.accept(
+            Inbound("telegram:8", f"m{i}", f"r{i}"), any_db).route, range(8)))
+    assert routes == ["bot"] * 8
+    assert sorted(x.text for x in conversations.transcript("telegram:8", any_db)) == [
+        f"m{i}" for i in range(8)]
 
 
 def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> None:
