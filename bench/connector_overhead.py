@@ -161,7 +161,9 @@ def cpu_seconds(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=150, help="turns per path and level")
+    parser.add_argument("--turns", type=int, default=150,
+                        help="turns per path and level (at least 8 per concurrent worker "
+                             "and round)")
     parser.add_argument("--levels", default="1,10,50")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -170,9 +172,10 @@ def main() -> None:
     stack = start_stack("bench-tg", {"connectors.telegram.TelegramInput": {
         "access_token": FakeTelegram().token, "webhook_secret": SECRET,
         "api_base_url": FAKE.url}})
-    rows = ["| concurrent | path | turns | p50 ms | p95 ms | turns/s | p50 overhead "
-            "| p95 overhead | webhook done p50 / p95 ms | Rasa server CPU ms per turn |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| concurrent | path | turns | p50 ms | p95 ms | mean ms | turns/s | p50 overhead "
+            "| p95 overhead | mean overhead | webhook done p50 / p95 ms "
+            "| Rasa server CPU ms per turn |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     chart: dict[str, list[float]] = {"REST p50": [], "Telegram p50": [], "REST p95": [],
                                      "Telegram p95": []}
     levels: list[str] = []
@@ -187,7 +190,9 @@ def main() -> None:
             WEBHOOK_DONE.clear()
             rates: dict[str, list[float]] = {"rest": [], "telegram": []}
             cpu: dict[str, float] = {"rest": 0.0, "telegram": 0.0}
-            per_round = max(1, args.turns // args.rounds)
+            # At least 8 turns per conversation worker and round: a steady state, not
+            # one burst whose "latencies" are only the order its turns finish in.
+            per_round = max(args.turns // args.rounds, 8 * level)
             for _ in range(args.rounds):
                 for kind in ("rest", "telegram"):
                     before = cpu_seconds(rasa_pid)
@@ -195,24 +200,23 @@ def main() -> None:
                     cpu[kind] += cpu_seconds(rasa_pid) - before
                     samples[kind] += lat
                     rates[kind].append(rate)
-            p = {k: (percentile([x * 1000 for x in v], 50), percentile([x * 1000 for x in v], 95))
-                 for k, v in samples.items()}
+            p = {k: (percentile([x * 1000 for x in v], 50), percentile([x * 1000 for x in v], 95),
+                     1000 * sum(v) / len(v)) for k, v in samples.items()}
             levels.append(f"{level} concurrent")
             for kind, label in (("rest", "REST"), ("telegram", "Telegram")):
                 chart[f"{label} p50"].append(p[kind][0])
                 chart[f"{label} p95"].append(p[kind][1])
             for kind in ("rest", "telegram"):
-                over = ("", "") if kind == "rest" else (
-                    f"{(p['telegram'][0] / p['rest'][0] - 1) * 100:+.1f} %",
-                    f"{(p['telegram'][1] / p['rest'][1] - 1) * 100:+.1f} %")
+                over = ("", "", "") if kind == "rest" else tuple(
+                    f"{(p['telegram'][i] / p['rest'][i] - 1) * 100:+.1f} %" for i in range(3))
                 rate = sum(rates[kind]) / len(rates[kind])
                 done = "" if kind == "rest" else (
                     f"{percentile([x * 1000 for x in WEBHOOK_DONE], 50):.0f} / "
                     f"{percentile([x * 1000 for x in WEBHOOK_DONE], 95):.0f}")
                 per_turn = cpu[kind] * 1000 / len(samples[kind])
                 rows.append(f"| {level} | {kind} | {len(samples[kind])} | {p[kind][0]:.0f} "
-                            f"| {p[kind][1]:.0f} | {rate:.1f} | {over[0]} | {over[1]} "
-                            f"| {done} | {per_turn:.1f} |")
+                            f"| {p[kind][1]:.0f} | {p[kind][2]:.0f} | {rate:.1f} | {over[0]} "
+                            f"| {over[1]} | {over[2]} | {done} | {per_turn:.1f} |")
                 print(rows[-1], flush=True)
     finally:
         stack.stop()
