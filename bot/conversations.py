@@ -19,12 +19,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    bindparam,
-    insert,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.storage import Base, UTCDateTime, session_scope, utcnow
@@ -136,40 +133,6 @@ def add_message(session: Session, conversation_id: str, author: str, text: str,
     session.add(message)
     session.flush()
     return message
-
-
-_INSERT_MESSAGE = insert(Message)
-_TOUCH: dict[tuple[str, bool], Any] = {}  # (dialect, with name) -> prepared upsert
-
-
-def insert_messages(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Rows from `message_values`, in one prepared statement: the connectors' hot
-    path skips the ORM's unit of work (it showed in the Rasa server's profile)."""
-    if rows:
-        session.execute(_INSERT_MESSAGE, rows)
-
-
-def _touch_statement(dialect: str, with_name: bool) -> Any:
-    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = upsert(Conversation).values(
-        id=bindparam("id"), channel=bindparam("channel"),
-        display_name=bindparam("display_name"), rating_state="none",
-        created_at=bindparam("at"), last_customer_at=bindparam("at"))
-    changes: dict[str, Any] = {"last_customer_at": statement.excluded.last_customer_at}
-    if with_name:
-        changes["display_name"] = statement.excluded.display_name
-    return statement.on_conflict_do_update(index_elements=[Conversation.id], set_=changes)
-
-
-def touch_conversation(session: Session, conversation_id: str, display_name: str,
-                       at: datetime) -> None:
-    """Create the conversation, or note the customer's latest message and name, in one
-    statement; two first messages arriving at once both land."""
-    key = (session.get_bind().dialect.name, bool(display_name))
-    if key not in _TOUCH:
-        _TOUCH[key] = _touch_statement(*key)
-    session.execute(_TOUCH[key], {"id": conversation_id, "channel": channel_of(conversation_id),
-                                  "display_name": display_name, "at": at})
 
 
 def is_duplicate(session: Session, conversation_id: str, platform_message_id: str) -> bool:

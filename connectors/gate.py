@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from rasa.core.channels.channel import UserMessage
-from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from bot import agents, conversations, events, handoff, responses
+from bot import agents, conversations, events, handoff, responses, turn_sql
 from bot.conversations import Conversation, add_message, ensure_conversation
 from bot.queue_messages import update_reply
 from bot.responses import channels
@@ -68,33 +67,18 @@ def accept(inbound: Inbound, url: str | None = None) -> Decision:
         raise
 
 
-_STATE = (select(Conversation.rating_state, handoff.Ticket.id).select_from(Conversation)
-          .outerjoin(handoff.Ticket, (handoff.Ticket.conversation_id == Conversation.id)
-                     & handoff.Ticket.status.in_(handoff.OPEN))
-          .where(Conversation.id == bindparam("conversation_id")))
-
-
-def _state(session: Any, conversation_id: str) -> tuple[str | None, int | None]:
-    """The conversation's rating state (None: new) and its open ticket, in one
-    prepared query (built once: building it per call cost more than running it)."""
-    row = session.execute(_STATE, {"conversation_id": conversation_id}).first()
-    return (row[0], row[1]) if row else (None, None)
-
-
 def _accept(inbound: Inbound, url: str | None) -> Decision:
     conv_id = inbound.conversation_id
     leave_queue = False
+    # The bot answers most messages: one short transaction on the driver's cursor.
+    # A redelivery (same platform id) fails the unique index there and is answered
+    # as a duplicate by `accept`: no lookup first.
+    row = conversations.message_values(conv_id, "customer", inbound.text,
+                                       platform_message_id=inbound.platform_message_id)
+    if turn_sql.store_for_bot(conv_id, inbound.display_name, row, row["created_at"],
+                              url).bot_answers:
+        return Decision("bot")
     with session_scope(url) as session:
-        # A redelivery (same platform id) fails the unique index on insert below and
-        # is answered as a duplicate by `accept`: no lookup first on the hot path.
-        rating_state, ticket_id = _state(session, conv_id)
-        if ticket_id is None and rating_state != "asked":  # the bot answers: plain SQL
-            now = utcnow()
-            conversations.touch_conversation(session, conv_id, inbound.display_name, now)
-            conversations.insert_messages(session, [conversations.message_values(
-                conv_id, "customer", inbound.text,
-                platform_message_id=inbound.platform_message_id)])
-            return Decision("bot")
         conversation = ensure_conversation(session, conv_id, inbound.display_name)
         conversation.last_customer_at = utcnow()
         ticket = handoff.open_ticket(session, conv_id)
@@ -143,19 +127,20 @@ def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
               url: str | None = None) -> list[dict[str, Any]]:
     """Record what the bot said; after a resolved handoff, follow it with the rating
     question. Returns the extra replies to send after the bot's."""
-    with session_scope(url) as session:
-        rating_state, ticket_id = _state(session, conversation_id)
-        conversations.insert_messages(session, [conversations.message_values(
-            conversation_id, "bot", reply.get("text") or "", ticket_id=ticket_id,
-            payload={k: v for k, v in reply.items() if k not in {"text", "recipient_id"}}
-            or None) for reply in bot_replies])
-        if ticket_id is None and bot_replies and rating_state == "pending":
-            conversation = conversations.get_conversation(session, conversation_id)
-            assert conversation is not None
-            conversation.rating_state = "asked"
-            return [_reply(session, conversation_id, "utter_ask_rating",
-                           conversation.rating_ticket_id, url)]
-    return []
+    rows = [conversations.message_values(
+        conversation_id, "bot", reply.get("text") or "",
+        payload={k: v for k, v in reply.items() if k not in {"text", "recipient_id"}} or None)
+        for reply in bot_replies]
+    if turn_sql.record_bot_replies(conversation_id, rows, url).rating_state != "pending":
+        return []  # recorded; no rating question due
+    with session_scope(url) as session:  # the first bot answer after a resolved handoff
+        for row in rows:
+            session.add(conversations.Message(**row))
+        conversation = conversations.get_conversation(session, conversation_id)
+        assert conversation is not None
+        conversation.rating_state = "asked"
+        return [_reply(session, conversation_id, "utter_ask_rating",
+                       conversation.rating_ticket_id, url)]
 
 
 class RecordingOutput(Protocol):

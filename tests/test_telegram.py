@@ -201,6 +201,31 @@ def test_long_replies_are_split_on_word_boundaries() -> None:
         stop(server)
 
 
+@pytest.mark.parametrize("paid", [False, True])
+def test_the_bot_wide_send_rate_is_telegrams(paid: bool) -> None:
+    """~30 messages/s per bot (PTB's limiter: a burst of 30, then 30/s), unless the
+    bot pays for broadcasts: then every send says so, as Telegram requires."""
+    fake = FakeTelegram()
+    server, api_url = serve(fake)
+    try:
+        async def send() -> None:
+            client = telegram.Telegram(fake.token, api_url, paid_broadcast=paid)
+            await asyncio.gather(*(client.deliver(f"telegram:{900 + i}", {"text": f"n{i}"})
+                                   for i in range(45)))
+            await client.shutdown()
+
+        asyncio.run(send())
+        sent = fake.sent()
+        assert len(sent) == 45
+        assert {c.params.get("allow_paid_broadcast") for c in sent} == (
+            {"true"} if paid else {None})
+        if not paid:  # the 15 beyond the burst waited their turn at 30/s
+            stamps = sorted(c.at for c in sent)
+            assert stamps[-1] - stamps[0] >= 15 / 30 - 0.05
+    finally:
+        stop(server)
+
+
 def test_parse_unit() -> None:
     [item] = telegram.parse(text_update(42, "hello", update_id=7))
     assert (item.conversation_id, item.text, item.platform_message_id) == (
@@ -223,6 +248,9 @@ def test_credentials_are_required() -> None:
         telegram.TelegramInput.from_credentials({"webhook_secret": "x"})
     with pytest.raises(ValueError, match="webhook_secret"):
         telegram.TelegramInput.from_credentials({"access_token": "1:x"})
+    with pytest.raises(ValueError, match="paid_broadcast"):
+        telegram.TelegramInput.from_credentials({"access_token": "1:x", "webhook_secret": "s",
+                                                 "paid_broadcast": "yes"})
 
 
 def test_long_polling_feeds_the_same_webhook(tg: TelegramStack) -> None:
