@@ -7,6 +7,7 @@ feeds updates to the same webhook handler. Register in credentials.yml:
     connectors.telegram.TelegramInput:
       access_token: "${TELEGRAM_TOKEN}"
       webhook_secret: "${TELEGRAM_WEBHOOK_SECRET}"
+      paid_broadcast: false  # true: up to 1000 messages/s, billed by Telegram
 """
 
 from __future__ import annotations
