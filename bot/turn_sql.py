@@ -1,11 +1,12 @@
 """The SQL of a bot turn on the connectors' hot path, on the driver's own cursor.
 
 Every platform message the bot answers costs two short transactions: store it and
-see who owns the conversation, then record the bot's replies. Run through an ORM
-session they took ~0.85 ms of CPU per turn; the same statements on the pooled
-DBAPI connection take ~0.07 ms (`bench/gate_sql.py`). On a Rasa server saturated
-by 50 concurrent conversations that difference was the largest part of the
-Telegram connector's overhead (docs/benchmarks.md).
+see who owns the conversation, then record the bot's replies. Through an ORM
+session (prepared statements) they took 0.83 ms of CPU per turn on SQLite and
+1.6 ms on PostgreSQL; on the pooled DBAPI connection 0.12 and 0.49 ms
+(`python -m bench.gate_sql`). On a Rasa server saturated by 50 concurrent
+conversations that difference was the largest part of the Telegram connector's
+overhead (docs/benchmarks.md).
 
 So the statements are written out once, in SQL that SQLite and PostgreSQL both
 speak (`ON CONFLICT … DO UPDATE`, `INSERT … SELECT`), and values pass through the
