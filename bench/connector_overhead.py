@@ -254,7 +254,8 @@ def main() -> None:
                            DOCS / "bench" / "connector_overhead.png",
                            "Bot turn: Telegram connector vs plain REST", "milliseconds")
     write_section("Connector overhead: Telegram vs plain Rasa REST", "\n".join([
-        f"Command: `.venv/bin/python -m bench.connector_overhead --turns {args.turns}` "
+        "Command: `.venv/bin/python -m bench.connector_overhead "
+        f"--turns {args.turns} --rounds {args.rounds}` "
         f"(run {time.strftime('%Y-%m-%d')}; one Rasa server per table, SQLite; the fake "
         f"Bot API on loopback in its own process; {pinned}; REST and Telegram alternate "
         "in rounds within each table).",
@@ -263,7 +264,8 @@ def main() -> None:
         "customer has the reply. Rasa hands replies to a channel's output before it saves "
         "the tracker, while REST answers after the whole turn, so a pushed reply can arrive "
         "before a REST response would; the webhook column shows when the Telegram webhook "
-        "itself finished (transcript recorded), for the full cost.",
+        "itself finished (transcript recorded), for the full cost. Throughput counts "
+        "answered requests: for Telegram, webhooks, which finish after the reply is out.",
         "",
         "The connector's overhead, with the bot allowed 1000 messages/s "
         "(`paid_broadcast: true`), so that Telegram's own limit does not cap throughput:",

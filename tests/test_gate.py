@@ -70,6 +70,28 @@ def test_the_bots_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
         f"m{i}" for i in range(8)]
 
 
+def test_the_fast_path_hands_queued_conversations_to_the_full_path(any_db: str,
+                                                                    hours_file) -> None:
+    """With a ticket open, nothing is written on the driver's cursor: the ORM path
+    stores the message on the ticket and answers with the queue position; bot
+    replies recorded meanwhile carry the ticket too."""
+    assert gate.accept(Inbound("telegram:9", "AGENT", "q1"), any_db).route == "bot"
+    ticket_id = handoff.escalate("telegram:9", "keyword", url=any_db).ticket.id
+    assert gate.after_bot("telegram:9", [{"text": "Connecting you"}], any_db) == []
+    decision = gate.accept(Inbound("telegram:9", "still there?", "q2"), any_db)
+    assert (decision.route, decision.ticket_id) == ("queue", ticket_id)
+    assert gate.accept(Inbound("telegram:9", "still there?", "q2"), any_db).route == \
+        "duplicate"
+    with session_scope(any_db) as session:
+        rows = session.execute(select(conversations.Message.author,
+                                      conversations.Message.ticket_id)
+                               .where(conversations.Message.conversation_id == "telegram:9")
+                               .order_by(conversations.Message.id)).all()
+    assert [tuple(r) for r in rows] == [  # the system lines: escalation, queue place
+        ("customer", None), ("system", ticket_id), ("bot", ticket_id),
+        ("customer", ticket_id), ("system", ticket_id)]
+
+
 def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> None:
     handoff.escalate("webchat:w0", "keyword", url=db_url)
     ticket = handoff.escalate("webchat:w1", "keyword", url=db_url).ticket
