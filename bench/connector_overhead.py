@@ -235,7 +235,7 @@ def main() -> None:
                         help="turns per path and level (at least 8 per concurrent worker "
                              "and round)")
     parser.add_argument("--levels", default="1,10,50")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--capped-level", type=int, default=50,
                         help="the level measured again under Telegram's default 30/s "
                              "bot-wide limit (0: skip)")
