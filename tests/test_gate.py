@@ -61,6 +61,14 @@ def test_the_bots_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
     assert [(line.author, line.text) for line in lines] == [
         ("customer", "hi"), ("customer", "hey"), ("bot", "Hello")]
     assert lines[2].payload == {"buttons": [{"title": "Go", "payload": "/go"}]}
+    # written on the driver's cursor, read back through the ORM as if it had written them
+    assert all(line.created_at.tzinfo is not None for line in lines)
+    assert [line.created_at for line in lines] == sorted(line.created_at for line in lines)
+    with session_scope(any_db) as session:
+        seen = session.get(conversations.Conversation, "telegram:7")
+        assert seen is not None and seen.channel == "telegram" and seen.rating_state == "none"
+        assert seen.last_customer_at is not None and seen.last_customer_at.tzinfo is not None
+        assert abs((seen.last_customer_at - lines[1].created_at).total_seconds()) < 5
     assert conversations.display_names(["telegram:7"], any_db) == {"telegram:7": "Ana S."}
     with ThreadPoolExecutor(8) as pool:
         routes = list(pool.map(lambda i: gate.accept(
