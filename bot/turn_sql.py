@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -69,7 +68,7 @@ class _Prepared:
     touch_with_name: str
     insert_message: str
     when: Processor  # an aware UTC datetime, as the driver wants it
-    payload: Processor  # a JSON column's value
+    message: tuple[Processor, ...]  # one per MESSAGE_COLUMNS
 
 
 def _processor(table: Table, column: str, dialect: Dialect) -> Processor:
@@ -87,7 +86,7 @@ def _prepared(dialect: Dialect) -> _Prepared:
         touch_with_name=sql(TOUCH.format(name=", display_name = excluded.display_name")),
         insert_message=sql(INSERT_MESSAGE),
         when=_processor(Conversation.__table__, "created_at", dialect),
-        payload=_processor(Message.__table__, "payload", dialect))
+        message=tuple(_processor(Message.__table__, c, dialect) for c in MESSAGE_COLUMNS))
 
 
 @contextmanager
@@ -120,13 +119,12 @@ def _state(cursor: Any, prepared: _Prepared, conversation_id: str) -> State:
 
 
 def _message_row(prepared: _Prepared, values: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(prepared.when(values[c]) if c == "created_at" else
-                 prepared.payload(values[c]) if c == "payload" else values[c]
-                 for c in MESSAGE_COLUMNS)
+    return tuple(process(values[c]) for c, process in zip(MESSAGE_COLUMNS, prepared.message,
+                                                          strict=True))
 
 
 def store_for_bot(conversation_id: str, display_name: str, message: dict[str, Any],
-                  at: datetime, url: str | None = None) -> State:
+                  url: str | None = None) -> State:
     """If the bot owns the conversation, store the customer's message (creating the
     conversation, or noting the time and name) and commit. Returns the state read
     first: when `bot_answers` is false nothing was written and the ORM path takes
@@ -134,7 +132,7 @@ def store_for_bot(conversation_id: str, display_name: str, message: dict[str, An
     with _transaction(url) as (cursor, prepared):
         state = _state(cursor, prepared, conversation_id)
         if state.bot_answers:
-            when = prepared.when(at)
+            when = prepared.when(message["created_at"])
             cursor.execute(prepared.touch_with_name if display_name else prepared.touch,
                            (conversation_id, channel_of(conversation_id), display_name,
                             when, when))

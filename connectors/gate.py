@@ -75,8 +75,7 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
     # as a duplicate by `accept`: no lookup first.
     row = conversations.message_values(conv_id, "customer", inbound.text,
                                        platform_message_id=inbound.platform_message_id)
-    if turn_sql.store_for_bot(conv_id, inbound.display_name, row, row["created_at"],
-                              url).bot_answers:
+    if turn_sql.store_for_bot(conv_id, inbound.display_name, row, url).bot_answers:
         return Decision("bot")
     with session_scope(url) as session:
         conversation = ensure_conversation(session, conv_id, inbound.display_name)
