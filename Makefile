@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 .PHONY: run test install train validate replies-check test-stories pytest browser lint clean
 
 run: train  ## start the bot, the action server and the demo web chat
-	@$(PY) -m bot.cli run
+	@$(PY) -m parley.bot.cli run
 
 test: train validate replies-check test-stories pytest  ## everything CI runs
 
@@ -24,13 +24,13 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*; touch $@
 
 train: install  ## train only when data/ or config changed
-	@$(PY) -m bot.cli train
+	@$(PY) -m parley.bot.cli train
 
 validate: install
 	$(BIN)/rasa data validate --fail-on-warnings
 
 replies-check: install  ## channel limits, placeholders, missing and unused replies
-	$(BIN)/python -m bot.cli replies check
+	$(BIN)/python -m parley.bot.cli replies check
 
 test-stories: train
 	$(BIN)/rasa test core --e2e --stories data/tests --model models/parley.tar.gz \

@@ -1,7 +1,10 @@
-"""Rasa SDK custom actions; run with `rasa run actions --actions actions`."""
+"""The Northwind demo store's own Rasa SDK actions (order status).
 
-from actions.fallback import ActionFallback
-from actions.handoff import ActionHandoff
+`rasa run actions --actions actions` loads this package; the import below
+registers Parley's handoff and fallback actions beside the store's own.
+"""
+
+import parley.bot.actions  # noqa: F401  (action_handoff, action_fallback)
 from actions.orders import ActionOrderStatus, ValidateOrderForm
 
-__all__ = ["ActionFallback", "ActionHandoff", "ActionOrderStatus", "ValidateOrderForm"]
+__all__ = ["ActionOrderStatus", "ValidateOrderForm"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from bot.orders import find_order, normalize_order_number
+from actions.store import find_order, normalize_order_number
 
 _DIGITS = re.compile(r"#?\d+")
 
@@ -50,7 +51,7 @@ class ActionOrderStatus(Action):
         if number is None:
             dispatcher.utter_message(response="utter_ask_order_number")
             return []
-        order = find_order(number)
+        order = await asyncio.to_thread(find_order, number)  # off the event loop
         if order is None:
             dispatcher.utter_message(response="utter_order_not_found", order_number=number)
         else:

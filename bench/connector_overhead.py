@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import REPO_ROOT as PROJECT_ROOT
 from bench.report import DOCS, grouped_bars_png, percentile, write_section
-from bot.settings import PROJECT_ROOT
 from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -175,7 +175,7 @@ class Phase:
 def run_phase(phase: Phase, turns: int, rounds: int) -> str:
     """Measures every level of the phase; returns how the processes were placed."""
     assert FAKE is not None
-    stack = start_stack("bench-tg", {"connectors.telegram.TelegramInput": {
+    stack = start_stack("bench-tg", {"parley.connectors.telegram.TelegramInput": {
         "access_token": FakeTelegram().token, "webhook_secret": SECRET,
         "api_base_url": FAKE.url, "paid_broadcast": phase.paid_broadcast}})
     rasa_pid = stack.processes["rasa"].pid

@@ -24,10 +24,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bench.publish_latency import fresh_schema
 from bench.report import DOCS, grouped_bars_png, write_section
-from bot.conversations import Conversation, Message, message_values
-from bot.handoff import OPEN, Ticket
-from bot.storage import create_schema, session_scope, utcnow
-from connectors import gate
+from parley.bot.conversations import Conversation, Message, message_values
+from parley.bot.handoff import OPEN, Ticket
+from parley.bot.storage import create_schema, session_scope, utcnow
+from parley.connectors import gate
 
 _ids = itertools.count()
 STATE = (select(Conversation.rating_state, Ticket.id).select_from(Conversation)

@@ -22,11 +22,11 @@ from pathlib import Path
 import httpx
 import yaml
 
+from bench import REPO_ROOT as PROJECT_ROOT
 from bench.report import DOCS, histogram_png, summary, write_section
-from bot import agents, launcher, storage
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
-from bot.support_hours import DAYS
+from parley.bot import agents, launcher, storage
+from parley.bot.launcher import free_port
+from parley.bot.support_hours import DAYS
 
 TARGET_P95_MS = 300.0
 

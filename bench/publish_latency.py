@@ -23,8 +23,8 @@ import httpx
 import sqlalchemy as sa
 
 from bench.report import DOCS, histogram_png, percentile, write_section
-from bot import agents
-from bot.responses import revisions
+from parley.bot import agents
+from parley.bot.responses import revisions
 from tests.fakes.stack import start_stack
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bot.settings import PROJECT_ROOT
+from bench import REPO_ROOT as PROJECT_ROOT
 
 DOCS = PROJECT_ROOT / "docs"
 RESULTS = DOCS / "benchmarks.md"

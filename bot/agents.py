@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Column, ForeignKey, Integer, String, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from bot.storage import Base, UTCDateTime, session_scope, utcnow
+from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 ROLES = ("agent", "admin", "writer")
 DESK_ROLES = ("agent", "admin")  # who answers customers; writers edit replies only

@@ -1,4 +1,4 @@
-"""`python -m bot.cli …`: the commands behind the Makefile targets."""
+"""`python -m parley.bot.cli …`: the commands behind the Makefile targets."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot import agents, launcher, model_freshness, orders, storage
-from bot.settings import PROJECT_ROOT, Settings, load_settings
+from parley.bot import agents, launcher, model_freshness, storage
+from parley.bot.settings import PROJECT_ROOT, Settings, load_settings
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def first_admin(settings: Settings) -> str:
         path.chmod(0o600)
     if path.exists():
         return f"(log in as admin / {path.read_text().strip()})"
-    return "(log in with a user from `python -m bot.cli create-user`)"
+    return "(log in with a user from `python -m parley.bot.cli create-user`)"
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def _telegram_env() -> tuple[str, str]:
 
 
 def cmd_telegram_webhook(args: argparse.Namespace) -> int:
-    from connectors import telegram
+    from parley.connectors import telegram
 
     token, secret = _telegram_env()
     if not args.url.startswith("https://"):
@@ -111,7 +111,7 @@ def cmd_telegram_webhook(args: argparse.Namespace) -> int:
 
 
 def cmd_telegram_poll(_args: argparse.Namespace) -> int:
-    from connectors import telegram
+    from parley.connectors import telegram
 
     token, secret = _telegram_env()
     local = f"http://127.0.0.1:{load_settings().rasa_port}/webhooks/telegram/webhook"
@@ -122,8 +122,8 @@ def cmd_telegram_poll(_args: argparse.Namespace) -> int:
 
 
 def cmd_replies_check(args: argparse.Namespace) -> int:
-    from bot.responses import checks
-    from bot.responses.library import library, read_yaml
+    from parley.bot.responses import checks
+    from parley.bot.responses.library import library, read_yaml
 
     path = args.file.resolve()
     if args.published:
@@ -142,7 +142,7 @@ def cmd_replies_check(args: argparse.Namespace) -> int:
 
 
 def cmd_replies_export(args: argparse.Namespace) -> int:
-    from bot.responses import library
+    from parley.bot.responses import library
 
     storage.create_schema()
     changed = library.export(args.file.resolve())

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from bot.storage import Base, UTCDateTime, session_scope, utcnow
+from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 AUTHORS = ("customer", "bot", "agent", "system", "note")
 # How a message reaches the customer: in the webhook's own answer ("sync"),
@@ -212,7 +212,7 @@ def take_pending_pushes(channel: str, limit: int = 50,
 
 def mark_failed(message_id: int, error: str, url: str | None = None) -> None:
     """Keep the platform's reason so the agent sees the reply did not arrive."""
-    from bot import events
+    from parley.bot import events
 
     with session_scope(url) as session:
         message = session.get(Message, message_id)

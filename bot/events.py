@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Integer, String, func, select
 from sqlalchemy.orm import Session
 
-from bot.storage import Base, UTCDateTime, session_scope, utcnow
+from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 KINDS = (
     "ticket_created", "ticket_claimed", "ticket_transferred", "ticket_resolved",

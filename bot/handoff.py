@@ -31,9 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot import events
-from bot.conversations import add_message, ensure_conversation
-from bot.storage import Base, UTCDateTime, get_engine, session_scope, utcnow
+from parley.bot import events
+from parley.bot.conversations import add_message, ensure_conversation
+from parley.bot.storage import Base, UTCDateTime, get_engine, session_scope, utcnow
 
 OPEN = ("waiting", "assigned")
 # "external": a person answered in the platform's own inbox (e.g. Meta Business Suite).
@@ -314,7 +314,7 @@ def transfer(ticket_id: int, from_agent: int, to_agent: int,
 
 def resolve(ticket_id: int, agent_id: int, url: str | None = None) -> TicketView:
     """Hand back to the bot; the next bot answer is followed by a rating question."""
-    from bot.conversations import Conversation
+    from parley.bot.conversations import Conversation
 
     with session_scope(url) as session:
         ticket = _held_ticket(session, ticket_id)
@@ -439,7 +439,7 @@ def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
                     url: str | None = None) -> list[int]:
     """Check in once on held conversations where the agent spoke last and the
     customer has been silent for `after`. Returns the tickets followed up."""
-    from bot.conversations import Message
+    from parley.bot.conversations import Message
 
     now = now or utcnow()
     sent = []

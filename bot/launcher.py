@@ -1,7 +1,9 @@
-"""Start the Rasa server and the action server together, and stop them together.
+"""Start a project's Rasa server, action server and desk together, and stop them together.
 
-Used by `make run` and by the end-to-end tests, so the tests exercise the very
-code a newcomer runs.
+Used by `parley run` (and so `make run`) and by the end-to-end tests, so the
+tests exercise the very code a newcomer runs. Every process runs in the
+project's folder with this interpreter (`python -m rasa`), so the project's
+own packages import and nothing depends on console scripts being on PATH.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from bot import orders, storage
-from bot.model_freshness import model_path
-from bot.settings import PROJECT_ROOT, Settings
+from parley.bot import storage
+from parley.bot.model_freshness import model_path
+from parley.bot.settings import Settings
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Stack:
     var_dir: Path | None = None  # databases, runtime config, logs; default root/var
     database_url: str | None = None  # default: SQLite under var_dir
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # added to credentials
+    actions_package: str = "actions"  # the project's Rasa SDK package
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -98,18 +101,17 @@ class Stack:
         return out
 
     def specs(self) -> list[ServiceSpec]:
-        bin_dir = Path(sys.executable).parent
-        rasa = str(bin_dir / "rasa")
+        python = sys.executable
         return [
             ServiceSpec(
                 "actions",
-                [rasa, "run", "actions", "--actions", "actions",
+                [python, "-m", "rasa_sdk", "--actions", self.actions_package,
                  "--port", str(self.action_port)],
                 f"{self.action_url}/health",
             ),
             ServiceSpec(
                 "rasa",
-                [rasa, "run", "--model", str(model_path(self.root)),
+                [python, "-m", "rasa", "run", "--model", str(model_path(self.root)),
                  "--port", str(self.rasa_port), "--interface", self.host,
                  "--credentials", str(self.runtime_credentials()),
                  "--endpoints", str(self.runtime_endpoints())],
@@ -117,7 +119,7 @@ class Stack:
             ),
             ServiceSpec(
                 "desk",
-                [sys.executable, "-m", "bot.desk", "--host", self.host,
+                [sys.executable, "-m", "parley.bot.desk", "--host", self.host,
                  "--port", str(self.desk_port)],
                 f"{self.desk_url}/healthz",
             ),
@@ -129,9 +131,9 @@ class Stack:
             raise FileNotFoundError(
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
-        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.db_url}
+        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.db_url,
+               "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir)}
         storage.create_schema(self.db_url)
-        orders.seed_demo_orders(self.db_url)
         specs = self.specs()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in specs:
@@ -226,7 +228,8 @@ def serve_forever(stack: Stack, login_hint: str = "") -> int:
 
 
 def stack_from_settings(settings: Settings) -> Stack:
-    return Stack(root=PROJECT_ROOT, rasa_port=settings.rasa_port,
+    return Stack(root=settings.project_root, rasa_port=settings.rasa_port,
                  action_port=settings.action_port, desk_port=settings.desk_port,
-                 host=settings.host,
-                 var_dir=settings.var_dir, database_url=settings.database_url)
+                 host=settings.host, var_dir=settings.var_dir,
+                 database_url=settings.database_url,
+                 actions_package=settings.actions_package)

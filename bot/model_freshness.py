@@ -13,13 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from parley.bot.settings import load_settings
+
 MODEL_NAME = "parley"
 FINGERPRINT_FILE = ".fingerprint.json"
 # Files outside data/ that shape the model. Test stories do not.
 TRAINING_INPUTS = ("config.yml", "domain.yml")
-# Reply text never needs a retrain (the live library serves it); only the set of
-# reply names shapes the model, as actions in the domain.
-REPLIES_FILE = "data/responses.yml"
 
 
 def training_files(root: Path) -> list[Path]:
@@ -36,15 +35,18 @@ def training_files(root: Path) -> list[Path]:
 
 def fingerprint(root: Path) -> str:
     digest = hashlib.sha256()
+    # Reply text never needs a retrain (the live library serves it); only the set
+    # of reply names shapes the model, as actions in the domain.
+    replies = load_settings(root=root).replies_file
     for path in training_files(root):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")
-        digest.update(hashlib.sha256(_content(root, path)).digest())
+        digest.update(hashlib.sha256(_content(path, path.resolve() == replies)).digest())
     return digest.hexdigest()
 
 
-def _content(root: Path, path: Path) -> bytes:
-    if path.relative_to(root).as_posix() != REPLIES_FILE:
+def _content(path: Path, is_replies: bool) -> bytes:
+    if not is_replies:
         return path.read_bytes()
     replies = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("responses") or {}
     return json.dumps(sorted(replies)).encode()

@@ -1,4 +1,4 @@
 """Imports every table module so `Base.metadata` is complete (migrations, tests)."""
 
-from bot import agents, conversations, events, handoff, orders  # noqa: F401
-from bot.responses import revisions  # noqa: F401
+from parley.bot import agents, conversations, events, handoff  # noqa: F401
+from parley.bot.responses import revisions  # noqa: F401

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot import support_hours
-from bot.handoff import QueuePlace
-from bot.settings import load_settings
-from bot.storage import utcnow
+from parley.bot import contract, support_hours
+from parley.bot.handoff import QueuePlace
+from parley.bot.storage import utcnow
 
 
 def format_wait(wait: timedelta) -> str:
@@ -28,7 +27,7 @@ def format_wait(wait: timedelta) -> str:
 def queue_values(place: QueuePlace, now: datetime | None = None) -> tuple[bool, dict[str, Any]]:
     """(open now?, placeholder values) for the queue replies."""
     now = now or utcnow()
-    hours = support_hours.load(load_settings().support_hours_file)
+    hours = support_hours.current()
     values: dict[str, Any] = {
         "queue_position": place.position,
         "eta": format_wait(place.eta),
@@ -42,9 +41,9 @@ def queue_values(place: QueuePlace, now: datetime | None = None) -> tuple[bool, 
 
 def handoff_reply(place: QueuePlace, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
     is_open, values = queue_values(place, now)
-    return ("utter_handoff_queued" if is_open else "utter_handoff_after_hours"), values
+    return (contract.HANDOFF_QUEUED if is_open else contract.HANDOFF_AFTER_HOURS), values
 
 
 def update_reply(place: QueuePlace, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
     is_open, values = queue_values(place, now)
-    return ("utter_queue_update" if is_open else "utter_queue_update_after_hours"), values
+    return (contract.QUEUE_UPDATE if is_open else contract.QUEUE_UPDATE_AFTER_HOURS), values

@@ -1,7 +1,11 @@
-"""Deployment settings, read once from the environment.
+"""A project's settings: `parley.yml` at the project's root, then `PARLEY_*` variables.
 
-Everything an operator may change lives here with a working default, so a fresh
-checkout runs on SQLite with no configuration at all.
+The project is the Rasa project a command runs in (`PARLEY_PROJECT`, else the
+nearest folder upwards from the working directory that holds `parley.yml`, else
+the working directory), never the place Parley is installed. Every path in the
+file is relative to the file. Everything has a working default, so a project
+runs on SQLite with no settings at all; an invalid value fails at start-up with
+the file and the key in the message.
 """
 
 from __future__ import annotations
@@ -9,21 +13,66 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+import yaml
+
+PROJECT_FILE = "parley.yml"
+DEFAULT_CHANNELS = ("webchat", "telegram", "messenger", "instagram", "whatsapp")
+KEYS = {
+    "brand": "the name customers know you by (web chat title)",
+    "contact": "other ways to reach you: email, phone, webchat, …",
+    "support_hours": "when agents are in: a mapping (timezone, weekly, holidays) or a file",
+    "channels": "the channels replies are written and checked for",
+    "replies": "the writer-owned reply file (default data/responses.yml)",
+    "placeholders": "{placeholders} your actions fill: name: {about: …, sample: …}",
+    "actions": "your Rasa SDK action package (default actions)",
+    "database_url": "Parley's database (default SQLite in the var dir)",
+    "var_dir": "local state: SQLite files, logs, run files (default var)",
+}
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    about: str  # who fills it, for writers
+    sample: str  # the value the editor's preview shows
 
 
 @dataclass(frozen=True)
 class Settings:
+    project_root: Path
+    brand: str
+    contact: dict[str, str]
+    support_hours: dict[str, Any]  # inline timezone/weekly/holidays
+    support_hours_file: Path | None  # or a file with the same keys
+    channels: tuple[str, ...]
+    replies_file: Path
+    placeholders: dict[str, Placeholder]
+    actions_package: str
     database_url: str
     var_dir: Path  # databases, logs and runtime config of a local run
     rasa_port: int
     action_port: int
     desk_port: int
     host: str
-    support_hours_file: Path
     follow_up_hours: float  # 0: no follow-up message
+
+    @property
+    def settings_file(self) -> Path:
+        return self.project_root / PROJECT_FILE
+
+
+def find_project(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("PARLEY_PROJECT"):
+        return Path(env["PARLEY_PROJECT"]).resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    return start
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -48,18 +97,107 @@ def _hours(env: Mapping[str, str], key: str, default: float) -> float:
     return hours
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read `PARLEY_*` variables; an invalid value fails loudly at start-up."""
-    env = os.environ if env is None else env
-    var_dir = Path(env.get("PARLEY_VAR_DIR") or PROJECT_ROOT / "var")
+def read_project_file(path: Path) -> dict[str, Any]:
+    """The file's mapping, with unknown keys and wrong types refused by name."""
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings such as `brand: …`")
+    unknown = sorted(set(loaded) - set(KEYS))
+    if unknown:
+        known = "\n".join(f"  {k}: {about}" for k, about in KEYS.items())
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known:\n{known}")
+    return loaded
+
+
+def _mapping(raw: dict[str, Any], key: str, where: Path) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: `{key}` must be a mapping")
+    return value
+
+
+def _placeholders(raw: dict[str, Any], where: Path) -> dict[str, Placeholder]:
+    out = {}
+    for name, spec in _mapping(raw, "placeholders", where).items():
+        spec = spec if isinstance(spec, dict) else {"about": str(spec or "")}
+        out[str(name)] = Placeholder(str(spec.get("about") or "set by your actions"),
+                                     str(spec.get("sample") or name))
+    return out
+
+
+def _sqlite_relative_to(url: str, root: Path) -> str:
+    """`sqlite:///var/x.db` in a settings file means var/x.db in the project."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_absolute():
+        return prefix + str(root / url.removeprefix(prefix))
+    return url
+
+
+def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                  root: Path | None = None) -> Settings:
+    """The current project's settings (or those of the project at `root`); the file
+    is read once per change."""
+    env = dict(os.environ if env is None else env)
+    root = root.resolve() if root is not None else find_project(env, cwd)
+    path = root / PROJECT_FILE
+    mtime = path.stat().st_mtime if path.is_file() else 0.0
+    parley_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith("PARLEY_")))
+    return _load(root, mtime, parley_env)
+
+
+@lru_cache(maxsize=16)
+def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) -> Settings:
+    env = dict(parley_env)
+    path = root / PROJECT_FILE
+    raw = read_project_file(path)
+
+    def rel(value: Any, key: str) -> Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ValueError(f"{path}: `{key}` must be a path")
+        return (root / str(value)).resolve()
+
+    var_dir = Path(env["PARLEY_VAR_DIR"]) if env.get("PARLEY_VAR_DIR") else \
+        rel(raw.get("var_dir", "var"), "var_dir")
+    hours_raw = raw.get("support_hours")
+    hours_file = None
+    if env.get("PARLEY_SUPPORT_HOURS"):
+        hours_file = Path(env["PARLEY_SUPPORT_HOURS"])
+    elif isinstance(hours_raw, str):
+        hours_file = rel(hours_raw, "support_hours")
+    elif hours_raw is not None and not isinstance(hours_raw, dict):
+        raise ValueError(f"{path}: `support_hours` must be a mapping or a file name")
+    channels = raw.get("channels", list(DEFAULT_CHANNELS))
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise ValueError(f"{path}: `channels` must be a list such as [webchat, telegram]")
+    actions = raw.get("actions", "actions")
+    if not isinstance(actions, str) or not actions.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"{path}: `actions` must be a Python package name such as actions")
+    database_url = env.get("PARLEY_DATABASE_URL") or (
+        _sqlite_relative_to(str(raw["database_url"]), root) if raw.get("database_url")
+        else f"sqlite:///{var_dir / 'parley.db'}")
     return Settings(
-        database_url=env.get("PARLEY_DATABASE_URL") or f"sqlite:///{var_dir / 'parley.db'}",
+        project_root=root,
+        brand=str(raw.get("brand") or ""),
+        contact={str(k): str(v) for k, v in _mapping(raw, "contact", path).items()},
+        support_hours=hours_raw if isinstance(hours_raw, dict) else {},
+        support_hours_file=hours_file,
+        channels=tuple(channels),
+        replies_file=Path(env["PARLEY_REPLIES"]) if env.get("PARLEY_REPLIES") else
+        rel(raw.get("replies", "data/responses.yml"), "replies"),
+        placeholders=_placeholders(raw, path),
+        actions_package=actions,
+        database_url=database_url,
         var_dir=var_dir,
         rasa_port=_port(env, "PARLEY_RASA_PORT", 5005),
         action_port=_port(env, "PARLEY_ACTION_PORT", 5055),
         desk_port=_port(env, "PARLEY_DESK_PORT", 5006),
         host=env.get("PARLEY_HOST", "127.0.0.1"),
-        support_hours_file=Path(env.get("PARLEY_SUPPORT_HOURS")
-                                or PROJECT_ROOT / "support_hours.yml"),
         follow_up_hours=_hours(env, "PARLEY_FOLLOWUP_HOURS", 24.0),
     )

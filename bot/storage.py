@@ -1,8 +1,8 @@
 """Database access shared by the action server, the connectors and the desk.
 
 SQLAlchemy 1.4 as Rasa pins it, used in 2.0 style (`future=True`, `select()`).
-Callers use the small functions of the concept modules (`bot.handoff`,
-`bot.conversations`, …), never raw sessions spread through handlers.
+Callers use the small functions of the concept modules (`parley.bot.handoff`,
+`parley.bot.conversations`, …), never raw sessions spread through handlers.
 Schema changes go through Alembic migrations in `bot/migrations/`.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, declarative_base
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
-from bot.settings import load_settings
+from parley.bot.settings import load_settings
 
 Base = declarative_base()
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -45,7 +45,7 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given to the database; use bot.storage.utcnow()")
+            raise ValueError("naive datetime given to the database; use parley.bot.storage.utcnow()")
         return value.astimezone(timezone.utc).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

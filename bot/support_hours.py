@@ -1,12 +1,14 @@
 """When people are at the desk, and what to tell customers when they are not.
 
-Configured in `support_hours.yml` (weekly hours in the team's time zone,
-holidays, the other channels customers can use).
+Configured under `support_hours:` in the project's `parley.yml` (weekly hours in
+the team's time zone, holidays), or in a file it names; the other channels
+customers can use come from `contact:`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -15,10 +17,9 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from bot.settings import PROJECT_ROOT
+from parley.bot.settings import Settings, load_settings
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-DEFAULT_FILE = PROJECT_ROOT / "support_hours.yml"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,28 @@ def parse(config: dict[str, Any], source: str = "support hours") -> SupportHours
     return SupportHours(zone, weekly, frozenset(holidays), channels)
 
 
-@lru_cache(maxsize=4)
-def load(path: Path = DEFAULT_FILE) -> SupportHours:
+def load(path: Path) -> SupportHours:
+    return _load(path, path.stat().st_mtime)
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, _mtime: float) -> SupportHours:
     return parse(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+
+
+@lru_cache(maxsize=8)
+def _inline(config: str, source: str) -> SupportHours:
+    return parse(json.loads(config), source)
+
+
+def current(settings: Settings | None = None) -> SupportHours:
+    """The project's hours, with its `contact:` channels (a file's own win)."""
+    settings = settings or load_settings()
+    if settings.support_hours_file is not None:
+        hours = load(settings.support_hours_file)
+    else:
+        hours = _inline(json.dumps(settings.support_hours, sort_keys=True, default=str),
+                        f"{settings.settings_file}: support_hours")
+    if not settings.contact:
+        return hours
+    return replace(hours, channels={**settings.contact, **hours.channels})

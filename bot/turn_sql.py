@@ -27,9 +27,9 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
-from bot.conversations import Conversation, Message, channel_of
-from bot.handoff import OPEN
-from bot.storage import get_engine
+from parley.bot.conversations import Conversation, Message, channel_of
+from parley.bot.handoff import OPEN
+from parley.bot.storage import get_engine
 
 _OPEN = ", ".join(f"'{status}'" for status in OPEN)
 STATE = ("SELECT c.rating_state, t.id FROM conversations c "

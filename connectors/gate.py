@@ -16,11 +16,11 @@ from typing import Any, Literal, Protocol
 from rasa.core.channels.channel import UserMessage
 from sqlalchemy.exc import IntegrityError
 
-from bot import agents, conversations, events, handoff, responses, turn_sql
-from bot.conversations import Conversation, add_message, ensure_conversation
-from bot.queue_messages import update_reply
-from bot.responses import channels
-from bot.storage import session_scope, utcnow
+from parley.bot import agents, contract, conversations, events, handoff, responses, turn_sql
+from parley.bot.conversations import Conversation, add_message, ensure_conversation
+from parley.bot.queue_messages import update_reply
+from parley.bot.responses import channels
+from parley.bot.storage import session_scope, utcnow
 
 Route = Literal["bot", "queue", "agent", "duplicate", "handled"]
 BOT_KEYWORD = re.compile(r"^\W*bot\W*$", re.IGNORECASE)
@@ -103,7 +103,7 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
     if leave_queue:
         handoff.abandon(conv_id, "customer typed BOT", url=url)
         with session_scope(url) as session:
-            return Decision("handled", [_reply(session, conv_id, "utter_back_to_bot", url=url)])
+            return Decision("handled", [_reply(session, conv_id, contract.BACK_TO_BOT, url=url)])
     return Decision("bot")
 
 
@@ -119,7 +119,7 @@ def _take_rating(session: Any, conversation: Conversation, text: str,
     score = int(match.group(1))
     session.add(handoff.Rating(ticket_id=conversation.rating_ticket_id, score=score,
                                created_at=utcnow()))
-    return _reply(session, conversation.id, "utter_rating_thanks", url=url, rating=score)
+    return _reply(session, conversation.id, contract.RATING_THANKS, url=url, rating=score)
 
 
 def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
@@ -138,7 +138,7 @@ def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
         conversation = conversations.get_conversation(session, conversation_id)
         assert conversation is not None
         conversation.rating_state = "asked"
-        return [_reply(session, conversation_id, "utter_ask_rating",
+        return [_reply(session, conversation_id, contract.ASK_RATING,
                        conversation.rating_ticket_id, url)]
 
 

@@ -1,11 +1,11 @@
 """Facebook Messenger and Instagram DMs (one Meta module, two channels).
 
-    connectors.messenger.MessengerInput:      # /webhooks/messenger/webhook
+    parley.connectors.messenger.MessengerInput:      # /webhooks/messenger/webhook
       page_access_token: "${META_PAGE_TOKEN}"
       app_secret: "${META_APP_SECRET}"
       verify_token: "${META_VERIFY_TOKEN}"
       app_id: "${META_APP_ID}"                # tells our own echoes from a person's
-    connectors.messenger.InstagramInput:      # /webhooks/instagram/webhook (same keys)
+    parley.connectors.messenger.InstagramInput:      # /webhooks/instagram/webhook (same keys)
 
 Echoes of messages a person sent from Meta's own inbox, and messages arriving on
 the standby channel (another app holds the thread), make the conversation
@@ -22,10 +22,10 @@ from typing import Any
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint
 
-from bot import conversations, handoff
-from bot.storage import utcnow
-from connectors import gate, push
-from connectors.meta import (
+from parley.bot import conversations, handoff
+from parley.bot.storage import utcnow
+from parley.connectors import gate, push
+from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
@@ -34,9 +34,9 @@ from connectors.meta import (
     push_delivery,
     window,
 )
-from connectors.outbound import Limits, Retryable, Sender
-from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
-from connectors.text import split_text
+from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
+from parley.connectors.text import split_text
 
 logger = logging.getLogger(__name__)
 LIMITS = Limits(per_second=40, per_conversation=5, conversation_burst=5)

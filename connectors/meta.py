@@ -23,8 +23,8 @@ from sanic import response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from connectors.outbound import Retryable
-from connectors.requests import RejectedRequest, read_json_object
+from parley.connectors.outbound import Retryable
+from parley.connectors.requests import RejectedRequest, read_json_object
 
 DEFAULT_GRAPH = "https://graph.facebook.com"
 GRAPH_VERSION = "v19.0"
@@ -149,7 +149,7 @@ def add_webhook(hook: Any, *, app_secret: str, verify_token: str, max_body: int,
 
 async def push_delivery(platform: str, send: Awaitable[None]) -> None:
     """A desk push: a Graph refusal or exhausted retries become the agent-visible reason."""
-    from connectors.push import DeliveryFailed
+    from parley.connectors.push import DeliveryFailed
 
     try:
         await send

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot import conversations
-from bot.conversations import TranscriptLine
+from parley.bot import conversations
+from parley.bot.conversations import TranscriptLine
 
 POLL_SECONDS = 0.1
 logger = logging.getLogger(__name__)

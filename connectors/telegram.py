@@ -1,10 +1,10 @@
 """Telegram: a Rasa channel over python-telegram-bot's `Update` and `Bot`.
 
-Webhook mode for production (register it with `python -m bot.cli telegram-webhook`),
-long-polling for local development (`python -m bot.cli telegram-poll`), which
+Webhook mode for production (register it with `python -m parley.bot.cli telegram-webhook`),
+long-polling for local development (`python -m parley.bot.cli telegram-poll`), which
 feeds updates to the same webhook handler. Register in credentials.yml:
 
-    connectors.telegram.TelegramInput:
+    parley.connectors.telegram.TelegramInput:
       access_token: "${TELEGRAM_TOKEN}"
       webhook_secret: "${TELEGRAM_WEBHOOK_SECRET}"
       paid_broadcast: false  # true: up to 1000 messages/s, billed by Telegram
@@ -29,12 +29,12 @@ from telegram.constants import FloodLimit
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
 
-from bot import conversations
-from connectors import gate, push, redact
-from connectors.outbound import Limits, Retryable, Sender
-from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
-from connectors.telegram_request import AiohttpRequest
-from connectors.text import split_text
+from parley.bot import conversations
+from parley.connectors import gate, push, redact
+from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+from parley.connectors.telegram_request import AiohttpRequest
+from parley.connectors.text import split_text
 
 CHANNEL = "telegram"
 MAX_TEXT = 4096

@@ -1,13 +1,14 @@
 """The demo web chat: a page served by the Rasa server and a JSON webhook behind it.
 
 Lets a newcomer talk to the bot with no platform account. Register it in
-credentials.yml as `connectors.webchat.WebChatInput:`. Agent replies reach the
+credentials.yml as `parley.connectors.webchat.WebChatInput:`. Agent replies reach the
 page through a long-poll on `/updates`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,10 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from bot import conversations
-from connectors import gate
-from connectors.requests import RejectedRequest, read_json_object
+from parley.bot import conversations
+from parley.bot.settings import load_settings
+from parley.connectors import gate
+from parley.connectors.requests import RejectedRequest, read_json_object
 
 CHANNEL = "webchat"
 SENDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -76,7 +78,8 @@ class WebChatInput(InputChannel):
     def blueprint(
         self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
     ) -> Blueprint:
-        page = resources.files("connectors").joinpath("webchat.html").read_text("utf-8")
+        page = resources.files("parley.connectors").joinpath("webchat.html").read_text(
+            "utf-8").replace("{{brand}}", html.escape(load_settings().brand or "Chat"))
         hook = Blueprint("webchat_webhook", __name__)
 
         @hook.route("/", methods=["GET"])

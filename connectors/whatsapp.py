@@ -1,6 +1,6 @@
 """WhatsApp Cloud API.
 
-    connectors.whatsapp.WhatsAppInput:         # /webhooks/whatsapp/webhook
+    parley.connectors.whatsapp.WhatsAppInput:         # /webhooks/whatsapp/webhook
       access_token: "${WHATSAPP_TOKEN}"
       phone_number_id: "${WHATSAPP_PHONE_NUMBER_ID}"
       app_secret: "${META_APP_SECRET}"
@@ -21,11 +21,11 @@ from typing import Any
 from rasa.core.channels.channel import InputChannel, UserMessage
 from sanic import Blueprint
 
-from bot import conversations
-from bot.storage import utcnow
-from connectors import gate, push
-from connectors.messenger import MetaOutput
-from connectors.meta import (
+from parley.bot import conversations
+from parley.bot.storage import utcnow
+from parley.connectors import gate, push
+from parley.connectors.messenger import MetaOutput
+from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
@@ -34,9 +34,9 @@ from connectors.meta import (
     push_delivery,
     window,
 )
-from connectors.outbound import Limits, Retryable, Sender
-from connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
-from connectors.text import split_text
+from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
+from parley.connectors.text import split_text
 
 CHANNEL = "whatsapp"
 MAX_TEXT = 4096

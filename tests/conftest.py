@@ -17,19 +17,18 @@ from typing import Any
 import httpx
 import pytest
 
-from bot import orders, storage
-from bot.launcher import free_port
-from bot.model_freshness import model_path
-from bot.settings import PROJECT_ROOT
+from parley.bot import storage
+from parley.bot.launcher import free_port
+from parley.bot.model_freshness import model_path
+from tests import REPO_ROOT as PROJECT_ROOT
 
 
 @pytest.fixture
 def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A seeded SQLite database that the code under test finds through settings."""
+    """A migrated SQLite database that the code under test finds through settings."""
     url = f"sqlite:///{tmp_path / 'parley.db'}"
     monkeypatch.setenv("PARLEY_DATABASE_URL", url)
     storage.create_schema(url)
-    orders.seed_demo_orders(url)
     return url
 
 
@@ -68,7 +67,7 @@ def never_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass
 class RunningBot:
-    """`python -m bot.cli run` (what `make run` starts), on free ports."""
+    """`python -m parley.bot.cli run` (what `make run` starts), on free ports."""
 
     process: subprocess.Popen[str]
     rasa_url: str
@@ -109,9 +108,9 @@ def _read_banner(proc: subprocess.Popen[str], timeout: float) -> str:
         if "Press Ctrl-C" in seen:
             return seen
         if proc.poll() is not None:
-            raise RuntimeError(f"`bot.cli run` exited early ({proc.returncode}):\n{seen}")
+            raise RuntimeError(f"`parley.bot.cli run` exited early ({proc.returncode}):\n{seen}")
         time.sleep(0.2)
-    raise TimeoutError(f"`bot.cli run` did not come up:\n{''.join(lines)}")
+    raise TimeoutError(f"`parley.bot.cli run` did not come up:\n{''.join(lines)}")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,7 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
     }
     env.pop("PARLEY_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
+        [sys.executable, "-m", "parley.bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

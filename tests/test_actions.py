@@ -13,7 +13,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from actions.fallback import TOPIC_TITLES, ActionFallback, consecutive_fallbacks, top_topics
 from actions.handoff import ActionHandoff, handoff_reason
 from actions.orders import ActionOrderStatus, ValidateOrderForm
-from bot import conversations, handoff
+from parley.bot import conversations, handoff
 
 
 def user_event(text: str, intent: str, confidence: float = 0.9) -> dict[str, Any]:

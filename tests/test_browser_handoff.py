@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from bot import agents, handoff
-from bot.storage import session_scope
+from parley.bot import agents, handoff
+from parley.bot.storage import session_scope
 from tests.conftest import RunningBot, desk_login
 
 pytestmark = pytest.mark.servers

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from bot import agents
+from parley.bot import agents
 from tests.conftest import RunningBot, desk_login
 
 pytestmark = pytest.mark.servers

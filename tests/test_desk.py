@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot import agents, conversations, handoff, storage
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
+from parley.bot import agents, conversations, handoff, storage
+from parley.bot.launcher import free_port
+from tests import REPO_ROOT as PROJECT_ROOT
 
 # Every route the desk serves, and who may use it: "public" (no session), "any"
 # (every role), "session" (agents and admins), "writer" (writers and admins), "admin".
@@ -103,7 +103,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     port = free_port()
     env = {**os.environ, "PARLEY_DATABASE_URL": db}
     log = (state / "desk.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "bot.desk", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "parley.bot.desk", "--port", str(port)],
                             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -132,7 +132,7 @@ def _close_clients(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def test_route_table_matches_the_app() -> None:
-    from bot.desk.app import create_app
+    from parley.bot.desk.app import create_app
 
     app = create_app("sqlite:///:memory:")
     served = {(method, "/" + route.path.lstrip("/"))

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from bot import agents, conversations, events, handoff, support_hours
-from bot.storage import session_scope
-from connectors import gate
-from connectors.gate import Inbound
+from parley.bot import agents, conversations, events, handoff, support_hours
+from parley.bot.storage import session_scope
+from parley.connectors import gate
+from parley.connectors.gate import Inbound
 
 ALWAYS = {"timezone": "UTC", "weekly": {d: "00:00-24:00" for d in support_hours.DAYS},
           "channels": {"email": "help@example.com", "phone": "+1 555 0100",

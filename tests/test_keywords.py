@@ -6,7 +6,7 @@ import pytest
 from rasa.shared.nlu.constants import INTENT, INTENT_RANKING_KEY, TEXT
 from rasa.shared.nlu.training_data.message import Message
 
-from bot.nlu.keywords import KeywordIntentOverride
+from parley.bot.nlu.keywords import KeywordIntentOverride
 
 
 def parsed(text: str, intent: str, confidence: float) -> Message:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot import launcher, model_freshness
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT, load_settings
+from parley.bot import launcher, model_freshness
+from parley.bot.launcher import free_port
+from parley.bot.settings import load_settings
+from tests import REPO_ROOT as PROJECT_ROOT
 
 
 class StandInStack(launcher.Stack):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import model_freshness
-from bot.settings import PROJECT_ROOT, load_settings
+from parley.bot import model_freshness
+from parley.bot.settings import load_settings
+from tests import REPO_ROOT as PROJECT_ROOT
 
 FIND_PYTHON = PROJECT_ROOT / "scripts" / "find-python.sh"
 
@@ -116,7 +117,7 @@ def test_recording_without_a_model_fails(tmp_path: Path) -> None:
 
 def test_cli_is_stale_exit_codes(tmp_path: Path) -> None:
     make_project(tmp_path)
-    cmd = [sys.executable, "-m", "bot.cli", "is-stale", "--root", str(tmp_path)]
+    cmd = [sys.executable, "-m", "parley.bot.cli", "is-stale", "--root", str(tmp_path)]
     assert subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True).returncode == 0
     fake_training(tmp_path)
     assert subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True).returncode == 1
@@ -131,7 +132,7 @@ def test_the_repository_model_is_current() -> None:
 
 def test_cli_init_db_creates_and_seeds(tmp_path: Path) -> None:
     env = {**os.environ, "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
-    cmd = [sys.executable, "-m", "bot.cli", "init-db"]
+    cmd = [sys.executable, "-m", "parley.bot.cli", "init-db"]
     first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0 and "5 demo orders added" in first.stdout
@@ -140,7 +141,7 @@ def test_cli_init_db_creates_and_seeds(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_settings_clearly() -> None:
     env = {**os.environ, "PARLEY_RASA_PORT": "fifty"}
-    result = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "parley.bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "PARLEY_RASA_PORT must be a port number" in result.stderr

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from bot import agents, conversations, handoff, launcher
-from bot.conversations import Conversation
-from bot.storage import session_scope, utcnow
-from connectors import messenger, whatsapp
-from connectors.meta import generate_signature, window
-from connectors.requests import RejectedRequest
+from parley.bot import agents, conversations, handoff, launcher
+from parley.bot.conversations import Conversation
+from parley.bot.storage import session_scope, utcnow
+from parley.connectors import messenger, whatsapp
+from parley.connectors.meta import generate_signature, window
+from parley.connectors.requests import RejectedRequest
 from tests.conftest import wait_until
 from tests.fakes.graph_api import FakeGraph, serve
 from tests.fakes.stack import start_stack
@@ -90,11 +90,11 @@ def meta() -> Iterator[MetaStack]:
     server, graph_url = serve(fake)
     common = {"app_secret": APP_SECRET, "verify_token": VERIFY, "graph_base_url": graph_url}
     stack = start_stack("meta", {
-        "connectors.messenger.MessengerInput": {
+        "parley.connectors.messenger.MessengerInput": {
             "page_access_token": fake.token, "app_id": APP_ID, **common},
-        "connectors.messenger.InstagramInput": {
+        "parley.connectors.messenger.InstagramInput": {
             "page_access_token": fake.token, "app_id": APP_ID, **common},
-        "connectors.whatsapp.WhatsAppInput": {
+        "parley.connectors.whatsapp.WhatsAppInput": {
             "access_token": fake.token, "phone_number_id": "PNID", **common},
     })
     try:

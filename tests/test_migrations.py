@@ -7,9 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-import bot.models  # noqa: F401  (every table on Base)
-from bot import storage
-from bot.storage import Base
+import parley.bot.models  # noqa: F401  (every table on Base)
+from parley.bot import storage
+from parley.bot.storage import Base
 
 
 def test_migrations_match_the_models(any_db: str) -> None:

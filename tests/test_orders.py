@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from bot import orders, storage
+from parley.bot import orders, storage
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from connectors.outbound import Limits, Retryable, Sender
-from connectors.text import split_text
+from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.text import split_text
 
 
 @pytest.mark.parametrize("limit", [5, 20, 4096])

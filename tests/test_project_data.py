@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from actions.fallback import TOPIC_TITLES
-from bot.orders import STATUSES
-from bot.settings import PROJECT_ROOT
+from parley.bot.orders import STATUSES
+from tests import REPO_ROOT as PROJECT_ROOT
 
 DATA = PROJECT_ROOT / "data"
 
@@ -95,7 +95,7 @@ def test_fallback_classifier_is_configured() -> None:
     # The fallback must see the classifier's final confidences, and the AGENT
     # keyword must come after it so no confidence can out-vote it.
     assert names.index("FallbackClassifier") > names.index("DIETClassifier")
-    assert names[-1] == "bot.nlu.keywords.KeywordIntentOverride"
+    assert names[-1] == "parley.bot.nlu.keywords.KeywordIntentOverride"
     keywords = config["pipeline"][-1]["keywords"]
     assert keywords == {"agent": "human_handoff"}
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from bot import agents, conversations, events, handoff
-from bot.storage import session_scope, utcnow
+from parley.bot import agents, conversations, events, handoff
+from parley.bot.storage import session_scope, utcnow
 
 
 def escalate(url: str, conv: str, reason: str = "keyword", **kw) -> handoff.QueuePlace:

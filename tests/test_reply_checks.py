@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.responses import checks
-from bot.responses.channels import CHANNELS, configured
-from bot.responses.library import dump
-from bot.settings import PROJECT_ROOT
+from parley.bot.responses import checks
+from parley.bot.responses.channels import CHANNELS, configured
+from parley.bot.responses.library import dump
+from tests import REPO_ROOT as PROJECT_ROOT
 
 ALL = list(CHANNELS.values())
 FIVE = configured()
@@ -126,7 +126,7 @@ def test_references_missing_and_unused(project: Path) -> None:
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "replies", "check", *args],
+    return subprocess.run([sys.executable, "-m", "parley.bot.cli", "replies", "check", *args],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -14,12 +14,12 @@ from rasa.shared.core.events import SlotSet, UserUttered
 from rasa.shared.core.slots import TextSlot
 from rasa.shared.core.trackers import DialogueStateTracker
 
-from bot import agents
-from bot.responses import placeholders, revisions, variants
-from bot.responses.channels import CHANNELS
-from bot.responses.library import DEFAULT_FILE, Library, dump, export, library, read_yaml
-from bot.responses.nlg import LibraryNLG
-from bot.responses.revisions import ReviewError
+from parley.bot import agents
+from parley.bot.responses import placeholders, revisions, variants
+from parley.bot.responses.channels import CHANNELS
+from parley.bot.responses.library import DEFAULT_FILE, Library, dump, export, library, read_yaml
+from parley.bot.responses.nlg import LibraryNLG
+from parley.bot.responses.revisions import ReviewError
 
 BASE = {"utter_hello": [{"text": "Hello {first_name}!"}],
         "utter_bye": [{"text": "Bye"}]}
@@ -196,7 +196,7 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path) -> None:
         {"text": "📦 {order_number}", "channel": "whatsapp"}]})
     from rasa.utils.endpoints import EndpointConfig
 
-    nlg = LibraryNLG(EndpointConfig(type="bot.responses.nlg.LibraryNLG", file=str(path)),
+    nlg = LibraryNLG(EndpointConfig(type="parley.bot.responses.nlg.LibraryNLG", file=str(path)),
                      Domain.empty())
     nlg.library.url = db_url  # the test's own database
     nlg.library.refresh_seconds = 0
@@ -226,7 +226,7 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path) -> None:
 
 
 def test_render_for_code_outside_rasa_uses_the_published_text(db_url: str) -> None:
-    from bot import responses
+    from parley.bot import responses
 
     who = people(db_url)
     before = responses.render("utter_agent_joined", "telegram", url=db_url, agent_name="Rita")
@@ -244,10 +244,10 @@ def test_render_for_code_outside_rasa_uses_the_published_text(db_url: str) -> No
 
 def test_each_connector_asks_for_replies_under_its_channel_name() -> None:
     """Rasa passes the output channel's name to the NLG; `channel:` variants match it."""
-    from connectors.messenger import InstagramPlatform, Meta, MetaOutput, Platform
-    from connectors.telegram import Telegram, TelegramOutput
-    from connectors.webchat import WebChatOutput
-    from connectors.whatsapp import WhatsApp
+    from parley.connectors.messenger import InstagramPlatform, Meta, MetaOutput, Platform
+    from parley.connectors.telegram import Telegram, TelegramOutput
+    from parley.connectors.webchat import WebChatOutput
+    from parley.connectors.whatsapp import WhatsApp
 
     outputs = {"messenger": MetaOutput(Meta(Platform, "t")),
                "instagram": MetaOutput(Meta(InstagramPlatform, "t")),

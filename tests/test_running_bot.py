@@ -1,6 +1,6 @@
 """Real conversations through the servers `make run` starts, over HTTP.
 
-Starts `python -m bot.cli run` once for this module (Rasa server with the trained
+Starts `python -m parley.bot.cli run` once for this module (Rasa server with the trained
 model, action server, web chat) and stops it with Ctrl-C at the end.
 """
 
@@ -121,7 +121,7 @@ def test_updates_bad_input_gets_a_clear_4xx(running_bot: RunningBot, query: dict
 
 def test_updates_start_with_a_cursor_and_return_pushed_messages(running_bot: RunningBot
                                                                 ) -> None:
-    from bot import handoff
+    from parley.bot import handoff
 
     sender = new_sender()
     running_bot.say(sender, "AGENT")

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bot import support_hours
-from bot.settings import PROJECT_ROOT
+from parley.bot import support_hours
+from tests import REPO_ROOT as PROJECT_ROOT
 
 LISBON_SHOP = {
     "timezone": "Europe/Lisbon",

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from bot import conversations, launcher
-from connectors import telegram
-from connectors.requests import RejectedRequest
+from parley.bot import conversations, launcher
+from parley.connectors import telegram
+from parley.connectors.requests import RejectedRequest
 from tests.conftest import wait_until
 from tests.fakes.stack import start_stack
 from tests.fakes.telegram_api import FakeTelegram, serve, stop
@@ -63,7 +63,7 @@ class TelegramStack:
 def tg() -> Iterator[TelegramStack]:
     fake = FakeTelegram()
     server, api_url = serve(fake)
-    stack = start_stack("tg", {"connectors.telegram.TelegramInput": {
+    stack = start_stack("tg", {"parley.connectors.telegram.TelegramInput": {
         "access_token": fake.token, "webhook_secret": SECRET, "api_base_url": api_url}})
     try:
         yield TelegramStack(fake, stack, api_url)
@@ -275,7 +275,7 @@ def test_webhook_registration_sends_the_secret(tg: TelegramStack) -> None:
 
 def held_by_an_agent(tg: TelegramStack) -> tuple[int, str, int, int]:
     """A Telegram customer who typed AGENT, claimed: (chat, conversation, ticket, agent)."""
-    from bot import agents, handoff
+    from parley.bot import agents, handoff
 
     chat = next(_chat_ids)
     conv = f"telegram:{chat}"
@@ -287,7 +287,7 @@ def held_by_an_agent(tg: TelegramStack) -> tuple[int, str, int, int]:
 
 
 def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None:
-    from bot import handoff
+    from parley.bot import handoff
 
     chat, _conv, ticket_id, agent_id = held_by_an_agent(tg)
     for i in range(3):
@@ -303,7 +303,7 @@ def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None
 
 
 def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None:
-    from bot import handoff
+    from parley.bot import handoff
 
     chat, conv, ticket_id, agent_id = held_by_an_agent(tg)
     tg.fake.blocked_chats.add(chat)
@@ -327,7 +327,7 @@ def test_the_token_never_reaches_the_logs(tg: TelegramStack) -> None:
 
 
 def test_redaction_patterns() -> None:
-    from connectors.redact import redact
+    from parley.connectors.redact import redact
 
     assert redact("POST https://api.telegram.org/bot123:AbC-_x/sendMessage") == \
         "POST https://api.telegram.org/bot<redacted>/sendMessage"

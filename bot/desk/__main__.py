@@ -1,17 +1,17 @@
-"""`python -m bot.desk --port 5006`: run the agent desk."""
+"""`python -m parley.bot.desk --port 5006`: run the agent desk."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from bot.desk.app import create_app
-from bot.settings import load_settings
+from parley.bot.desk.app import create_app
+from parley.bot.settings import load_settings
 
 
 def main() -> None:
     settings = load_settings()
-    parser = argparse.ArgumentParser(prog="python -m bot.desk")
+    parser = argparse.ArgumentParser(prog="python -m parley.bot.desk")
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.desk_port)
     args = parser.parse_args()

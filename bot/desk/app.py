@@ -13,8 +13,8 @@ from sanic.exceptions import NotFound, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from bot import agents, conversations, events, handoff, responses
-from bot.desk.auth import (
+from parley.bot import agents, contract, conversations, events, handoff, responses
+from parley.bot.desk.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     clear_cookie,
@@ -23,10 +23,10 @@ from bot.desk.auth import (
     same,
     set_cookie,
 )
-from bot.desk.errors import BadRequest, body_json, text_field
-from bot.desk.library import add_library_routes
-from bot.responses import channels
-from bot.storage import utcnow
+from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.desk.library import add_library_routes
+from parley.bot.responses import channels
+from parley.bot.storage import utcnow
 
 EVENT_POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
@@ -35,7 +35,7 @@ FOLLOW_UP_CHECK_SECONDS = 60.0
 
 
 def _page(name: str) -> str:
-    return resources.files("bot.desk").joinpath("static", name).read_text("utf-8")
+    return resources.files("parley.bot.desk").joinpath("static", name).read_text("utf-8")
 
 
 def create_app(database_url: str | None = None, secure_cookies: bool = False,
@@ -220,7 +220,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         if view is None:
             return response.json({"error": "someone else already took this conversation"},
                                  status=409)
-        await tell_customer(view, "utter_agent_joined", agent.display_name)
+        await tell_customer(view, contract.AGENT_JOINED, agent.display_name)
         return response.json(ticket_json([view])[0])
 
     async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
@@ -268,7 +268,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         held(ticket_id)
         agent = request.ctx.session.agent
         view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, db)
-        await tell_customer(view, "utter_handoff_resolved", agent.display_name)
+        await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name)
         return response.json(ticket_json([view])[0])
 
     @app.post("/api/tickets/dismiss")
@@ -315,7 +315,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     async def follow_up_loop() -> None:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
         after = timedelta(hours=follow_up_hours)
-        text = responses.render("utter_follow_up", url=db)["text"]
+        text = responses.render(contract.FOLLOW_UP, url=db)["text"]
         while True:
             await asyncio.to_thread(handoff.send_follow_ups, after, text, None, db)
             await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)

@@ -17,8 +17,8 @@ from sanic import response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from bot import agents
-from bot.agents import SessionView
+from parley.bot import agents
+from parley.bot.agents import SessionView
 
 SESSION_COOKIE = "parley_session"
 LOGIN_CSRF_COOKIE = "parley_login_csrf"

@@ -3,7 +3,7 @@
 Roles: writers and admins edit and submit; only an admin approves or sends back,
 and never their own draft; only an admin rolls back. Agents only search the
 published replies (`/shortcut` in the reply box). The same checks as
-`python -m bot.cli replies check` run on every save.
+`python -m parley.bot.cli replies check` run on every save.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from sanic.exceptions import NotFound
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from bot import agents, conversations, handoff
-from bot.desk.auth import requires_session
-from bot.desk.errors import BadRequest, body_json, text_field
-from bot.responses import checks, conversation_values, placeholders, revisions, variants
-from bot.responses.channels import CHANNELS, LANGUAGES, configured, of_conversation
-from bot.responses.library import Library, library
+from parley.bot import agents, conversations, handoff
+from parley.bot.desk.auth import requires_session
+from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.responses import checks, conversation_values, placeholders, revisions, variants
+from parley.bot.responses.channels import CHANNELS, LANGUAGES, configured, of_conversation
+from parley.bot.responses.library import Library, library
+from parley.bot.settings import load_settings
 
 NAME = re.compile(r"^utter_[a-z0-9_]{1,100}$")
 WRITERS = ("writer", "admin")
@@ -72,7 +73,7 @@ def add_library_routes(app: Sanic, db: str | None, page: str) -> None:
         return library(url=db)
 
     def problems(name: str, body: Any) -> list[dict[str, Any]]:
-        found = checks.check_reply(name, body, configured(), checks.slot_names())
+        found = checks.check_reply(name, body, configured(), checks.slot_names(load_settings().project_root))
         return [p.as_json() | {"text": str(p)} for p in found]
 
     def refused(exc: revisions.ReviewError) -> HTTPResponse:
@@ -100,7 +101,7 @@ def add_library_routes(app: Sanic, db: str | None, page: str) -> None:
             "all_channels": [c.as_json() for c in CHANNELS.values()],
             "languages": list(LANGUAGES),
             "placeholders": {k: {"who": who, "sample": sample}
-                             for k, (who, sample) in placeholders.KNOWN.items()},
+                             for k, (who, sample) in placeholders.known().items()},
         })
 
     @app.get("/api/library/replies")

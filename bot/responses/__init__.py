@@ -11,17 +11,13 @@ replies through `render`, so every word a customer reads comes from here.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from bot import support_hours
-from bot.settings import load_settings
+from parley.bot import support_hours
 
 
-@lru_cache(maxsize=4)
-def _hours(path: Path, mtime: float) -> dict[str, str]:
-    hours = support_hours.load(path)
+def _hours() -> dict[str, str]:
+    hours = support_hours.current()
     return {"support_hours": hours.describe_week(),
             "support_email": hours.channels.get("email", ""),
             "support_phone": hours.channels.get("phone", ""),
@@ -35,8 +31,7 @@ ANONYMOUS_CHANNELS = {"webchat", "rest", ""}
 def conversation_values(display_name: str | None = None, channel: str = "") -> dict[str, str]:
     """Placeholders any reply may use, whoever sends it."""
     first = "" if channel in ANONYMOUS_CHANNELS else (display_name or "").strip().split(" ")[0]
-    path = load_settings().support_hours_file
-    return {"first_name": first or "there", **_hours(path, path.stat().st_mtime)}
+    return {"first_name": first or "there", **_hours()}
 
 
 def render(name: str, channel: str = "", language: str = "", url: str | None = None,
@@ -45,8 +40,8 @@ def render(name: str, channel: str = "", language: str = "", url: str | None = N
 
     Unknown placeholders stay visible ("{eta}") rather than failing a send.
     """
-    from bot.responses import variants
-    from bot.responses.library import library
+    from parley.bot.responses import variants
+    from parley.bot.responses.library import library
 
     variations = library(url=url).current().replies.get(name)
     if not variations:

@@ -2,20 +2,15 @@
 
 The numbers are the platforms' documented limits (Telegram Bot API, Messenger
 and Instagram Send API, WhatsApp Cloud API interactive messages, X DMs). Which
-channels a deployment writes for is listed in `channels.yml` at the project root.
+channels a project writes for is listed under `channels:` in its `parley.yml`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bot.settings import PROJECT_ROOT
-
-CONFIG_FILE = PROJECT_ROOT / "channels.yml"
+from parley.bot.settings import Settings, load_settings
 
 
 @dataclass(frozen=True)
@@ -43,23 +38,18 @@ CHANNELS: dict[str, Channel] = {c.name: c for c in (
     Channel("x", "X (DM)", 10000, 20, 36),
     Channel("x_public", "X (public reply)", 280, 0, 0),
 )}
-DEFAULT_CHANNELS = ("webchat", "telegram", "messenger", "instagram", "whatsapp")
 LANGUAGES = ("en", "pt")
 DEFAULT_LANGUAGE = "en"
 
 
-def configured(path: Path = CONFIG_FILE) -> list[Channel]:
-    """The channels this deployment writes for (default: the five connectors)."""
-    names: list[str] = list(DEFAULT_CHANNELS)
-    if path.exists():
-        loaded = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("channels")
-        if loaded is not None:
-            names = [str(n) for n in loaded]
-    unknown = [n for n in names if n not in CHANNELS]
+def configured(settings: Settings | None = None) -> list[Channel]:
+    """The channels this project writes for (`channels:` in parley.yml)."""
+    settings = settings or load_settings()
+    unknown = [n for n in settings.channels if n not in CHANNELS]
     if unknown:
-        raise ValueError(f"{path.name}: unknown channel(s) {', '.join(unknown)}; "
+        raise ValueError(f"{settings.settings_file}: unknown channel(s) {', '.join(unknown)}; "
                          f"known: {', '.join(CHANNELS)}")
-    return [CHANNELS[n] for n in names]
+    return [CHANNELS[n] for n in settings.channels]
 
 
 def of_conversation(conversation_id: str) -> str:

@@ -1,6 +1,6 @@
 """Checks on the reply library: what would break or be cut off on a channel.
 
-Run on data/ by `make test` (`python -m bot.cli replies check`) and on every
+Run on the project's reply file by `parley replies check` (part of `make test`) and on every
 edit in the desk's editor. Each problem names the reply, the channel and what
 to change, in words a writer can act on.
 """
@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import yaml
 
-from bot.responses import placeholders
-from bot.responses.channels import CHANNELS, LANGUAGES, Channel, configured
-from bot.responses.variants import language_of
-from bot.settings import PROJECT_ROOT
+from parley.bot import contract
+from parley.bot.responses import placeholders
+from parley.bot.responses.channels import CHANNELS, LANGUAGES, Channel, configured
+from parley.bot.responses.variants import language_of
+from parley.bot.settings import Settings, load_settings
 
 ALLOWED_KEYS = {"id", "text", "image", "custom", "buttons", "button_type", "quick_replies",
                 "attachment", "elements", "channel", "metadata", "condition"}
@@ -58,14 +59,17 @@ class References:
         return name in self.names or any(name.startswith(p) for p in self.prefixes)
 
 
-def references(root: Path = PROJECT_ROOT) -> References:
-    """Where the bot's stories, rules, domain, test stories and code send replies."""
-    names: set[str] = set()
-    prefixes: set[str] = set()
-    where: dict[str, str] = {}
+def references(settings: Settings | None = None) -> References:
+    """Where the project's stories, rules, domain, test stories and actions send
+    replies, plus the replies Parley itself sends (`contract`)."""
+    settings = settings or load_settings()
+    root = settings.project_root
+    names: set[str] = set(contract.REPLY_NAMES)
+    prefixes: set[str] = {contract.TOPIC_PREFIX}
+    where: dict[str, str] = dict.fromkeys(contract.REPLY_NAMES, "Parley")
     yaml_files = [root / "domain.yml", *sorted((root / "data").rglob("*.yml"))]
     for path in yaml_files:
-        if not path.exists() or path.name == "responses.yml":
+        if not path.exists() or path.resolve() == settings.replies_file:
             continue
         for name in YAML_REFERENCE.findall(path.read_text(encoding="utf-8")):
             names.add(name)
@@ -75,15 +79,15 @@ def references(root: Path = PROJECT_ROOT) -> References:
     for form, spec in ((domain or {}).get("forms") or {}).items():
         for slot in (spec or {}).get("required_slots") or []:  # Rasa asks with these
             prefixes.update({f"utter_ask_{slot}", f"utter_ask_{form}_{slot}"})
-    for package in ("actions", "bot", "connectors"):
-        for path in sorted((root / package).rglob("*.py")):
-            if path.name == Path(__file__).name and path.parent.name == "responses":
-                continue  # this module names Rasa's defaults, it does not send them
-            text = path.read_text(encoding="utf-8")
-            for name in CODE_REFERENCE.findall(text):
-                names.add(name)
-                where.setdefault(name, path.relative_to(root).as_posix())
-            prefixes.update(CODE_PREFIX.findall(text))
+    package = root / settings.actions_package.replace(".", "/")
+    code = [package.with_suffix(".py")] if package.with_suffix(".py").is_file() \
+        else sorted(package.rglob("*.py"))
+    for path in code:
+        text = path.read_text(encoding="utf-8")
+        for name in CODE_REFERENCE.findall(text):
+            names.add(name)
+            where.setdefault(name, path.relative_to(root).as_posix())
+        prefixes.update(CODE_PREFIX.findall(text))
     names -= NOT_REPLIES
     return References(frozenset(names), frozenset(prefixes), where)
 
@@ -204,7 +208,7 @@ def check_reply(name: str, variations: Any, channels: list[Channel],
     if not isinstance(variations, list):
         return problems
     good = [v for v in variations if isinstance(v, dict)]
-    known = set(placeholders.KNOWN) | set(slots)
+    known = set(placeholders.known()) | set(slots)
     default = next((v for v in good if not v.get("channel") and language_of(v) == "en"
                     and not v.get("condition")), None)
     expected = placeholders.found(default) if default else set()
@@ -225,24 +229,28 @@ def check_reply(name: str, variations: Any, channels: list[Channel],
     return problems
 
 
-def slot_names(root: Path = PROJECT_ROOT) -> set[str]:
-    domain = yaml.safe_load((root / "domain.yml").read_text(encoding="utf-8")) or {}
-    return set((domain.get("slots") or {}).keys())
+def slot_names(root: Path) -> set[str]:
+    path = root / "domain.yml"
+    domain = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return set(((domain or {}).get("slots") or {}).keys())
 
 
-def check_library(replies: dict[str, Any], root: Path = PROJECT_ROOT,
+def check_library(replies: dict[str, Any], settings: Settings | None = None,
                   channels: list[Channel] | None = None) -> list[Problem]:
     """Every reply, plus replies the bot sends that are missing, and ones never sent."""
-    channels = channels if channels is not None else configured(root / "channels.yml")
-    slots = slot_names(root)
+    settings = settings or load_settings()
+    channels = channels if channels is not None else configured(settings)
+    slots = slot_names(settings.project_root)
     problems: list[Problem] = []
     for name, variations in replies.items():
         problems += check_reply(name, variations, channels, slots)
-    refs = references(root)
+    refs = references(settings)
+    reply_file = _relative(settings.replies_file, settings.project_root)
     for name in sorted(refs.names - set(replies)):
         problems.append(Problem(name, "", f"{refs.where.get(name, 'the bot')} sends this "
                                 "reply, but the library has no such reply: add it to "
-                                "data/responses.yml or fix the name"))
+                                f"{reply_file} (`parley init` adds Parley's own) or fix "
+                                "the name"))
     for name in sorted(replies):
         variations = replies[name] if isinstance(replies[name], list) else []
         canned = any(isinstance(v, dict) and isinstance(v.get("metadata"), dict)
@@ -252,3 +260,10 @@ def check_library(replies: dict[str, Any], root: Path = PROJECT_ROOT,
                                     "use it, delete it, or mark it `metadata: {canned: true}` "
                                     "if it is for agents only"))
     return problems
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

@@ -18,10 +18,9 @@ from typing import Any
 import yaml
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from bot.responses import revisions
-from bot.settings import PROJECT_ROOT
+from parley.bot.responses import revisions
+from parley.bot.settings import load_settings
 
-DEFAULT_FILE = PROJECT_ROOT / "data" / "responses.yml"
 REFRESH_SECONDS = 0.5
 Replies = dict[str, list[dict[str, Any]]]
 
@@ -42,7 +41,7 @@ class Snapshot:
 class Library:
     """One per process, file and database (see `library()`)."""
 
-    def __init__(self, path: Path = DEFAULT_FILE, url: str | None = None,
+    def __init__(self, path: Path, url: str | None = None,
                  refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.path = path
         self.url = url
@@ -90,7 +89,9 @@ _libraries: dict[tuple[Path, str | None], Library] = {}
 _libraries_lock = threading.Lock()
 
 
-def library(path: Path = DEFAULT_FILE, url: str | None = None) -> Library:
+def library(path: Path | None = None, url: str | None = None) -> Library:
+    """The project's library (`replies:` in parley.yml) unless told another file."""
+    path = path or load_settings().replies_file
     with _libraries_lock:
         key = (path, url)
         if key not in _libraries:
@@ -122,15 +123,16 @@ HEADER = """version: "3.1"
 
 # The bot's canned replies: owned by content writers, one place only. Edit them in the
 # desk's reply library (published revisions live in the database on top of this file) and
-# run `python -m bot.cli replies export` to write the published set back here for git.
+# run `parley replies export` to write the published set back here for git.
 # Per-channel variants: `channel: whatsapp`; per-language: `metadata: {language: pt}`.
-# {placeholders}: see bot/responses/placeholders.py. Checks: `python -m bot.cli replies check`.
+# {placeholders}: `parley replies placeholders` lists them. Checks: `parley replies check`.
 
 """
 
 
-def export(path: Path = DEFAULT_FILE, url: str | None = None) -> int:
+def export(path: Path | None = None, url: str | None = None) -> int:
     """Write the published set back to the YAML; returns how many replies changed."""
+    path = path or load_settings().replies_file
     snapshot = library(path, url).refresh(force=True)
     changed = sum(1 for name in snapshot.replies
                   if snapshot.baseline.get(name) != snapshot.replies[name])

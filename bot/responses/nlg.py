@@ -2,7 +2,7 @@
 
     # endpoints.yml
     nlg:
-      type: bot.responses.nlg.LibraryNLG
+      type: parley.bot.responses.nlg.LibraryNLG
 
 Rasa asks for each `utter_*` (from stories, rules and the action server); we
 answer from the library, which follows published edits within a second, so
@@ -12,7 +12,6 @@ writers never need a retrain or a restart.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from rasa.core.nlg.generator import NaturalLanguageGenerator
@@ -20,17 +19,19 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import EndpointConfig
 
-from bot.responses import conversation_values, variants
-from bot.responses.channels import language_code
-from bot.responses.library import DEFAULT_FILE, Library, library
+from parley.bot.responses import conversation_values, variants
+from parley.bot.responses.channels import language_code
+from parley.bot.responses.library import Library, library
 
 
 class LibraryNLG(NaturalLanguageGenerator):
     def __init__(self, endpoint_config: EndpointConfig | None = None,
                  domain: Domain | None = None) -> None:
         extra = (endpoint_config.kwargs if endpoint_config else {}) or {}
-        path = extra.get("file")
-        self.library: Library = library(Path(path) if path else DEFAULT_FILE)
+        if extra.get("file"):  # one reply file for Rasa, the desk and the checks
+            raise ValueError("endpoints.yml: the nlg `file:` option is gone; set `replies:` "
+                             "in parley.yml (or PARLEY_REPLIES) instead")
+        self.library: Library = library()
         # Replies the model was trained with: used only if the library lacks one.
         self.trained = dict(domain.responses) if domain else {}
 

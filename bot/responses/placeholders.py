@@ -9,27 +9,37 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from parley.bot.settings import Settings, load_settings
+
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-# name: (who fills it, sample value for the editor's preview)
-KNOWN: dict[str, tuple[str, str]] = {
+# The framework's own: name -> (who fills it, sample value for the editor's preview).
+# A project adds its own under `placeholders:` in parley.yml; slots count too.
+FRAMEWORK: dict[str, tuple[str, str]] = {
     "first_name": ("the customer's first name from their platform profile ('there' if "
                    "unknown)", "Ana"),
-    "support_hours": ("opening hours from support_hours.yml", "Mon–Fri 09:00–18:00 "
+    "support_hours": ("opening hours from parley.yml", "Mon–Fri 09:00–18:00 "
                       "(Europe/Lisbon time)"),
-    "order_number": ("the order the customer asked about", "10234"),
-    "order_id": ("same as order_number", "10234"),
-    "carrier": ("the order's carrier", "DHL"),
-    "eta": ("expected delivery, or the estimated wait in the queue", "about 4 minutes"),
-    "tracking_url": ("the parcel's tracking link", "https://track.example/JD0142"),
+    "eta": ("the estimated wait in the queue", "about 4 minutes"),
     "queue_position": ("place in the handoff queue", "2"),
     "next_open": ("when the team is next online", "tomorrow at 09:00"),
-    "support_email": ("from support_hours.yml channels", "help@northwind.example"),
-    "support_phone": ("from support_hours.yml channels", "+351 210 000 000"),
-    "support_webchat": ("from support_hours.yml channels", "northwind.example/chat"),
+    "support_email": ("`contact: email` in parley.yml", "help@example.com"),
+    "support_phone": ("`contact: phone` in parley.yml", "+1 555 0100"),
+    "support_webchat": ("`contact: webchat` in parley.yml", "example.com/chat"),
     "agent_name": ("the agent who joined or handed back", "Rita"),
     "rating": ("the score the customer gave", "5"),
 }
+
+
+def known(settings: Settings | None = None) -> dict[str, tuple[str, str]]:
+    """Every placeholder this project's replies may use, with a sample each."""
+    settings = settings or load_settings()
+    contact = {f"support_{k}": v for k, v in settings.contact.items()
+               if f"support_{k}" in FRAMEWORK}
+    out = {name: (about, contact.get(name, sample)) for name, (about, sample)
+           in FRAMEWORK.items()}
+    out.update({name: (p.about, p.sample) for name, p in settings.placeholders.items()})
+    return out
 
 
 def found(value: Any) -> set[str]:
@@ -56,5 +66,5 @@ def fill(value: Any, values: dict[str, Any]) -> Any:
     return value
 
 
-def samples() -> dict[str, str]:
-    return {name: sample for name, (_who, sample) in KNOWN.items()}
+def samples(settings: Settings | None = None) -> dict[str, str]:
+    return {name: sample for name, (_who, sample) in known(settings).items()}

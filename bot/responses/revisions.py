@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, ForeignKey, Integer, String, func, select, update
 
-from bot.agents import AgentView
-from bot.storage import Base, UTCDateTime, session_scope, utcnow
+from parley.bot.agents import AgentView
+from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 EDITABLE = ("draft", "returned")
 STATES = ("draft", "submitted", "returned", "published")
@@ -242,7 +242,7 @@ def published(url: str | None = None) -> tuple[int, dict[str, list[dict[str, Any
 def diff(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None,
          name: str) -> str:
     """A unified diff of two bodies as YAML, the form writers know from git."""
-    from bot.responses.library import yaml_text
+    from parley.bot.responses.library import yaml_text
 
     def lines(body: list[dict[str, Any]] | None) -> list[str]:
         return yaml_text({name: body}).splitlines(keepends=True) if body else []

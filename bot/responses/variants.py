@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from bot.responses import placeholders
-from bot.responses.channels import DEFAULT_LANGUAGE
+from parley.bot.responses import placeholders
+from parley.bot.responses.channels import DEFAULT_LANGUAGE
 
 FILLED_KEYS = ("text", "image", "custom", "buttons", "attachment", "quick_replies")
 CONTROL_KEYS = ("channel", "condition", "metadata", "id")

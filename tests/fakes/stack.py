@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from bot import launcher
-from bot.launcher import free_port
-from bot.settings import PROJECT_ROOT
-from bot.support_hours import DAYS
+from parley.bot import launcher
+from parley.bot.launcher import free_port
+from parley.bot.support_hours import DAYS
+from tests import REPO_ROOT as PROJECT_ROOT
 
 
 def start_stack(prefix: str, channels: dict[str, dict[str, Any]],

@@ -51,15 +51,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_table(
-        "orders",
-        sa.Column("number", sa.String(length=16), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("carrier", sa.String(length=40), nullable=True),
-        sa.Column("tracking_url", sa.String(length=200), nullable=True),
-        sa.Column("eta", sa.Date(), nullable=True),
-        sa.PrimaryKeyConstraint("number"),
-    )
-    op.create_table(
         "desk_sessions",
         sa.Column("token", sa.String(length=64), nullable=False),
         sa.Column("agent_id", sa.Integer(), nullable=False),
@@ -159,7 +150,6 @@ def downgrade() -> None:
 
     op.drop_table("messages")
     op.drop_table("desk_sessions")
-    op.drop_table("orders")
     op.drop_table("desk_events")
     op.drop_table("conversations")
     op.drop_table("agents")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -10,8 +11,8 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from bot import agents, handoff
-from bot.queue_messages import handoff_reply
+from parley.bot import agents, contract, handoff
+from parley.bot.queue_messages import handoff_reply
 
 AGENT_KEYWORD = re.compile(r"(?<!\w)agent(?!\w)", re.IGNORECASE)
 ANGRY_WORDS = re.compile(
@@ -58,7 +59,7 @@ def context_packet(tracker: Tracker, reason: str) -> dict[str, Any]:
         intents.append({"text": event.get("text") or "", "intent": parsed.get("name"),
                         "confidence": round(float(parsed.get("confidence") or 0.0), 3)})
     slots = {k: v for k, v in tracker.current_slot_values().items()
-             if v is not None and k not in {"requested_slot", "handoff_reason"}}
+             if v is not None and k not in {"requested_slot", contract.REASON_SLOT}}
     return {"reason": reason, "channel": tracker.get_latest_input_channel() or
             tracker.sender_id.split(":", 1)[0], "intents": intents, "slots": slots}
 
@@ -69,25 +70,30 @@ def display_name(tracker: Tracker) -> str:
     return str(name) if name else ""
 
 
-def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: str) -> list[EventType]:
-    """Queue the conversation and tell the customer their place (or the hours)."""
-    place = handoff.escalate(
+def _escalate(tracker: Tracker, reason: str) -> handoff.QueuePlace:
+    return handoff.escalate(
         tracker.sender_id, reason, context=context_packet(tracker, reason),
         priority=priority_for(tracker), display_name=display_name(tracker),
         agents_online=agents.agents_online(),
     )
+
+
+async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker,
+                   reason: str) -> list[EventType]:
+    """Queue the conversation and tell the customer their place (or the hours)."""
+    place = await asyncio.to_thread(_escalate, tracker, reason)  # off the event loop
     response, values = handoff_reply(place)
     dispatcher.utter_message(response=response, **values)
-    return [SlotSet("handoff_reason", reason)]
+    return [SlotSet(contract.REASON_SLOT, reason)]
 
 
 class ActionHandoff(Action):
     def name(self) -> str:
-        return "action_handoff"
+        return contract.HANDOFF_ACTION
 
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
         latest = tracker.latest_message
         reason = handoff_reason(latest.get("text"), (latest.get("intent") or {}).get("name"))
-        return hand_off(dispatcher, tracker, reason)
+        return await hand_off(dispatcher, tracker, reason)

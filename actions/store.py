@@ -1,14 +1,23 @@
-"""The demo store's orders: what the order-status action looks up."""
+"""The demo store's orders: what the order-status action looks up.
+
+The store's own table, in Parley's database but on the project's own metadata
+(Parley's migrations know nothing of it): created and seeded with a few demo
+orders the first time the action server looks one up.
+"""
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from sqlalchemy import Column, Date, String, select
+from sqlalchemy.orm import declarative_base
 
-from bot.storage import Base, session_scope
+from parley.bot.storage import get_engine, session_scope
+
+Base = declarative_base()
 
 ORDER_NUMBER = re.compile(r"^\d{5}$")
 STATUSES = ("processing", "shipped", "delivered", "cancelled")
@@ -53,9 +62,11 @@ def normalize_order_number(raw: object) -> str | None:
 
 
 def find_order(number: str, url: str | None = None) -> OrderView | None:
+    """Blocking: call it from a thread in async code."""
     normalized = normalize_order_number(number)
     if normalized is None:
         return None
+    ensure_demo_orders(url)
     with session_scope(url) as session:
         order = session.execute(
             select(Order).where(Order.number == normalized)
@@ -85,9 +96,25 @@ def demo_orders(today: date) -> list[Order]:
     ]
 
 
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+
+
+def ensure_demo_orders(url: str | None = None) -> None:
+    """The table and its demo rows, once per database and process."""
+    engine = get_engine(url)
+    key = str(engine.url)
+    with _ready_lock:
+        if key not in _ready:
+            seed_demo_orders(url)
+            _ready.add(key)
+
+
 def seed_demo_orders(url: str | None = None, today: date | None = None) -> int:
-    """Insert the demo orders that are missing; returns how many were added."""
+    """Create the table if needed and insert the demo orders that are missing;
+    returns how many were added."""
     today = today or date.today()
+    Base.metadata.create_all(get_engine(url), checkfirst=True)
     added = 0
     with session_scope(url) as session:
         existing = set(session.execute(select(Order.number)).scalars())
