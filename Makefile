@@ -5,12 +5,12 @@ BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test install train validate replies-check test-stories pytest browser lint clean
+.PHONY: run test install train validate parley-check replies-check test-stories pytest browser lint dist clean
 
 run: train  ## start the bot, the action server and the demo web chat
-	@$(PY) -m parley.bot.cli run
+	@$(BIN)/parley run
 
-test: train validate replies-check test-stories pytest  ## everything CI runs
+test: train validate parley-check replies-check test-stories pytest  ## everything CI runs
 
 install: $(STAMP)
 
@@ -24,13 +24,16 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*; touch $@
 
 train: install  ## train only when data/ or config changed
-	@$(PY) -m parley.bot.cli train
+	@$(BIN)/parley train
 
 validate: install
 	$(BIN)/rasa data validate --fail-on-warnings
 
+parley-check: install  ## the project has what Parley's handoff needs
+	$(BIN)/parley check
+
 replies-check: install  ## channel limits, placeholders, missing and unused replies
-	$(BIN)/python -m parley.bot.cli replies check
+	$(BIN)/parley replies check
 
 test-stories: train
 	$(BIN)/rasa test core --e2e --stories data/tests --model models/parley.tar.gz \
@@ -45,5 +48,10 @@ browser:  ## Debian's Chromium for the Playwright tests
 lint: install
 	$(BIN)/ruff check .
 
+dist: install  ## the framework's wheel (no demo) in dist/
+	@rm -rf dist build
+	$(PY) -m pip wheel --quiet --no-deps -w dist . 2>&1 | grep -v "^WARNING: Location" || true
+	@ls dist/*.whl
+
 clean:
-	rm -rf var models .pytest_cache
+	rm -rf var models .pytest_cache dist build

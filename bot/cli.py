@@ -1,4 +1,7 @@
-"""`python -m parley.bot.cli …`: the commands behind the Makefile targets."""
+"""`parley …` (or `python -m parley.bot.cli …`): set up, check, train and run a project.
+
+Every command works on the Rasa project it runs in (see `bot/settings.py`).
+"""
 
 from __future__ import annotations
 
@@ -13,19 +16,22 @@ import sys
 from pathlib import Path
 
 from parley.bot import agents, launcher, model_freshness, storage
-from parley.bot.settings import PROJECT_ROOT, Settings, load_settings
+from parley.bot.settings import Settings, load_settings
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return args.root if getattr(args, "root", None) else load_settings().project_root
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    root: Path = args.root
+    root = _root(args)
     if not args.force and not model_freshness.is_stale(root):
         print(f"Model is up to date: {model_freshness.model_path(root)}")
         return 0
     print("Training the Rasa model (data or config changed)…", flush=True)
-    rasa = Path(sys.executable).parent / "rasa"
     result = subprocess.run(
-        [str(rasa), "train", "--fixed-model-name", model_freshness.MODEL_NAME,
-         "--out", str(root / "models")],
+        [sys.executable, "-m", "rasa", "train", "--fixed-model-name",
+         model_freshness.MODEL_NAME, "--out", str(root / "models")],
         cwd=root,
     )
     if result.returncode != 0:
@@ -37,15 +43,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_is_stale(args: argparse.Namespace) -> int:
     """Exit 0 when training is needed, 1 when the model is current (for shell `if`)."""
-    stale = model_freshness.is_stale(args.root)
+    stale = model_freshness.is_stale(_root(args))
     print("stale" if stale else "fresh")
     return 0 if stale else 1
 
 
 def cmd_init_db(_args: argparse.Namespace) -> int:
     storage.create_schema()
-    added = orders.seed_demo_orders()
-    print(f"Database ready ({added} demo orders added).")
+    print(f"Database ready: {_masked(load_settings().database_url)}")
+    return 0
+
+
+def _masked(url: str) -> str:
+    """The URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_init(_args: argparse.Namespace) -> int:
+    from parley.bot import project_init
+
+    changes = project_init.init()
+    for change in changes:
+        print(change)
+    if changes:
+        print(f"{len(changes)} change(s). Next: `parley check`, then `parley train`.")
+    else:
+        print("Nothing to change: the project already has everything Parley needs.")
+    return 0
+
+
+def cmd_check(_args: argparse.Namespace) -> int:
+    from parley.bot import contract, project_check
+
+    problems = project_check.check()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s); `parley init` adds what is missing.")
+        return 1
+    print(f"The project has what Parley needs: {len(contract.REPLIES)} replies, the handoff "
+          "intent, slot, actions, rules, pipeline, NLG endpoint and channel.")
     return 0
 
 
@@ -62,7 +101,7 @@ def first_admin(settings: Settings) -> str:
         path.chmod(0o600)
     if path.exists():
         return f"(log in as admin / {path.read_text().strip()})"
-    return "(log in with a user from `python -m parley.bot.cli create-user`)"
+    return "(log in with a user from `parley create-user`)"
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
@@ -125,13 +164,13 @@ def cmd_replies_check(args: argparse.Namespace) -> int:
     from parley.bot.responses import checks
     from parley.bot.responses.library import library, read_yaml
 
-    path = args.file.resolve()
+    path = (args.file or load_settings().replies_file).resolve()
     if args.published:
         storage.create_schema()
         replies = library(path).refresh(force=True).replies
     else:
         replies = read_yaml(path)
-    problems = checks.check_library(replies, args.root)
+    problems = checks.check_library(replies)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)
@@ -145,23 +184,39 @@ def cmd_replies_export(args: argparse.Namespace) -> int:
     from parley.bot.responses import library
 
     storage.create_schema()
-    changed = library.export(args.file.resolve())
-    print(f"wrote the published replies to {args.file} ({changed} changed); commit it to git")
+    path = (args.file or load_settings().replies_file).resolve()
+    changed = library.export(path)
+    print(f"wrote the published replies to {path} ({changed} changed); commit it to git")
+    return 0
+
+
+def cmd_replies_placeholders(_args: argparse.Namespace) -> int:
+    from parley.bot.responses import placeholders
+
+    for name, (about, sample) in sorted(placeholders.known().items()):
+        print(f"{{{name}}}: {about} (e.g. {sample})")
+    print("Slots from the domain work too, by name.")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="add what Parley needs to this Rasa project (safe to "
+                   "repeat: adds only what is missing)").set_defaults(func=cmd_init)
+    sub.add_parser("check", help="check the project has what Parley needs, one line per "
+                   "problem").set_defaults(func=cmd_check)
     train = sub.add_parser("train", help="train the model if its inputs changed")
     train.add_argument("--force", action="store_true", help="train even if up to date")
-    train.add_argument("--root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
+    train.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     train.set_defaults(func=cmd_train)
     stale = sub.add_parser("is-stale", help="exit 0 if the model needs training")
-    stale.add_argument("--root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
+    stale.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     stale.set_defaults(func=cmd_is_stale)
-    sub.add_parser("init-db", help="create tables and demo data").set_defaults(func=cmd_init_db)
-    sub.add_parser("run", help="start the bot and print its URLs").set_defaults(func=cmd_run)
+    sub.add_parser("init-db", help="create or upgrade Parley's tables (run by `run` too)"
+                   ).set_defaults(func=cmd_init_db)
+    sub.add_parser("run", help="start Rasa, the action server and the desk; print the URLs"
+                   ).set_defaults(func=cmd_run)
     user = sub.add_parser("create-user", help="add a desk user (agent or admin)")
     user.add_argument("username")
     user.add_argument("--role", choices=agents.ROLES, default="agent")
@@ -184,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = replies.add_parser("export", help="write the published replies back to the YAML")
     export.set_defaults(func=cmd_replies_export)
     for command in (check, export):
-        command.add_argument("--file", type=Path, default=PROJECT_ROOT / "data" /
-                             "responses.yml", help="the writer-owned YAML")
-        command.add_argument("--root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
+        command.add_argument("--file", type=Path, default=None,
+                             help="the writer-owned YAML (default: `replies:` in parley.yml)")
+    replies.add_parser("placeholders", help="list the {placeholders} replies may use"
+                       ).set_defaults(func=cmd_replies_placeholders)
     return parser
 
 

@@ -23,6 +23,7 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint
 
 from parley.bot import conversations, handoff
+from parley.bot.responses.channels import CHANNELS
 from parley.bot.storage import utcnow
 from parley.connectors import gate, push
 from parley.connectors.meta import (
@@ -45,18 +46,16 @@ IGNORED = ("delivery", "read", "reaction", "optin", "referral", "account_linking
 
 
 class Platform:
-    """Messenger's settings; Instagram differs in name, object and limits."""
+    """Messenger's settings; Instagram differs in name and object. Their limits are
+    CHANNELS[channel], the table the reply checks use."""
 
     channel = "messenger"
     webhook_object = "page"
-    max_text = 2000
-    max_quick_replies = 13
 
 
 class InstagramPlatform(Platform):
     channel = "instagram"
     webhook_object = "instagram"
-    max_text = 1000
 
 
 def parse(payload: dict[str, Any], platform: type[Platform], app_id: str = ""
@@ -121,6 +120,7 @@ class Meta:
                  graph_base_url: str = DEFAULT_GRAPH, version: str = GRAPH_VERSION) -> None:
         self.platform = platform
         self.channel = platform.channel
+        self.shows = CHANNELS[platform.channel]
         self.page_id = page_id
         self.graph = GraphClient(token, graph_base_url, version)
         self.sender = Sender(LIMITS)
@@ -131,15 +131,16 @@ class Meta:
                                 "messaging_type": "MESSAGE_TAG" if tag else "RESPONSE"}
         if tag:
             base["tag"] = tag
-        chunks = split_text(message.get("text") or "", self.platform.max_text)
-        buttons = (message.get("buttons") or [])[: self.platform.max_quick_replies]
+        shows = self.shows
+        chunks = split_text(message.get("text") or "", shows.text_limit)
+        buttons = (message.get("buttons") or [])[: shows.max_buttons]  # as quick replies
         out = []
         for i, chunk in enumerate(chunks):
             body: dict[str, Any] = {"text": chunk}
             if buttons and i == len(chunks) - 1:
                 body["quick_replies"] = [
-                    {"content_type": "text", "title": str(b["title"])[:20],
-                     "payload": str(b["payload"])[:1000]} for b in buttons]
+                    {"content_type": "text", "title": str(b["title"])[: shows.button_title_limit],
+                     "payload": str(b["payload"])[: shows.button_id_limit]} for b in buttons]
             out.append({**base, "message": body})
         if message.get("image"):
             out.append({**base, "message": {"attachment": {

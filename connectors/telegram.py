@@ -30,6 +30,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.ext import AIORateLimiter, ExtBot
 
 from parley.bot import conversations
+from parley.bot.responses.channels import CHANNELS
 from parley.connectors import gate, push, redact
 from parley.connectors.outbound import Limits, Retryable, Sender
 from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
@@ -37,7 +38,7 @@ from parley.connectors.telegram_request import AiohttpRequest
 from parley.connectors.text import split_text
 
 CHANNEL = "telegram"
-MAX_TEXT = 4096
+SHOWS = CHANNELS[CHANNEL]  # the limits the reply checks hold replies to
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 DEFAULT_API = "https://api.telegram.org"
 # Bot-wide 30/s is PTB's AIORateLimiter; ~1/s per chat (short bursts allowed) is ours.
@@ -145,10 +146,11 @@ class Telegram:
 
     def _calls(self, chat: int, message: dict[str, Any]) -> list[Callable[[], Awaitable[Any]]]:
         calls: list[Callable[[], Awaitable[Any]]] = []
-        chunks = split_text(message.get("text") or "", MAX_TEXT)
+        chunks = split_text(message.get("text") or "", SHOWS.text_limit)
         buttons = message.get("buttons") or []
+        keep = SHOWS.payload_limit  # bytes to Telegram; the checks flag longer payloads
         markup = InlineKeyboardMarkup(
-            [[InlineKeyboardButton(b["title"], callback_data=str(b["payload"])[:64])]
+            [[InlineKeyboardButton(b["title"], callback_data=str(b["payload"])[:keep])]
              for b in buttons]) if buttons else None
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -160,7 +162,7 @@ class Telegram:
         return calls
 
     async def deliver(self, conversation: str, message: dict[str, Any]) -> None:
-        """Send one reply (text split at 4096, buttons, image) in order."""
+        """Send one reply (text split at the channel's limit, buttons, image) in order."""
         if not self._initialized:
             await self._init()
         await self.sender.send_all(conversation, self._calls(chat_of(conversation), message))

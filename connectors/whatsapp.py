@@ -6,8 +6,8 @@
       app_secret: "${META_APP_SECRET}"
       verify_token: "${META_VERIFY_TOKEN}"
 
-Buttons become reply buttons (at most 3, titles up to 20 characters) or, with
-more options, a list message (at most 10 rows). Outside the 24-hour
+Buttons become reply buttons or, with more options, a list message; their counts and
+lengths are CHANNELS["whatsapp"], the table the reply checks use. Outside the 24-hour
 customer-service window free text is refused: a template message is needed.
 """
 
@@ -22,6 +22,7 @@ from rasa.core.channels.channel import InputChannel, UserMessage
 from sanic import Blueprint
 
 from parley.bot import conversations
+from parley.bot.responses.channels import CHANNELS
 from parley.bot.storage import utcnow
 from parley.connectors import gate, push
 from parley.connectors.messenger import MetaOutput
@@ -39,10 +40,7 @@ from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
 from parley.connectors.text import split_text
 
 CHANNEL = "whatsapp"
-MAX_TEXT = 4096
-MAX_INTERACTIVE_BODY = 1024
-MAX_BUTTONS = 3
-MAX_LIST_ROWS = 10
+SHOWS = CHANNELS[CHANNEL]  # the limits the reply checks hold replies to
 LIMITS = Limits(per_second=70, per_conversation=5, conversation_burst=5)
 logger = logging.getLogger(__name__)
 
@@ -96,23 +94,25 @@ def payloads(to: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     text = message.get("text") or ""
     out: list[dict[str, Any]] = []
     if buttons:
-        chunks = split_text(text, MAX_INTERACTIVE_BODY) or [" "]
+        # An interactive body holds less than a text message: the rest goes first, as text.
+        chunks = split_text(text, SHOWS.buttons_text_limit) or [" "]
         out += [{**base, "type": "text", "text": {"body": c}} for c in chunks[:-1]]
         body = {"text": chunks[-1]}
-        if len(buttons) <= MAX_BUTTONS:
+        if len(buttons) <= SHOWS.max_buttons:
             interactive = {"type": "button", "body": body, "action": {"buttons": [
-                {"type": "reply", "reply": {"id": str(b["payload"])[:256],
-                                            "title": str(b["title"])[:20]}}
+                {"type": "reply", "reply": {"id": str(b["payload"])[: SHOWS.button_id_limit],
+                                            "title": str(b["title"])[: SHOWS.button_title_limit]}}
                 for b in buttons]}}
         else:
             interactive = {"type": "list", "body": body, "action": {
                 "button": "Choose", "sections": [{"title": "Options", "rows": [
-                    {"id": str(b["payload"])[:200], "title": str(b["title"])[:24]}
-                    for b in buttons[:MAX_LIST_ROWS]]}]}}
+                    {"id": str(b["payload"])[: SHOWS.list_id_limit],
+                     "title": str(b["title"])[: SHOWS.list_title_limit]}
+                    for b in buttons[: SHOWS.list_rows]]}]}}
         out.append({**base, "type": "interactive", "interactive": interactive})
     else:
         out += [{**base, "type": "text", "text": {"body": c}}
-                for c in split_text(text, MAX_TEXT)]
+                for c in split_text(text, SHOWS.text_limit)]
     if message.get("image"):
         out.append({**base, "type": "image", "image": {"link": message["image"]}})
     return out

@@ -1,4 +1,5 @@
-"""Custom actions against the real demo orders in a real SQLite database."""
+"""Parley's actions and the demo's own, against a real SQLite database and the demo's
+reply library."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from rasa_sdk import Tracker
 from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from actions.fallback import TOPIC_TITLES, ActionFallback, consecutive_fallbacks, top_topics
-from actions.handoff import ActionHandoff, handoff_reason
 from actions.orders import ActionOrderStatus, ValidateOrderForm
 from parley.bot import conversations, handoff
+from parley.bot.actions.fallback import ActionFallback, consecutive_fallbacks, top_topics
+from parley.bot.actions.handoff import ActionHandoff, handoff_reason
 
 
 def user_event(text: str, intent: str, confidence: float = 0.9) -> dict[str, Any]:
@@ -27,9 +28,10 @@ def tracker(
     intent: str = "",
     ranking: list[dict[str, Any]] | None = None,
     events: list[dict[str, Any]] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Tracker:
     latest = {"text": text, "intent": {"name": intent, "confidence": 0.9},
-              "intent_ranking": ranking or [], "entities": []}
+              "intent_ranking": ranking or [], "entities": [], "metadata": metadata or {}}
     return Tracker("webchat:test", slots or {}, latest, events or [], False, None,
                    {"name": None}, "action_listen")
 
@@ -117,20 +119,28 @@ def test_top_topics_skip_fallback_and_small_talk() -> None:
                {"name": "return_policy", "confidence": 0.2},
                {"name": "shipping_times", "confidence": 0.25},
                {"name": "payment_methods", "confidence": 0.1}]
-    assert top_topics(ranking) == ["shipping_times", "return_policy"]
+    offered = {"shipping_times", "return_policy", "payment_methods"}
+    assert top_topics(ranking, offered) == ["shipping_times", "return_policy"]
+    assert top_topics(ranking, offered, n=1) == ["shipping_times"]
 
 
-def test_first_fallback_asks_to_rephrase_with_two_topic_buttons() -> None:
+@pytest.mark.parametrize(("language", "titles"), [
+    ("en", ["My refund", "Returns"]), ("pt-BR", ["O meu reembolso", "Devoluções"])])
+def test_first_fallback_asks_to_rephrase_with_two_topic_buttons(
+        db_url: str, language: str, titles: list[str]) -> None:
     ranking = [{"name": "nlu_fallback", "confidence": 0.6},
+               {"name": "greet", "confidence": 0.45},  # no utter_topic_greet: never offered
                {"name": "refund_status", "confidence": 0.4},
                {"name": "return_policy", "confidence": 0.3}]
     t = tracker(text="mony bak?", intent="nlu_fallback", ranking=ranking,
-                events=[user_event("mony bak?", "nlu_fallback")])
+                events=[user_event("mony bak?", "nlu_fallback")],
+                metadata={"language": language})
     messages, events = run(ActionFallback(), t)
     assert messages[0]["response"] == "utter_ask_rephrase"
+    # Titles are the demo's `utter_topic_<intent>` replies, in the customer's language.
     assert messages[0]["buttons"] == [
-        {"title": TOPIC_TITLES["refund_status"], "payload": "/refund_status"},
-        {"title": TOPIC_TITLES["return_policy"], "payload": "/return_policy"},
+        {"title": titles[0], "payload": "/refund_status"},
+        {"title": titles[1], "payload": "/return_policy"},
     ]
     assert events == []
 

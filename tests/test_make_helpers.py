@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect
 
 from parley.bot import model_freshness
 from parley.bot.settings import load_settings
@@ -130,19 +131,23 @@ def test_the_repository_model_is_current() -> None:
     assert stamp["fingerprint"] == model_freshness.fingerprint(PROJECT_ROOT)
 
 
-def test_cli_init_db_creates_and_seeds(tmp_path: Path) -> None:
-    env = {**os.environ, "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+def test_cli_init_db_creates_parleys_tables_only(tmp_path: Path) -> None:
+    database = tmp_path / "x.db"
+    env = {**os.environ, "PARLEY_DATABASE_URL": f"sqlite:///{database}"}
     cmd = [sys.executable, "-m", "parley.bot.cli", "init-db"]
     first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    assert first.returncode == 0 and "5 demo orders added" in first.stdout
-    assert second.returncode == 0 and "0 demo orders added" in second.stdout
+    assert first.returncode == 0 and "Database ready" in first.stdout
+    assert second.returncode == 0
+    tables = set(inspect(create_engine(f"sqlite:///{database}")).get_table_names())
+    assert {"tickets", "messages", "conversations", "agents"} <= tables
+    assert "orders" not in tables  # the demo store's table is the demo's own business
 
 
 def test_cli_reports_bad_settings_clearly() -> None:
     env = {**os.environ, "PARLEY_RASA_PORT": "fifty"}
-    result = subprocess.run([sys.executable, "-m", "parley.bot.cli", "run"], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "parley.bot.cli", "run"], cwd=PROJECT_ROOT,
+                            env=env, capture_output=True, text=True)
     assert result.returncode == 2
     assert "PARLEY_RASA_PORT must be a port number" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""The demo orders table."""
+"""The demo store's orders table (the reference project's own, not Parley's)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import date
 
 import pytest
 
-from parley.bot import orders, storage
+from actions import store as orders
+from parley.bot import storage
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -18,8 +19,8 @@ def test_normalize_order_number(raw: object, expected: str | None) -> None:
 
 
 def test_seeding_is_idempotent(db_url: str) -> None:
-    assert orders.seed_demo_orders(db_url) == 0  # the fixture already seeded
-    assert orders.find_order("10234", db_url) is not None
+    assert orders.find_order("10234", db_url) is not None  # created and seeded on first use
+    assert orders.seed_demo_orders(db_url) == 0
 
 
 def test_seed_dates_are_relative_to_today(tmp_path) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from actions.fallback import TOPIC_TITLES
-from parley.bot.orders import STATUSES
+from actions.store import STATUSES
+from parley.bot import contract
 from tests import REPO_ROOT as PROJECT_ROOT
 
 DATA = PROJECT_ROOT / "data"
@@ -101,11 +101,8 @@ def test_fallback_classifier_is_configured() -> None:
 
 
 def test_every_response_an_action_sends_exists(responses) -> None:
-    sent_by_code = {"utter_order_not_found", "utter_ask_order_number", "utter_invalid_order_number",
-                    "utter_ask_rephrase", "utter_fallback_handoff", "utter_handoff_queued",
-                    "utter_handoff_after_hours", "utter_queue_update",
-                    "utter_queue_update_after_hours", "utter_back_to_bot", "utter_agent_joined",
-                    "utter_handoff_resolved", "utter_ask_rating", "utter_rating_thanks"}
+    sent_by_code = {"utter_order_not_found", "utter_ask_order_number",
+                    "utter_invalid_order_number", *contract.REPLY_NAMES}
     sent_by_code |= {f"utter_order_{status}" for status in STATUSES}
     assert sent_by_code <= set(responses)
 
@@ -118,9 +115,13 @@ def test_rules_and_stories_only_use_defined_responses(responses) -> None:
     assert used <= set(responses), used - set(responses)
 
 
-def test_topic_buttons_name_real_intents(domain) -> None:
-    assert set(TOPIC_TITLES) <= set(domain["intents"])
-    assert all(len(title) <= 20 for title in TOPIC_TITLES.values())  # WhatsApp button limit
+def test_topic_buttons_name_real_intents(domain, responses) -> None:
+    topics = {name.removeprefix(contract.TOPIC_PREFIX): variants
+              for name, variants in responses.items() if name.startswith(contract.TOPIC_PREFIX)}
+    assert len(topics) >= 5
+    assert set(topics) <= set(domain["intents"])
+    for variants in topics.values():  # WhatsApp's button title limit, in every language
+        assert all(len(v["text"]) <= 20 for v in variants)
 
 
 def test_replies_are_short_and_greeting_and_fallback_mention_agent(responses) -> None:

@@ -221,3 +221,32 @@ def test_follow_up_once_when_the_customer_went_quiet(any_db: str) -> None:
     assert handoff.send_follow_ups(day, "Checking in", later, any_db) == [quiet.id]
     assert handoff.send_follow_ups(day, "Checking in", later, any_db) == []  # only once
     assert conversations.pushed_after("webchat:quiet", 0, any_db)[-1].text == "Checking in"
+
+
+def test_a_person_in_the_platform_inbox_holds_the_conversation(any_db: str) -> None:
+    held = handoff.hold_externally("messenger:z", "messenger inbox", "Hi, Zoe here", any_db)
+    assert (held.status, held.reason, held.assigned_agent_id) == ("assigned", "external", None)
+    assert held.context == {"held_by": "messenger inbox"} and held.first_reply_at is not None
+    assert handoff.owner("messenger:z", any_db)[0] == "assigned"
+    # Their words are in the transcript, but they were already sent: nothing to push.
+    lines = conversations.transcript("messenger:z", any_db)
+    assert [(m.author, m.text) for m in lines][-1] == ("agent", "Hi, Zoe here")
+    assert conversations.pushed_after("messenger:z", 0, any_db) == []
+    again = handoff.hold_externally("messenger:z", "messenger inbox", url=any_db)
+    assert again.id == held.id and again.first_reply_at == held.first_reply_at
+    kinds = [e.kind for e in events.events_after(0, url=any_db)]
+    assert kinds == ["ticket_created", "ticket_claimed"]
+
+
+def test_public_names_still_resolve_on_the_package() -> None:
+    from parley.bot import contract
+
+    assert handoff.REASONS is contract.REASONS  # one list of reasons, owned by the contract
+    assert all(hasattr(handoff, name) for name in handoff.__all__)
+    used = {"OPEN", "PRIORITY_HIGH", "PRIORITY_NORMAL", "QueuePlace", "Rating", "Ticket",
+            "TicketView", "TransitionError", "abandon", "add_note", "agent_reply", "claim_next",
+            "claim_ticket", "dismiss", "escalate", "estimate_wait", "get_ticket",
+            "hold_externally", "list_tickets", "open_ticket", "owner", "place_of", "push_notice",
+            "queue_place", "recent_handle_time", "record_rating", "resolve", "send_follow_ups",
+            "set_tags", "transfer"}
+    assert used <= set(handoff.__all__)

@@ -17,9 +17,10 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from parley.bot import agents
 from parley.bot.responses import placeholders, revisions, variants
 from parley.bot.responses.channels import CHANNELS
-from parley.bot.responses.library import DEFAULT_FILE, Library, dump, export, library, read_yaml
+from parley.bot.responses.library import Library, dump, export, library, read_yaml
 from parley.bot.responses.nlg import LibraryNLG
 from parley.bot.responses.revisions import ReviewError
+from parley.bot.settings import load_settings
 
 BASE = {"utter_hello": [{"text": "Hello {first_name}!"}],
         "utter_bye": [{"text": "Bye"}]}
@@ -130,8 +131,9 @@ def test_export_writes_the_published_set_back(db_url: str, tmp_path: Path) -> No
 
 def test_the_committed_yaml_is_in_export_form() -> None:
     """So the first export after an edit changes only the edited reply in git."""
-    text = DEFAULT_FILE.read_text(encoding="utf-8")
-    assert dump(read_yaml(DEFAULT_FILE)) == text
+    shipped = load_settings().replies_file
+    text = shipped.read_text(encoding="utf-8")
+    assert dump(read_yaml(shipped)) == text
 
 
 CASES = [
@@ -188,7 +190,8 @@ def tracker(text: str, metadata: dict | None = None, **slots: str) -> DialogueSt
         "c1", events, [TextSlot(name, mappings=[{"type": "custom"}]) for name in slots])
 
 
-def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path) -> None:
+def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     who = people(db_url)
     path = yaml_file(tmp_path, {**BASE, "utter_order": [
         {"text": "Order {order_number} ships {eta}."},
@@ -196,8 +199,12 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path) -> None:
         {"text": "📦 {order_number}", "channel": "whatsapp"}]})
     from rasa.utils.endpoints import EndpointConfig
 
-    nlg = LibraryNLG(EndpointConfig(type="parley.bot.responses.nlg.LibraryNLG", file=str(path)),
-                     Domain.empty())
+    monkeypatch.setenv("PARLEY_REPLIES", str(path))  # as `replies:` in parley.yml would
+    config = EndpointConfig(type="parley.bot.responses.nlg.LibraryNLG")
+    with pytest.raises(ValueError, match=r"parley\.yml"):  # one reply file for everyone
+        LibraryNLG(EndpointConfig(type=config.type, file=str(path)), Domain.empty())
+    nlg = LibraryNLG(config, Domain.empty())
+    assert nlg.library.path == path
     nlg.library.url = db_url  # the test's own database
     nlg.library.refresh_seconds = 0
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from parley.bot import support_hours
+from parley.bot.settings import load_settings
 from tests import REPO_ROOT as PROJECT_ROOT
 
 LISBON_SHOP = {
@@ -76,7 +77,7 @@ def test_bad_configuration_is_explained(config, message: str) -> None:
         support_hours.parse(config)
 
 
-def test_shipped_file_loads() -> None:
-    shipped = support_hours.load(PROJECT_ROOT / "support_hours.yml")
+def test_the_demo_projects_hours_load_with_its_contact_channels() -> None:
+    shipped = support_hours.current(load_settings(env={}, root=PROJECT_ROOT))
     assert {"email", "phone", "webchat"} <= set(shipped.channels)
     assert shipped.weekly

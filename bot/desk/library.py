@@ -12,7 +12,7 @@ import asyncio
 import re
 from typing import Any
 
-from sanic import Sanic, response
+from sanic import Blueprint, response
 from sanic.exceptions import NotFound
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -29,6 +29,8 @@ NAME = re.compile(r"^utter_[a-z0-9_]{1,100}$")
 WRITERS = ("writer", "admin")
 ADMINS = ("admin",)
 MAX_VARIATIONS = 50
+
+bp = Blueprint("desk_library")
 
 
 def _name(value: str) -> str:
@@ -68,190 +70,217 @@ def previews(body: Any, samples: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def add_library_routes(app: Sanic, db: str | None, page: str) -> None:
-    def live() -> Library:
-        return library(url=db)
+def live(db: str | None) -> Library:
+    return library(url=db)
 
-    def problems(name: str, body: Any) -> list[dict[str, Any]]:
-        found = checks.check_reply(name, body, configured(), checks.slot_names(load_settings().project_root))
-        return [p.as_json() | {"text": str(p)} for p in found]
 
-    def refused(exc: revisions.ReviewError) -> HTTPResponse:
-        return response.json({"error": str(exc)}, status=exc.status)
+def problems(name: str, body: Any) -> list[dict[str, Any]]:
+    project_root = load_settings().project_root
+    found = checks.check_reply(name, body, configured(), checks.slot_names(project_root))
+    return [p.as_json() | {"text": str(p)} for p in found]
 
-    async def step(call: Any, *args: Any) -> HTTPResponse:
-        try:
-            view = await asyncio.to_thread(call, *args, db)
-        except revisions.ReviewError as exc:
-            return refused(exc)
-        if view.state == "published":  # this process shows it at once; others within 0.5 s
-            await asyncio.to_thread(live().refresh, True)
-        return response.json(view.as_json())
 
-    @app.get("/library")
-    @requires_session(roles=WRITERS)
-    async def library_page(_request: Request) -> HTTPResponse:
-        return response.html(page)
+def refused(exc: revisions.ReviewError) -> HTTPResponse:
+    return response.json({"error": str(exc)}, status=exc.status)
 
-    @app.get("/api/library/meta")
-    @requires_session(roles=WRITERS)
-    async def meta(_request: Request) -> HTTPResponse:
-        return response.json({
-            "channels": [c.as_json() for c in configured()],
-            "all_channels": [c.as_json() for c in CHANNELS.values()],
-            "languages": list(LANGUAGES),
-            "placeholders": {k: {"who": who, "sample": sample}
-                             for k, (who, sample) in placeholders.known().items()},
-        })
 
-    @app.get("/api/library/replies")
-    @requires_session(roles=WRITERS)
-    async def replies(request: Request) -> HTTPResponse:
-        query = (request.args.get("q") or "").strip().lower()
-        snapshot = await asyncio.to_thread(live().current)
-        waiting = {r.name for r in await asyncio.to_thread(revisions.in_review, db)}
-        out = []
-        for name, body in snapshot.replies.items():
-            text = next((v.get("text") for v in body if isinstance(v, dict)), "") or ""
-            if query and query not in name.lower() and query not in text.lower():
-                continue
-            out.append({"name": name, "text": text, "edited": name in snapshot.overridden,
-                        "in_review": name in waiting})
-        return response.json(out)
+async def step(call: Any, *args: Any, db: str | None) -> HTTPResponse:
+    try:
+        view = await asyncio.to_thread(call, *args, db)
+    except revisions.ReviewError as exc:
+        return refused(exc)
+    if view.state == "published":  # this process shows it at once; others within 0.5 s
+        await asyncio.to_thread(live(db).refresh, True)
+    return response.json(view.as_json())
 
-    @app.get("/api/library/replies/<name:str>")
-    @requires_session(roles=WRITERS)
-    async def reply_detail(request: Request, name: str) -> HTTPResponse:
-        snapshot = await asyncio.to_thread(live().current)
-        history = await asyncio.to_thread(revisions.history, _name(name), db)
-        if name not in snapshot.replies and not history:
-            raise NotFound("no such reply")
-        me = request.ctx.session.agent.id
-        mine = next((r for r in history if r.author_id == me and r.state in
-                     revisions.EDITABLE), None)
-        names = {a.id: a.display_name for a in agents.list_agents(db)}
-        return response.json({
-            "name": name, "live": snapshot.replies.get(name),
-            "baseline": snapshot.baseline.get(name),
-            "draft": mine.as_json() if mine else None,
-            "revisions": [r.as_json() | {"author": names.get(r.author_id),
-                                         "reviewer": names.get(r.reviewer_id or -1)}
-                          for r in history],
-            "problems": problems(name, mine.body if mine else snapshot.replies.get(name)),
-        })
 
-    @app.post("/api/library/check")
-    @requires_session(roles=WRITERS)
-    async def check(request: Request) -> HTTPResponse:
-        """Problems and a preview per channel and language, as the customer would see it."""
-        payload = body_json(request)
-        name, body = _name(str(payload.get("name") or "")), payload.get("body")
-        samples = payload.get("samples") if isinstance(payload.get("samples"), dict) else {}
-        return response.json({"problems": problems(name, body),
-                              "previews": previews(body, samples)})
+def blocking(body: Any, name: str) -> HTTPResponse | None:
+    errors = [p for p in problems(name, body) if p["severity"] == "error"]
+    if errors:
+        return response.json({"error": "fix these first: " + "; ".join(
+            p["text"] for p in errors), "problems": errors}, status=409)
+    return None
 
-    @app.post("/api/library/replies/<name:str>/draft")
-    @requires_session(roles=WRITERS)
-    async def save(request: Request, name: str) -> HTTPResponse:
-        body = _body(body_json(request))
-        try:
-            view = await asyncio.to_thread(revisions.save_draft, _name(name), body,
-                                           request.ctx.session.agent, db)
-        except revisions.ReviewError as exc:
-            return refused(exc)
-        return response.json(view.as_json() | {"problems": problems(name, body)})
 
-    def blocking(body: Any, name: str) -> HTTPResponse | None:
-        errors = [p for p in problems(name, body) if p["severity"] == "error"]
-        if errors:
-            return response.json({"error": "fix these first: " + "; ".join(
-                p["text"] for p in errors), "problems": errors}, status=409)
-        return None
+async def held(revision_id: int, db: str | None) -> revisions.RevisionView:
+    view = await asyncio.to_thread(revisions.get, revision_id, db)
+    if view is None:
+        raise NotFound("no such revision")
+    return view
 
-    async def held(revision_id: int) -> revisions.RevisionView:
-        view = await asyncio.to_thread(revisions.get, revision_id, db)
-        if view is None:
-            raise NotFound("no such revision")
-        return view
 
-    async def checked_step(call: Any, request: Request, revision_id: int) -> HTTPResponse:
-        """Submitting and approving both refuse a reply that fails the checks."""
-        view = await held(revision_id)
-        return blocking(view.body, view.name) or await step(
-            call, revision_id, request.ctx.session.agent)
+async def checked_step(call: Any, request: Request, revision_id: int) -> HTTPResponse:
+    """Submitting and approving both refuse a reply that fails the checks."""
+    db = request.app.ctx.database_url
+    view = await held(revision_id, db)
+    return blocking(view.body, view.name) or await step(
+        call, revision_id, request.ctx.session.agent, db=db)
 
-    @app.post("/api/library/revisions/<revision_id:int>/submit")
-    @requires_session(roles=WRITERS)
-    async def submit(request: Request, revision_id: int) -> HTTPResponse:
-        return await checked_step(revisions.submit, request, revision_id)
 
-    @app.post("/api/library/revisions/<revision_id:int>/approve")
-    @requires_session(roles=ADMINS)
-    async def approve(request: Request, revision_id: int) -> HTTPResponse:
-        return await checked_step(revisions.approve, request, revision_id)
+@bp.get("/library")
+@requires_session(roles=WRITERS)
+async def library_page(request: Request) -> HTTPResponse:
+    return response.html(request.app.ctx.pages["library.html"])
 
-    @app.post("/api/library/revisions/<revision_id:int>/send-back")
-    @requires_session(roles=ADMINS)
-    async def send_back(request: Request, revision_id: int) -> HTTPResponse:
-        comment = text_field(body_json(request), "comment", 1000)
-        await held(revision_id)
-        return await step(revisions.send_back, revision_id, request.ctx.session.agent,
-                          comment)
 
-    @app.post("/api/library/replies/<name:str>/rollback")
-    @requires_session(roles=ADMINS)
-    async def rollback(request: Request, name: str) -> HTTPResponse:
-        target = body_json(request).get("revision_id")
-        if not isinstance(target, int):
-            raise BadRequest("'revision_id' must be the id of a published revision")
-        return await step(revisions.rollback, _name(name), target, request.ctx.session.agent)
+@bp.get("/api/library/meta")
+@requires_session(roles=WRITERS)
+async def meta(_request: Request) -> HTTPResponse:
+    return response.json({
+        "channels": [c.as_json() for c in configured()],
+        "all_channels": [c.as_json() for c in CHANNELS.values()],
+        "languages": list(LANGUAGES),
+        "placeholders": {k: {"who": who, "sample": sample}
+                         for k, (who, sample) in placeholders.known().items()},
+    })
 
-    @app.get("/api/library/revisions/<revision_id:int>/diff")
-    @requires_session(roles=WRITERS)
-    async def diff(request: Request, revision_id: int) -> HTTPResponse:
-        """Against another revision (?against=ID) or, by default, what is live now."""
-        view = await held(revision_id)
-        against = request.args.get("against")
-        if against and against.isdigit():
-            before = (await held(int(against))).body
-        elif against:
-            raise BadRequest("'against' must be a revision id")
-        else:
-            before = (await asyncio.to_thread(live().current)).replies.get(view.name)
-        return response.json({"diff": revisions.diff(before, view.body, view.name)})
 
-    @app.get("/api/library/review")
-    @requires_session(roles=WRITERS)
-    async def review(_request: Request) -> HTTPResponse:
-        names = {a.id: a.display_name for a in agents.list_agents(db)}
-        pending = await asyncio.to_thread(revisions.in_review, db)
-        return response.json([r.as_json() | {"author": names.get(r.author_id)}
-                              for r in pending])
+@bp.get("/api/library/replies")
+@requires_session(roles=WRITERS)
+async def replies(request: Request) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    query = (request.args.get("q") or "").strip().lower()
+    snapshot = await asyncio.to_thread(live(db).current)
+    waiting = {r.name for r in await asyncio.to_thread(revisions.in_review, db)}
+    out = []
+    for name, body in snapshot.replies.items():
+        text = next((v.get("text") for v in body if isinstance(v, dict)), "") or ""
+        if query and query not in name.lower() and query not in text.lower():
+            continue
+        out.append({"name": name, "text": text, "edited": name in snapshot.overridden,
+                    "in_review": name in waiting})
+    return response.json(out)
 
-    @app.get("/api/canned")
-    @requires_session()
-    async def canned(request: Request) -> HTTPResponse:
-        """Published replies for an agent's `/shortcut`, drawn for the ticket's channel."""
-        query = (request.args.get("q") or "").strip().lower().lstrip("/")
-        ticket_arg = request.args.get("ticket") or ""
-        channel, name_of = "", None
-        if ticket_arg.isdigit():
-            view = await asyncio.to_thread(handoff.get_ticket, int(ticket_arg), db)
-            if view is not None:
-                channel = of_conversation(view.conversation_id)
-                names = await asyncio.to_thread(conversations.display_names,
-                                                [view.conversation_id], db)
-                name_of = names.get(view.conversation_id)
-        snapshot = await asyncio.to_thread(live().current)
-        values = conversation_values(name_of, channel) | {"agent_name":
-                                                 request.ctx.session.agent.display_name}
-        out = []
-        for name, body in snapshot.replies.items():
-            shortcut = name.removeprefix("utter_")
-            rendered = variants.choose(body, channel, "", {}, values) or {}
-            text = rendered.get("text") or ""
-            if query and query not in shortcut and query not in text.lower():
-                continue
-            out.append({"name": name, "shortcut": "/" + shortcut, "text": text})
-        out.sort(key=lambda r: (not r["shortcut"].startswith("/" + query), r["shortcut"]))
-        return response.json(out[:20])
+
+@bp.get("/api/library/replies/<name:str>")
+@requires_session(roles=WRITERS)
+async def reply_detail(request: Request, name: str) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    snapshot = await asyncio.to_thread(live(db).current)
+    history = await asyncio.to_thread(revisions.history, _name(name), db)
+    if name not in snapshot.replies and not history:
+        raise NotFound("no such reply")
+    me = request.ctx.session.agent.id
+    mine = next((r for r in history if r.author_id == me and r.state in
+                 revisions.EDITABLE), None)
+    names = {a.id: a.display_name for a in agents.list_agents(db)}
+    return response.json({
+        "name": name, "live": snapshot.replies.get(name),
+        "baseline": snapshot.baseline.get(name),
+        "draft": mine.as_json() if mine else None,
+        "revisions": [r.as_json() | {"author": names.get(r.author_id),
+                                     "reviewer": names.get(r.reviewer_id or -1)}
+                      for r in history],
+        "problems": problems(name, mine.body if mine else snapshot.replies.get(name)),
+    })
+
+
+@bp.post("/api/library/check")
+@requires_session(roles=WRITERS)
+async def check(request: Request) -> HTTPResponse:
+    """Problems and a preview per channel and language, as the customer would see it."""
+    payload = body_json(request)
+    name, body = _name(str(payload.get("name") or "")), payload.get("body")
+    samples = payload.get("samples") if isinstance(payload.get("samples"), dict) else {}
+    return response.json({"problems": problems(name, body),
+                          "previews": previews(body, samples)})
+
+
+@bp.post("/api/library/replies/<name:str>/draft")
+@requires_session(roles=WRITERS)
+async def save(request: Request, name: str) -> HTTPResponse:
+    body = _body(body_json(request))
+    try:
+        view = await asyncio.to_thread(revisions.save_draft, _name(name), body,
+                                       request.ctx.session.agent, request.app.ctx.database_url)
+    except revisions.ReviewError as exc:
+        return refused(exc)
+    return response.json(view.as_json() | {"problems": problems(name, body)})
+
+
+@bp.post("/api/library/revisions/<revision_id:int>/submit")
+@requires_session(roles=WRITERS)
+async def submit(request: Request, revision_id: int) -> HTTPResponse:
+    return await checked_step(revisions.submit, request, revision_id)
+
+
+@bp.post("/api/library/revisions/<revision_id:int>/approve")
+@requires_session(roles=ADMINS)
+async def approve(request: Request, revision_id: int) -> HTTPResponse:
+    return await checked_step(revisions.approve, request, revision_id)
+
+
+@bp.post("/api/library/revisions/<revision_id:int>/send-back")
+@requires_session(roles=ADMINS)
+async def send_back(request: Request, revision_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    comment = text_field(body_json(request), "comment", 1000)
+    await held(revision_id, db)
+    return await step(revisions.send_back, revision_id, request.ctx.session.agent, comment,
+                      db=db)
+
+
+@bp.post("/api/library/replies/<name:str>/rollback")
+@requires_session(roles=ADMINS)
+async def rollback(request: Request, name: str) -> HTTPResponse:
+    target = body_json(request).get("revision_id")
+    if not isinstance(target, int):
+        raise BadRequest("'revision_id' must be the id of a published revision")
+    return await step(revisions.rollback, _name(name), target, request.ctx.session.agent,
+                      db=request.app.ctx.database_url)
+
+
+@bp.get("/api/library/revisions/<revision_id:int>/diff")
+@requires_session(roles=WRITERS)
+async def diff(request: Request, revision_id: int) -> HTTPResponse:
+    """Against another revision (?against=ID) or, by default, what is live now."""
+    db = request.app.ctx.database_url
+    view = await held(revision_id, db)
+    against = request.args.get("against")
+    if against and against.isdigit():
+        before = (await held(int(against), db)).body
+    elif against:
+        raise BadRequest("'against' must be a revision id")
+    else:
+        before = (await asyncio.to_thread(live(db).current)).replies.get(view.name)
+    return response.json({"diff": revisions.diff(before, view.body, view.name)})
+
+
+@bp.get("/api/library/review")
+@requires_session(roles=WRITERS)
+async def review(request: Request) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    names = {a.id: a.display_name for a in agents.list_agents(db)}
+    pending = await asyncio.to_thread(revisions.in_review, db)
+    return response.json([r.as_json() | {"author": names.get(r.author_id)}
+                          for r in pending])
+
+
+@bp.get("/api/canned")
+@requires_session()
+async def canned(request: Request) -> HTTPResponse:
+    """Published replies for an agent's `/shortcut`, drawn for the ticket's channel."""
+    db = request.app.ctx.database_url
+    query = (request.args.get("q") or "").strip().lower().lstrip("/")
+    ticket_arg = request.args.get("ticket") or ""
+    channel, name_of = "", None
+    if ticket_arg.isdigit():
+        view = await asyncio.to_thread(handoff.get_ticket, int(ticket_arg), db)
+        if view is not None:
+            channel = of_conversation(view.conversation_id)
+            names = await asyncio.to_thread(conversations.display_names,
+                                            [view.conversation_id], db)
+            name_of = names.get(view.conversation_id)
+    snapshot = await asyncio.to_thread(live(db).current)
+    values = conversation_values(name_of, channel) | {"agent_name":
+                                                      request.ctx.session.agent.display_name}
+    out = []
+    for name, body in snapshot.replies.items():
+        shortcut = name.removeprefix("utter_")
+        rendered = variants.choose(body, channel, "", {}, values) or {}
+        text = rendered.get("text") or ""
+        if query and query not in shortcut and query not in text.lower():
+            continue
+        out.append({"name": name, "shortcut": "/" + shortcut, "text": text})
+    out.sort(key=lambda r: (not r["shortcut"].startswith("/" + query), r["shortcut"]))
+    return response.json(out[:20])

@@ -23,6 +23,10 @@ class Channel:
     list_rows: int = 0  # more buttons than max_buttons become a list of this many rows
     list_title_limit: int = 0
     payload_limit: int = 0  # bytes; 0: no limit worth checking
+    # Only the senders apply these (the checks do not know them yet). 0: no such limit.
+    buttons_text_limit: int = 0  # text sent in the same message as the buttons
+    button_id_limit: int = 0  # characters of a button's payload the platform keeps
+    list_id_limit: int = 0  # the same for a list row
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,9 +35,13 @@ class Channel:
 CHANNELS: dict[str, Channel] = {c.name: c for c in (
     Channel("webchat", "Web chat", 4096, 10, 40),
     Channel("telegram", "Telegram", 4096, 10, 64, payload_limit=64),
-    Channel("messenger", "Messenger", 2000, 13, 20),
-    Channel("instagram", "Instagram", 1000, 13, 20),
-    Channel("whatsapp", "WhatsApp", 4096, 3, 20, list_rows=10, list_title_limit=24),
+    # Messenger/Instagram buttons are quick replies: 13, titles 20, payloads 1000 characters.
+    Channel("messenger", "Messenger", 2000, 13, 20, button_id_limit=1000),
+    Channel("instagram", "Instagram", 1000, 13, 20, button_id_limit=1000),
+    # WhatsApp interactive messages: body 1024 characters, reply-button ids 256, list-row
+    # ids 200 (a plain text message takes 4096).
+    Channel("whatsapp", "WhatsApp", 4096, 3, 20, list_rows=10, list_title_limit=24,
+            buttons_text_limit=1024, button_id_limit=256, list_id_limit=200),
     Channel("sms", "SMS", 160, 0, 0),
     Channel("x", "X (DM)", 10000, 20, 36),
     Channel("x_public", "X (public reply)", 280, 0, 0),

@@ -1,0 +1,155 @@
+"""The ticket API: the queue, a conversation's transcript, and what agents do with a ticket."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sanic import Blueprint, response
+from sanic.exceptions import NotFound
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from parley.bot import agents, contract, conversations, handoff, responses
+from parley.bot.desk.auth import requires_session
+from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.responses import channels
+from parley.bot.storage import utcnow
+
+bp = Blueprint("desk_tickets")
+
+
+def ticket_json(views: list[handoff.TicketView], db: str | None) -> list[dict[str, Any]]:
+    names = conversations.display_names([t.conversation_id for t in views], db)
+    agent_names = {a.id: a.display_name for a in agents.list_agents(db)}
+    now = utcnow()
+    out = []
+    for view in views:
+        item = view.as_json(now)
+        item["display_name"] = names.get(view.conversation_id, view.conversation_id)
+        item["agent_name"] = agent_names.get(view.assigned_agent_id or -1)
+        out.append(item)
+    return out
+
+
+def held(ticket_id: int, db: str | None) -> handoff.TicketView:
+    view = handoff.get_ticket(ticket_id, db)
+    if view is None:
+        raise NotFound("no such ticket")
+    return view
+
+
+async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str,
+                        db: str | None) -> None:
+    """A writer-owned notice pushed to the customer's channel."""
+    text = responses.render(reply, channels.of_conversation(view.conversation_id),
+                            url=db, agent_name=agent_name)["text"]
+    await asyncio.to_thread(handoff.push_notice, view.conversation_id, text, view.id,
+                            None, db)
+
+
+async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
+    """Replies and notes take the same input and differ only in where the text goes."""
+    db = request.app.ctx.database_url
+    text = text_field(body_json(request), "text", 4096)
+    held(ticket_id, db)
+    message_id = await asyncio.to_thread(write, ticket_id, request.ctx.session.agent.id,
+                                         text, db)
+    return response.json({"id": message_id}, status=201)
+
+
+@bp.get("/api/tickets")
+@requires_session()
+async def tickets(request: Request) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    which = request.args.get("status", "open")
+    statuses = {"open": handoff.OPEN, "closed": ("resolved", "abandoned")}.get(which)
+    if statuses is None:
+        raise BadRequest("status must be 'open' or 'closed'")
+    views = await asyncio.to_thread(handoff.list_tickets, statuses, 200, db)
+    return response.json(ticket_json(views, db))
+
+
+@bp.get("/api/tickets/<ticket_id:int>")
+@requires_session()
+async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    view = held(ticket_id, db)
+    lines = await asyncio.to_thread(conversations.transcript, view.conversation_id, db)
+    return response.json({"ticket": ticket_json([view], db)[0],
+                          "transcript": [line.as_json() for line in lines]})
+
+
+@bp.post("/api/tickets/<ticket_id:int>/claim")
+@requires_session()
+async def claim(request: Request, ticket_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    held(ticket_id, db)
+    agent = request.ctx.session.agent
+    view = await asyncio.to_thread(handoff.claim_ticket, ticket_id, agent.id, db)
+    if view is None:
+        return response.json({"error": "someone else already took this conversation"},
+                             status=409)
+    await tell_customer(view, contract.AGENT_JOINED, agent.display_name, db)
+    return response.json(ticket_json([view], db)[0])
+
+
+@bp.post("/api/tickets/<ticket_id:int>/reply")
+@requires_session()
+async def reply(request: Request, ticket_id: int) -> HTTPResponse:
+    return await record(request, ticket_id, handoff.agent_reply)
+
+
+@bp.post("/api/tickets/<ticket_id:int>/note")
+@requires_session()
+async def note(request: Request, ticket_id: int) -> HTTPResponse:
+    return await record(request, ticket_id, handoff.add_note)
+
+
+@bp.post("/api/tickets/<ticket_id:int>/tags")
+@requires_session()
+async def tags(request: Request, ticket_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    value = body_json(request).get("tags")
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise BadRequest("'tags' must be a list of strings")
+    held(ticket_id, db)
+    view = await asyncio.to_thread(handoff.set_tags, ticket_id, value[:20], db)
+    return response.json(ticket_json([view], db)[0])
+
+
+@bp.post("/api/tickets/<ticket_id:int>/transfer")
+@requires_session()
+async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    to_agent = body_json(request).get("agent_id")
+    if not isinstance(to_agent, int) or to_agent not in {
+            a.id for a in agents.list_agents(db) if a.role in agents.DESK_ROLES}:
+        raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
+    held(ticket_id, db)
+    view = await asyncio.to_thread(handoff.transfer, ticket_id,
+                                   request.ctx.session.agent.id, to_agent, db)
+    return response.json(ticket_json([view], db)[0])
+
+
+@bp.post("/api/tickets/<ticket_id:int>/resolve")
+@requires_session()
+async def resolve(request: Request, ticket_id: int) -> HTTPResponse:
+    db = request.app.ctx.database_url
+    held(ticket_id, db)
+    agent = request.ctx.session.agent
+    view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, db)
+    await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name, db)
+    return response.json(ticket_json([view], db)[0])
+
+
+@bp.post("/api/tickets/dismiss")
+@requires_session()
+async def dismiss(request: Request) -> HTTPResponse:
+    ids = body_json(request).get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        raise BadRequest("'ids' must be a non-empty list of ticket ids")
+    closed = await asyncio.to_thread(handoff.dismiss, ids[:500],
+                                     request.ctx.session.agent.id,
+                                     request.app.ctx.database_url)
+    return response.json({"dismissed": closed})

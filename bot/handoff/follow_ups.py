@@ -1,0 +1,48 @@
+"""After an agent has spoken: one check-in when the customer goes quiet, and the rating."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from parley.bot import events
+from parley.bot.conversations import Message, add_message
+from parley.bot.handoff.tickets import Rating, Ticket
+from parley.bot.storage import session_scope, utcnow
+
+
+def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
+                    url: str | None = None) -> list[int]:
+    """Check in once on held conversations where the agent spoke last and the
+    customer has been silent for `after`. Returns the tickets followed up."""
+    now = now or utcnow()
+    sent: list[int] = []
+    with session_scope(url) as session:
+        held = session.execute(
+            select(Ticket).where(Ticket.status == "assigned", Ticket.follow_up_at.is_(None))
+        ).scalars().all()
+        for ticket in held:
+            last = session.execute(
+                select(Message.author, Message.created_at)
+                .where(Message.conversation_id == ticket.conversation_id,
+                       Message.author.in_(("customer", "agent")))
+                .order_by(Message.id.desc()).limit(1)
+            ).first()
+            if last is None or last.author != "agent" or now - last.created_at < after:
+                continue
+            ticket.follow_up_at = now
+            add_message(session, ticket.conversation_id, "system", text, ticket_id=ticket.id,
+                        delivery="push")
+            events.publish(session, "message", ticket_id=ticket.id,
+                           conversation_id=ticket.conversation_id, author="system")
+            sent.append(ticket.id)
+    return sent
+
+
+def record_rating(ticket_id: int, score: int, url: str | None = None) -> None:
+    """Store the customer's 1-5 score; anything else is refused rather than skewing reports."""
+    if not 1 <= score <= 5:
+        raise ValueError("a rating is 1 to 5")
+    with session_scope(url) as session:
+        session.add(Rating(ticket_id=ticket_id, score=score, created_at=utcnow()))

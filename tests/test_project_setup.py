@@ -1,0 +1,134 @@
+"""A project's settings (parley.yml), and `parley init` / `parley check` on small projects.
+
+In-process and fast; tests/test_adopt_framework.py does the whole journey from
+the wheel with training and real servers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parley.bot import contract, project_check, project_init
+from parley.bot.settings import load_settings
+from tests import REPO_ROOT
+
+MINIMAL_DOMAIN = """\
+version: "3.1"
+
+intents:
+  - greet   # people say hello
+
+responses:
+  utter_greet:
+    - text: "Hello from the florist!"
+"""
+
+
+def minimal(root: Path) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "domain.yml").write_text(MINIMAL_DOMAIN)
+    (root / "config.yml").write_text("recipe: default.v1\nlanguage: en\npipeline:\npolicies:\n")
+    (root / "data" / "nlu.yml").write_text(
+        'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n    - hello\n')
+    return root
+
+
+def problems(root: Path) -> list[str]:
+    return [str(p) for p in project_check.check(load_settings(env={}, root=root))]
+
+
+def test_settings_come_from_the_project_not_from_where_parley_is(tmp_path: Path) -> None:
+    project = tmp_path / "shop"
+    (project / "sub").mkdir(parents=True)
+    (project / "parley.yml").write_text(
+        "brand: Florist & Co\nreplies: texts/replies.yml\nvar_dir: state\n"
+        "database_url: sqlite:///state/db.sqlite\nchannels: [webchat, sms]\n"
+        "contact: {email: hi@florist.example}\nactions: shop_actions\n"
+        "placeholders:\n  bouquet: {about: the bouquet ordered, sample: Roses}\n")
+    settings = load_settings(env={}, cwd=project / "sub")  # found by walking up
+    assert settings.project_root == project.resolve()
+    assert settings.brand == "Florist & Co"
+    assert settings.replies_file == (project / "texts" / "replies.yml").resolve()
+    assert settings.var_dir == (project / "state").resolve()
+    assert settings.database_url == f"sqlite:///{(project / 'state' / 'db.sqlite').resolve()}"
+    assert settings.channels == ("webchat", "sms")
+    assert settings.actions_package == "shop_actions"
+    assert settings.placeholders["bouquet"].sample == "Roses"
+    assert REPO_ROOT not in settings.replies_file.parents
+    env = {"PARLEY_DATABASE_URL": "postgresql://x@h/db", "PARLEY_REPLIES": "/r.yml"}
+    overridden = load_settings(env=env, root=project)
+    assert overridden.database_url == "postgresql://x@h/db"
+    assert overridden.replies_file == Path("/r.yml")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("brnad: typo\n", "unknown setting(s) brnad"),
+    ("channels: webchat\n", "`channels` must be a list"),
+    ("contact: [a, b]\n", "`contact` must be a mapping"),
+    ("support_hours: 9\n", "`support_hours` must be a mapping or a file name"),
+    ("actions: 'my actions'\n", "`actions` must be a Python package name"),
+    ("brand: [unclosed\n", "not valid YAML"),
+])
+def test_bad_settings_name_the_file_and_the_key(tmp_path: Path, text: str,
+                                                message: str) -> None:
+    (tmp_path / "parley.yml").write_text(text)
+    with pytest.raises(ValueError, match=r"parley\.yml") as raised:
+        load_settings(env={}, root=tmp_path)
+    assert message in str(raised.value)
+
+
+def test_the_demo_project_passes_the_check() -> None:
+    assert problems(REPO_ROOT) == []
+
+
+def test_check_names_the_file_and_what_to_add(tmp_path: Path) -> None:
+    found = problems(minimal(tmp_path))
+    assert "parley.yml: missing: run `parley init` to create it with the defaults" in found
+    assert "domain.yml: add intent `human_handoff` under `intents:`" in found
+    assert "domain.yml: add action `action_handoff` under `actions:`" in found
+    assert any(p.startswith("data/: add a rule: intent `nlu_fallback` then action "
+                            "`action_fallback`") for p in found)
+    for reply in contract.REPLIES:
+        assert any(p.startswith(f"data/responses.yml: add reply `{reply.name}`") for p in found)
+    assert any(p.startswith("config.yml: `pipeline:` is empty") for p in found)
+    assert any(p.startswith("endpoints.yml: set `nlg:") for p in found)
+    assert any(p.startswith("actions/__init__.py: add `import parley.bot.actions") for p in found)
+    assert all(":" in p.split(" ")[0] for p in found)  # every line starts with a file
+
+
+def test_init_adds_only_whats_missing_and_twice_changes_nothing(tmp_path: Path) -> None:
+    root = minimal(tmp_path)
+    changes = project_init.init(load_settings(env={}, root=root))
+    assert "parley.yml: created (brand, contact, support hours, channels, replies, actions); " \
+           "edit it to suit" in changes
+    assert problems(root) == []
+    domain = (root / "domain.yml").read_text()
+    assert "# people say hello" in domain and "Hello from the florist!" in domain
+    assert domain.index("- greet") < domain.index("- human_handoff") < domain.index("responses:")
+    config = (root / "config.yml").read_text()
+    assert "DIETClassifier" in config  # Rasa's default pipeline, written out
+    assert config.index("FallbackClassifier") < config.index(contract.KEYWORD_COMPONENT)
+    assert "import parley.bot.actions" in (root / "actions" / "__init__.py").read_text()
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert project_init.init(load_settings(env={}, root=root)) == []
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None:
+    root = minimal(tmp_path)
+    (root / "endpoints.yml").write_text("nlg:\n  type: my.own.Generator  # ours\n")
+    (root / "config.yml").write_text(
+        "language: en\npipeline:\n  - name: WhitespaceTokenizer\n  - name: CountVectorsFeaturizer\n"
+        f"  - name: {contract.KEYWORD_COMPONENT}\n  - name: DIETClassifier\n"
+        "  - name: FallbackClassifier\n    threshold: 0.5\npolicies:\n  - name: TEDPolicy\n")
+    changes = project_init.init(load_settings(env={}, root=root))
+    assert any("LEFT AS IS" in c and "endpoints.yml" in c for c in changes)
+    assert "my.own.Generator  # ours" in (root / "endpoints.yml").read_text()
+    assert "config.yml: added RulePolicy" in changes
+    config = (root / "config.yml").read_text()
+    assert "threshold: 0.5" in config and config.count("FallbackClassifier") == 1
+    left = problems(root)
+    assert any(p.startswith("endpoints.yml: set `nlg:") for p in left)
+    assert any(p.startswith(f"config.yml: move {contract.KEYWORD_COMPONENT} after") for p in left)
