@@ -376,6 +376,8 @@ def test_the_shop_bot_answers_hands_off_and_comes_back(running: Running,
                                                        adopter: Adopter) -> None:
     sender = f"s{uuid.uuid4().hex[:10]}"
     conversation = f"webchat:{sender}"
+    page = httpx.get(f"{running.rasa_url}/webhooks/webchat/", timeout=30).text
+    assert "<title>Spokes · chat</title>" in page and "Northwind" not in page  # its own brand
     assert "Spokes bike shop bot" in texts(running.say(sender, "hello"))
     assert "12 euros" in texts(running.say(sender, "how much to fix a flat tyre?"))
     updates = f"{running.rasa_url}/webhooks/webchat/updates"

@@ -197,6 +197,7 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path,
         {"text": "Order {order_number} ships {eta}."},
         {"text": "Encomenda {order_number}: {eta}.", "metadata": {"language": "pt"}},
         {"text": "📦 {order_number}", "channel": "whatsapp"}]})
+    from rasa.core.nlg.response import TemplatedNaturalLanguageGenerator
     from rasa.utils.endpoints import EndpointConfig
 
     monkeypatch.setenv("PARLEY_REPLIES", str(path))  # as `replies:` in parley.yml would
@@ -224,6 +225,11 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path,
     t = tracker("where", order_number="10234")
     assert asyncio.run(say("utter_order", "whatsapp", t)) == {"text": "📦 10234"}
     assert asyncio.run(say("utter_nothing", "telegram", t)) is None
+    # Rasa's agent hands a templated generator the trained domain's replies after
+    # loading the model: a project's replies kept in domain.yml still work.
+    assert isinstance(nlg, TemplatedNaturalLanguageGenerator)
+    nlg.responses = {"utter_nothing": [{"text": "From the domain, {first_name}"}]}
+    assert asyncio.run(say("utter_nothing", "telegram", t)) == {"text": "From the domain, there"}
 
     draft = revisions.save_draft("utter_hello", [{"text": "Hey {first_name}, welcome!"}],
                                  who["writer"], db_url)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rasa.core.nlg.generator import NaturalLanguageGenerator
+from rasa.core.nlg.response import TemplatedNaturalLanguageGenerator
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import EndpointConfig
@@ -24,23 +24,26 @@ from parley.bot.responses.channels import language_code
 from parley.bot.responses.library import Library, library
 
 
-class LibraryNLG(NaturalLanguageGenerator):
+class LibraryNLG(TemplatedNaturalLanguageGenerator):
+    """A templated generator to Rasa, so the agent hands it the trained domain's
+    replies (`self.responses`) once the model is loaded: the fallback for a reply
+    the library lacks, such as a project's own replies kept in domain.yml."""
+
     def __init__(self, endpoint_config: EndpointConfig | None = None,
                  domain: Domain | None = None) -> None:
+        super().__init__(dict(domain.responses) if domain else {})
         extra = (endpoint_config.kwargs if endpoint_config else {}) or {}
         if extra.get("file"):  # one reply file for Rasa, the desk and the checks
             raise ValueError("endpoints.yml: the nlg `file:` option is gone; set `replies:` "
                              "in parley.yml (or PARLEY_REPLIES) instead")
         self.library: Library = library()
-        # Replies the model was trained with: used only if the library lacks one.
-        self.trained = dict(domain.responses) if domain else {}
 
     async def generate(self, utter_action: str, tracker: DialogueStateTracker,
                        output_channel: str, **kwargs: Any) -> dict[str, Any] | None:
         if self.library.due():  # one small query at most every REFRESH_SECONDS
             await asyncio.to_thread(self.library.refresh)
         snapshot = self.library.current()
-        variations = snapshot.replies.get(utter_action) or self.trained.get(utter_action)
+        variations = snapshot.replies.get(utter_action) or self.responses.get(utter_action)
         if not variations:
             return None
         metadata = (tracker.latest_message.metadata if tracker.latest_message else None) or {}
