@@ -61,13 +61,13 @@ def normalize_order_number(raw: object) -> str | None:
     return candidate if ORDER_NUMBER.match(candidate) else None
 
 
-def find_order(number: str, url: str | None = None) -> OrderView | None:
+def find_order(number: str, database_url: str | None = None) -> OrderView | None:
     """Blocking: call it from a thread in async code."""
     normalized = normalize_order_number(number)
     if normalized is None:
         return None
-    ensure_demo_orders(url)
-    with session_scope(url) as session:
+    ensure_demo_orders(database_url)
+    with session_scope(database_url) as session:
         order = session.execute(
             select(Order).where(Order.number == normalized)
         ).scalar_one_or_none()
@@ -100,23 +100,23 @@ _ready: set[str] = set()
 _ready_lock = threading.Lock()
 
 
-def ensure_demo_orders(url: str | None = None) -> None:
+def ensure_demo_orders(database_url: str | None = None) -> None:
     """The table and its demo rows, once per database and process."""
-    engine = get_engine(url)
+    engine = get_engine(database_url)
     key = str(engine.url)
     with _ready_lock:
         if key not in _ready:
-            seed_demo_orders(url)
+            seed_demo_orders(database_url)
             _ready.add(key)
 
 
-def seed_demo_orders(url: str | None = None, today: date | None = None) -> int:
+def seed_demo_orders(database_url: str | None = None, today: date | None = None) -> int:
     """Create the table if needed and insert the demo orders that are missing;
     returns how many were added."""
     today = today or date.today()
-    Base.metadata.create_all(get_engine(url), checkfirst=True)
+    Base.metadata.create_all(get_engine(database_url), checkfirst=True)
     added = 0
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         existing = set(session.execute(select(Order.number)).scalars())
         for order in demo_orders(today):
             if order.number not in existing:

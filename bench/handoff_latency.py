@@ -25,8 +25,8 @@ import yaml
 from bench import REPO_ROOT as PROJECT_ROOT
 from bench.report import DOCS, histogram_png, summary, write_section
 from parley.bot import agents, launcher, storage
-from parley.bot.launcher import free_port
 from parley.bot.support_hours import DAYS
+from tests.fakes.stack import free_port
 
 TARGET_P95_MS = 300.0
 
@@ -81,8 +81,8 @@ def run(handoffs: int) -> dict[str, list[float]]:
                            desk_port=free_port(), var_dir=state)
     stack.start()
     try:
-        storage.create_schema(stack.db_url)
-        agents.create_user("bench", "bench-password", "agent", "Bench", stack.db_url)
+        storage.create_schema(stack.database_url)
+        agents.create_user("bench", "bench-password", "agent", "Bench", stack.database_url)
         desk, csrf = login(stack.desk_url, "bench", "bench-password")
         headers = {"X-CSRF-Token": csrf}
         watcher = EventWatcher(login(stack.desk_url, "bench", "bench-password")[0])

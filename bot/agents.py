@@ -72,7 +72,7 @@ def _view(agent: Agent) -> AgentView:
 
 
 def create_user(username: str, password: str, role: str = "agent",
-                display_name: str | None = None, url: str | None = None) -> AgentView:
+                display_name: str | None = None, database_url: str | None = None) -> AgentView:
     username = username.strip().lower()
     if not username or len(username) > 64 or not username.replace("_", "").replace(
             "-", "").replace(".", "").isalnum():
@@ -82,7 +82,7 @@ def create_user(username: str, password: str, role: str = "agent",
     if len(password) < 8:
         raise ValueError("password must be at least 8 characters")
     try:
-        with session_scope(url) as session:
+        with session_scope(database_url) as session:
             agent = Agent(username=username, display_name=display_name or username.title(),
                           password_hash=_hasher.hash(password), role=role, created_at=utcnow())
             session.add(agent)
@@ -92,19 +92,19 @@ def create_user(username: str, password: str, role: str = "agent",
         raise DuplicateUser(f"user {username!r} already exists") from None
 
 
-def count_users(url: str | None = None) -> int:
-    with session_scope(url) as session:
+def count_users(database_url: str | None = None) -> int:
+    with session_scope(database_url) as session:
         return int(session.execute(select(func.count(Agent.id))).scalar() or 0)
 
 
-def list_agents(url: str | None = None) -> list[AgentView]:
-    with session_scope(url) as session:
+def list_agents(database_url: str | None = None) -> list[AgentView]:
+    with session_scope(database_url) as session:
         return [_view(a) for a in session.execute(select(Agent).order_by(Agent.username))
                 .scalars()]
 
 
-def login(username: str, password: str, url: str | None = None) -> SessionView | None:
-    with session_scope(url) as session:
+def login(username: str, password: str, database_url: str | None = None) -> SessionView | None:
+    with session_scope(database_url) as session:
         agent = session.execute(
             select(Agent).where(Agent.username == username.strip().lower())
         ).scalar_one_or_none()
@@ -124,10 +124,10 @@ def login(username: str, password: str, url: str | None = None) -> SessionView |
         return SessionView(token, csrf, _view(agent))
 
 
-def session_for(token: str | None, url: str | None = None) -> SessionView | None:
+def session_for(token: str | None, database_url: str | None = None) -> SessionView | None:
     if not token:
         return None
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         row = session.get(DeskSession, token)
         now = utcnow()
         if row is None or row.expires_at <= now:
@@ -140,14 +140,14 @@ def session_for(token: str | None, url: str | None = None) -> SessionView | None
         return SessionView(row.token, row.csrf_token, _view(agent))
 
 
-def logout(token: str, url: str | None = None) -> None:
-    with session_scope(url) as session:
+def logout(token: str, database_url: str | None = None) -> None:
+    with session_scope(database_url) as session:
         session.execute(delete(DeskSession).where(DeskSession.token == token))
 
 
-def agents_online(url: str | None = None, now: datetime | None = None) -> int:
+def agents_online(database_url: str | None = None, now: datetime | None = None) -> int:
     now = now or utcnow()
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         return int(session.execute(
             select(func.count(Agent.id)).where(Agent.last_seen_at >= now - ONLINE_WINDOW,
                                                Agent.role.in_(DESK_ROLES))

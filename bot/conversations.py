@@ -135,16 +135,9 @@ def add_message(session: Session, conversation_id: str, author: str, text: str,
     return message
 
 
-def is_duplicate(session: Session, conversation_id: str, platform_message_id: str) -> bool:
-    return session.execute(
-        select(Message.id).where(Message.conversation_id == conversation_id,
-                                 Message.platform_message_id == platform_message_id)
-    ).first() is not None
-
-
-def transcript(conversation_id: str, url: str | None = None,
+def transcript(conversation_id: str, database_url: str | None = None,
                include_notes: bool = True, limit: int = 500) -> list[TranscriptLine]:
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         query = select(Message).where(Message.conversation_id == conversation_id)
         if not include_notes:
             query = query.where(Message.author != "note")
@@ -154,9 +147,9 @@ def transcript(conversation_id: str, url: str | None = None,
 
 
 def pushed_after(conversation_id: str, after_id: int,
-                 url: str | None = None) -> list[TranscriptLine]:
+                 database_url: str | None = None) -> list[TranscriptLine]:
     """Messages the channel must push to the customer (agent replies, notices)."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(Message).where(Message.conversation_id == conversation_id,
                                   Message.delivery == "push", Message.id > after_id)
@@ -165,8 +158,8 @@ def pushed_after(conversation_id: str, after_id: int,
         return [TranscriptLine.of(m) for m in rows]
 
 
-def latest_message_id(conversation_id: str, url: str | None = None) -> int:
-    with session_scope(url) as session:
+def latest_message_id(conversation_id: str, database_url: str | None = None) -> int:
+    with session_scope(database_url) as session:
         value = session.execute(
             select(Message.id).where(Message.conversation_id == conversation_id)
             .order_by(Message.id.desc()).limit(1)
@@ -176,10 +169,10 @@ def latest_message_id(conversation_id: str, url: str | None = None) -> int:
 
 
 
-def display_names(conversation_ids: list[str], url: str | None = None) -> dict[str, str]:
+def display_names(conversation_ids: list[str], database_url: str | None = None) -> dict[str, str]:
     if not conversation_ids:
         return {}
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(Conversation.id, Conversation.display_name)
             .where(Conversation.id.in_(set(conversation_ids)))
@@ -188,12 +181,12 @@ def display_names(conversation_ids: list[str], url: str | None = None) -> dict[s
 
 
 def take_pending_pushes(channel: str, limit: int = 50,
-                        url: str | None = None) -> list[tuple[str, TranscriptLine]]:
+                        database_url: str | None = None) -> list[tuple[str, TranscriptLine]]:
     """Claim pushed messages of one channel that no worker has taken yet, oldest
     first. The guarded UPDATE makes each message go to exactly one worker, even
     with several Rasa replicas polling."""
     taken: list[tuple[str, TranscriptLine]] = []
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(Message).join(Conversation, Conversation.id == Message.conversation_id)
             .where(Conversation.channel == channel, Message.delivery == "push",
@@ -210,11 +203,11 @@ def take_pending_pushes(channel: str, limit: int = 50,
     return taken
 
 
-def mark_failed(message_id: int, error: str, url: str | None = None) -> None:
+def mark_failed(message_id: int, error: str, database_url: str | None = None) -> None:
     """Keep the platform's reason so the agent sees the reply did not arrive."""
     from parley.bot import events
 
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         message = session.get(Message, message_id)
         if message is None:
             return
@@ -224,8 +217,8 @@ def mark_failed(message_id: int, error: str, url: str | None = None) -> None:
                        delivery_error=message.delivery_error)
 
 
-def last_customer_at(conversation_id: str, url: str | None = None) -> datetime | None:
+def last_customer_at(conversation_id: str, database_url: str | None = None) -> datetime | None:
     """When the customer last wrote: the start of the platform's messaging window."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         conversation = session.get(Conversation, conversation_id)
         return conversation.last_customer_at if conversation else None

@@ -58,8 +58,8 @@ def publish(session: Session, kind: str, *, ticket_id: int | None = None,
                           payload=payload, created_at=utcnow()))
 
 
-def events_after(after_id: int, limit: int = 200, url: str | None = None) -> list[Event]:
-    with session_scope(url) as session:
+def events_after(after_id: int, limit: int = 200, database_url: str | None = None) -> list[Event]:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(DeskEvent).where(DeskEvent.id > after_id).order_by(DeskEvent.id).limit(limit)
         ).scalars()
@@ -67,6 +67,6 @@ def events_after(after_id: int, limit: int = 200, url: str | None = None) -> lis
                       e.created_at) for e in rows]
 
 
-def last_event_id(url: str | None = None) -> int:
-    with session_scope(url) as session:
+def last_event_id(database_url: str | None = None) -> int:
+    with session_scope(database_url) as session:
         return int(session.execute(select(func.max(DeskEvent.id))).scalar() or 0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,10 +45,13 @@ class Stack:
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     var_dir: Path | None = None  # databases, runtime config, logs; default root/var
-    database_url: str | None = None  # default: SQLite under var_dir
+    database_url: str = ""  # default: SQLite under var_dir
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # added to credentials
     actions_package: str = "actions"  # the project's Rasa SDK package
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.database_url = self.database_url or f"sqlite:///{self.state_dir / 'parley.db'}"
 
     @property
     def state_dir(self) -> Path:
@@ -58,10 +60,6 @@ class Stack:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "log"
-
-    @property
-    def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.state_dir / 'parley.db'}"
 
     @property
     def rasa_url(self) -> str:
@@ -131,9 +129,9 @@ class Stack:
             raise FileNotFoundError(
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
-        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.db_url,
+        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url,
                "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir)}
-        storage.create_schema(self.db_url)
+        storage.create_schema(self.database_url)
         specs = self.specs()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in specs:
@@ -186,13 +184,6 @@ class Stack:
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now (for tests and benchmarks that start their own stack)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -52,26 +52,26 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
-def _ensure_sqlite_dir(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def _ensure_sqlite_dir(database_url: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _database_url(url: str | None) -> str:
-    return url or load_settings().database_url
+def _database_url(database_url: str | None) -> str:
+    return database_url or load_settings().database_url
 
 
-def get_engine(url: str | None = None) -> Engine:
+def get_engine(database_url: str | None = None) -> Engine:
     """One engine (and pool) per URL and process; None means the configured URL."""
-    return _engine(_database_url(url))
+    return _engine(_database_url(database_url))
 
 
 @cache
-def _engine(url: str) -> Engine:
+def _engine(database_url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
-    sqlite = url.startswith("sqlite:///")
+    sqlite = database_url.startswith("sqlite:///")
     if sqlite:
-        _ensure_sqlite_dir(url)
+        _ensure_sqlite_dir(database_url)
         # Writers queue on SQLite's file lock instead of failing at once. SQLAlchemy
         # 1.4 defaults file SQLite to NullPool (a new connection, and our PRAGMAs, per
         # transaction: ~4 ms); a pool of connections, each used by one thread at a
@@ -82,7 +82,7 @@ def _engine(url: str) -> Engine:
         kwargs["max_overflow"] = 20
     else:
         kwargs["pool_pre_ping"] = True
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(database_url, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -99,25 +99,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def session_scope(database_url: str | None = None) -> Iterator[Session]:
     """A transaction: committed on success, rolled back on any error."""
-    with Session(get_engine(url), future=True, expire_on_commit=False) as session, \
+    with Session(get_engine(database_url), future=True, expire_on_commit=False) as session, \
             session.begin():
         yield session
 
 
-def alembic_config(url: str | None = None) -> Any:
+def alembic_config(database_url: str | None = None) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", _database_url(url).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", _database_url(database_url).replace("%", "%%"))
     return config
 
 
-def create_schema(url: str | None = None) -> None:
+def create_schema(database_url: str | None = None) -> None:
     """Bring the database to the newest migration (idempotent)."""
     from alembic import command
 
-    _ensure_sqlite_dir(_database_url(url))
-    command.upgrade(alembic_config(url), "head")
+    _ensure_sqlite_dir(_database_url(database_url))
+    command.upgrade(alembic_config(database_url), "head")

@@ -90,10 +90,10 @@ def _prepared(dialect: Dialect) -> _Prepared:
 
 
 @contextmanager
-def _transaction(url: str | None) -> Iterator[tuple[Any, _Prepared]]:
+def _transaction(database_url: str | None) -> Iterator[tuple[Any, _Prepared]]:
     """A cursor on a pooled connection, committed on success. Driver errors come
     out as SQLAlchemy's (IntegrityError …), as they would from a session."""
-    engine = get_engine(url)
+    engine = get_engine(database_url)
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
@@ -124,12 +124,12 @@ def _message_row(prepared: _Prepared, values: dict[str, Any]) -> tuple[Any, ...]
 
 
 def store_for_bot(conversation_id: str, display_name: str, message: dict[str, Any],
-                  url: str | None = None) -> State:
+                  database_url: str | None = None) -> State:
     """If the bot owns the conversation, store the customer's message (creating the
     conversation, or noting the time and name) and commit. Returns the state read
     first: when `bot_answers` is false nothing was written and the ORM path takes
     over. A redelivered platform id fails the unique index: IntegrityError."""
-    with _transaction(url) as (cursor, prepared):
+    with _transaction(database_url) as (cursor, prepared):
         state = _state(cursor, prepared, conversation_id)
         if state.bot_answers:
             when = prepared.when(message["created_at"])
@@ -141,11 +141,11 @@ def store_for_bot(conversation_id: str, display_name: str, message: dict[str, An
 
 
 def record_bot_replies(conversation_id: str, messages: list[dict[str, Any]],
-                       url: str | None = None) -> State:
+                       database_url: str | None = None) -> State:
     """Record the bot's replies (tagged with the open ticket, if the turn opened
     one) unless a rating question is due after them: then nothing is written and
     the returned state says so (`rating_state == "pending"`, no ticket)."""
-    with _transaction(url) as (cursor, prepared):
+    with _transaction(database_url) as (cursor, prepared):
         state = _state(cursor, prepared, conversation_id)
         if messages and state.ticket_id is None and state.rating_state == "pending":
             return state

@@ -44,10 +44,11 @@ class Decision:
 
 
 def _reply(session: Any, conversation_id: str, name: str, ticket_id: int | None = None,
-           url: str | None = None, **values: Any) -> dict[str, Any]:
+           database_url: str | None = None, **values: Any) -> dict[str, Any]:
     """Render a writer-owned reply for this channel and record it in the transcript."""
     conversation = conversations.get_conversation(session, conversation_id)
-    rendered = responses.render(name, channels.of_conversation(conversation_id), url=url,
+    rendered = responses.render(name, channels.of_conversation(conversation_id),
+                                database_url=database_url,
                                 display_name=conversation.display_name if conversation
                                 else None, **values)
     extra = {k: v for k, v in rendered.items() if k != "text"}
@@ -56,10 +57,10 @@ def _reply(session: Any, conversation_id: str, name: str, ticket_id: int | None 
     return rendered
 
 
-def accept(inbound: Inbound, url: str | None = None) -> Decision:
+def accept(inbound: Inbound, database_url: str | None = None) -> Decision:
     """Store the message and route it (one short database transaction)."""
     try:
-        return _accept(inbound, url)
+        return _accept(inbound, database_url)
     except IntegrityError:
         # A concurrent redelivery of the same platform message won the insert.
         if inbound.platform_message_id:
@@ -67,7 +68,7 @@ def accept(inbound: Inbound, url: str | None = None) -> Decision:
         raise
 
 
-def _accept(inbound: Inbound, url: str | None) -> Decision:
+def _accept(inbound: Inbound, database_url: str | None) -> Decision:
     conv_id = inbound.conversation_id
     leave_queue = False
     # The bot answers most messages: one short transaction on the driver's cursor.
@@ -75,9 +76,9 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
     # as a duplicate by `accept`: no lookup first.
     row = conversations.message_values(conv_id, "customer", inbound.text,
                                        platform_message_id=inbound.platform_message_id)
-    if turn_sql.store_for_bot(conv_id, inbound.display_name, row, url).bot_answers:
+    if turn_sql.store_for_bot(conv_id, inbound.display_name, row, database_url).bot_answers:
         return Decision("bot")
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         conversation = ensure_conversation(session, conv_id, inbound.display_name)
         conversation.last_customer_at = utcnow()
         ticket = handoff.open_ticket(session, conv_id)
@@ -90,25 +91,26 @@ def _accept(inbound: Inbound, url: str | None) -> Decision:
             if ticket.status == "assigned":
                 return Decision("agent", ticket_id=ticket.id)
             if not BOT_KEYWORD.match(inbound.text):
-                place = handoff.place_of(session, ticket, agents.agents_online(url))
+                place = handoff.place_of(session, ticket, agents.agents_online(database_url))
                 name, values = update_reply(place)
-                return Decision("queue", [_reply(session, conv_id, name, ticket.id, url,
+                return Decision("queue", [_reply(session, conv_id, name, ticket.id, database_url,
                                                  **values)],
                                 ticket.id)
             leave_queue = True
         else:
-            rated = _take_rating(session, conversation, inbound.text, url)
+            rated = _take_rating(session, conversation, inbound.text, database_url)
             if rated is not None:
                 return Decision("handled", [rated])
     if leave_queue:
-        handoff.abandon(conv_id, "customer typed BOT", url=url)
-        with session_scope(url) as session:
-            return Decision("handled", [_reply(session, conv_id, contract.BACK_TO_BOT, url=url)])
+        handoff.abandon(conv_id, "customer typed BOT", database_url=database_url)
+        with session_scope(database_url) as session:
+            return Decision("handled", [_reply(session, conv_id, contract.BACK_TO_BOT,
+                                               database_url=database_url)])
     return Decision("bot")
 
 
 def _take_rating(session: Any, conversation: Conversation, text: str,
-                 url: str | None) -> dict[str, Any] | None:
+                 database_url: str | None) -> dict[str, Any] | None:
     """The answer to the rating question, if this is one; any other text ends asking."""
     if conversation.rating_state != "asked":
         return None
@@ -119,27 +121,28 @@ def _take_rating(session: Any, conversation: Conversation, text: str,
     score = int(match.group(1))
     session.add(handoff.Rating(ticket_id=conversation.rating_ticket_id, score=score,
                                created_at=utcnow()))
-    return _reply(session, conversation.id, contract.RATING_THANKS, url=url, rating=score)
+    return _reply(session, conversation.id, contract.RATING_THANKS, database_url=database_url,
+                  rating=score)
 
 
 def after_bot(conversation_id: str, bot_replies: list[dict[str, Any]],
-              url: str | None = None) -> list[dict[str, Any]]:
+              database_url: str | None = None) -> list[dict[str, Any]]:
     """Record what the bot said; after a resolved handoff, follow it with the rating
     question. Returns the extra replies to send after the bot's."""
     rows = [conversations.message_values(
         conversation_id, "bot", reply.get("text") or "",
         payload={k: v for k, v in reply.items() if k not in {"text", "recipient_id"}} or None)
         for reply in bot_replies]
-    if turn_sql.record_bot_replies(conversation_id, rows, url).rating_state != "pending":
+    if turn_sql.record_bot_replies(conversation_id, rows, database_url).rating_state != "pending":
         return []  # recorded; no rating question due
-    with session_scope(url) as session:  # the first bot answer after a resolved handoff
+    with session_scope(database_url) as session:  # the first bot answer after a resolved handoff
         for row in rows:
             session.add(conversations.Message(**row))
         conversation = conversations.get_conversation(session, conversation_id)
         assert conversation is not None
         conversation.rating_state = "asked"
         return [_reply(session, conversation_id, contract.ASK_RATING,
-                       conversation.rating_ticket_id, url)]
+                       conversation.rating_ticket_id, database_url)]
 
 
 class RecordingOutput(Protocol):

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from parley.bot import storage
-from parley.bot.launcher import free_port
 from parley.bot.model_freshness import model_path
 from tests import REPO_ROOT as PROJECT_ROOT
+from tests.fakes.stack import free_port
 
 
 @pytest.fixture

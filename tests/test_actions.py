@@ -152,7 +152,7 @@ def test_second_consecutive_fallback_hands_off(db_url: str, always_open: None) -
                                                  "utter_handoff_queued"]
     assert messages[1]["queue_position"] == 1
     assert events == [SlotSet("handoff_reason", "low_confidence")]
-    ticket = handoff.list_tickets(url=db_url)[0]
+    ticket = handoff.list_tickets(database_url=db_url)[0]
     assert ticket.reason == "low_confidence"
     assert [i["text"] for i in ticket.context["intents"]] == ["asdf", "qwer"]
 
@@ -170,11 +170,11 @@ def test_handoff_records_why(text: str, intent: str, reason: str, db_url: str,
     messages, events = run(ActionHandoff(), tracker(text=text, intent=intent))
     assert [m["response"] for m in messages] == ["utter_handoff_queued"]
     assert events == [SlotSet("handoff_reason", reason)]
-    assert [t.reason for t in handoff.list_tickets(url=db_url)] == [reason]
+    assert [t.reason for t in handoff.list_tickets(database_url=db_url)] == [reason]
 
 
 def test_handoff_queues_with_position_wait_and_context(db_url: str, always_open: None) -> None:
-    handoff.escalate("webchat:someone-else", "keyword", url=db_url)
+    handoff.escalate("webchat:someone-else", "keyword", database_url=db_url)
     history = [user_event("my parcel is broken", "complaint", 0.91),
                user_event("AGENT", "human_handoff", 1.0)]
     t = Tracker("webchat:me", {"order_number": "10234", "requested_slot": None},
@@ -184,7 +184,7 @@ def test_handoff_queues_with_position_wait_and_context(db_url: str, always_open:
     messages, _ = run(ActionHandoff(), t)
     assert messages[0]["queue_position"] == 2
     assert messages[0]["eta"].startswith("about")
-    ticket = next(x for x in handoff.list_tickets(url=db_url)
+    ticket = next(x for x in handoff.list_tickets(database_url=db_url)
                   if x.conversation_id == "webchat:me")
     assert ticket.context["slots"] == {"order_number": "10234"}
     assert ticket.context["intents"][0] == {"text": "my parcel is broken",
@@ -213,4 +213,4 @@ def test_angry_or_repeated_complaints_raise_priority(complaints: list[str], expe
     history.append(user_event("yes please", "affirm"))
     t = tracker(text="yes please", intent="affirm", events=history)
     run(ActionHandoff(), t)
-    assert handoff.list_tickets(url=db_url)[0].priority == expected
+    assert handoff.list_tickets(database_url=db_url)[0].priority == expected

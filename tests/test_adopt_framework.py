@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +34,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from parley.bot.launcher import free_port
 from tests import REPO_ROOT
 from tests.conftest import _read_banner, wait_until
+from tests.fakes.stack import free_port
 
 pytestmark = pytest.mark.servers
 
@@ -245,11 +247,28 @@ def _site_packages(venv: Path) -> Path:
 @pytest.fixture(scope="module")
 def adopter(tmp_path_factory: pytest.TempPathFactory) -> Adopter:
     base = tmp_path_factory.mktemp("adopt")
+    # Built from a copy of what git has (tracked, or new and not ignored), so nothing
+    # left in the checkout (a stale build/, var/, models/) can slip into the wheel.
+    source = base / "source"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"],
+                            cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     wheels = base / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                            "-w", str(wheels), str(REPO_ROOT)], capture_output=True, text=True)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(wheels.glob("parley-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    framework = {f"parley/bot/{p.relative_to(REPO_ROOT / 'bot').as_posix()}"
+                 for p in (REPO_ROOT / "bot").rglob("*") if p.is_file() and "__pycache__" not in
+                 p.parts} | {f"parley/connectors/{p.name}"
+                             for p in (REPO_ROOT / "connectors").iterdir() if p.is_file()}
+    assert framework <= set(names), framework - set(names)  # code, pages, static, migrations
+    assert not [n for n in names if not n.startswith(("parley/", "parley-"))]  # no demo
 
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

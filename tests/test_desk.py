@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from parley.bot import agents, conversations, handoff, storage
-from parley.bot.launcher import free_port
 from tests import REPO_ROOT as PROJECT_ROOT
+from tests.fakes.stack import free_port
 
 # Every route the desk serves, and who may use it: "public" (no session), "any"
 # (every role), "session" (agents and admins), "writer" (writers and admins), "admin".

@@ -84,7 +84,7 @@ def test_the_fast_path_hands_queued_conversations_to_the_full_path(any_db: str,
     stores the message on the ticket and answers with the queue position; bot
     replies recorded meanwhile carry the ticket too."""
     assert gate.accept(Inbound("telegram:9", "AGENT", "q1"), any_db).route == "bot"
-    ticket_id = handoff.escalate("telegram:9", "keyword", url=any_db).ticket.id
+    ticket_id = handoff.escalate("telegram:9", "keyword", database_url=any_db).ticket.id
     assert gate.after_bot("telegram:9", [{"text": "Connecting you"}], any_db) == []
     decision = gate.accept(Inbound("telegram:9", "still there?", "q2"), any_db)
     assert (decision.route, decision.ticket_id) == ("queue", ticket_id)
@@ -101,25 +101,25 @@ def test_the_fast_path_hands_queued_conversations_to_the_full_path(any_db: str,
 
 
 def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> None:
-    handoff.escalate("webchat:w0", "keyword", url=db_url)
-    ticket = handoff.escalate("webchat:w1", "keyword", url=db_url).ticket
+    handoff.escalate("webchat:w0", "keyword", database_url=db_url)
+    ticket = handoff.escalate("webchat:w1", "keyword", database_url=db_url).ticket
     after = events.last_event_id(db_url)
     decision = gate.accept(Inbound("webchat:w1", "hello? still there?"), db_url)
     assert decision.route == "queue" and decision.ticket_id == ticket.id
     assert "number 2 in the queue" in decision.replies[0]["text"]
-    assert [e.kind for e in events.events_after(after, url=db_url)] == ["message"]
+    assert [e.kind for e in events.events_after(after, database_url=db_url)] == ["message"]
     assert customer_lines("webchat:w1", db_url) == ["hello? still there?"]
 
 
 def test_waiting_after_hours_says_when_and_no_position(db_url: str, hours_file) -> None:
     hours_file(NEVER)
-    handoff.escalate("webchat:w2", "keyword", url=db_url)
+    handoff.escalate("webchat:w2", "keyword", database_url=db_url)
     decision = gate.accept(Inbound("webchat:w2", "anyone?"), db_url)
     assert "offline" in decision.replies[0]["text"]
 
 
 def test_bot_keyword_leaves_the_queue(db_url: str, hours_file) -> None:
-    handoff.escalate("webchat:b1", "keyword", url=db_url)
+    handoff.escalate("webchat:b1", "keyword", database_url=db_url)
     decision = gate.accept(Inbound("webchat:b1", "  Bot! "), db_url)
     assert decision.route == "handled"
     assert "back with the bot" in decision.replies[0]["text"]
@@ -129,8 +129,8 @@ def test_bot_keyword_leaves_the_queue(db_url: str, hours_file) -> None:
 
 def test_bot_stays_silent_while_an_agent_holds_the_conversation(db_url: str,
                                                                 hours_file) -> None:
-    agent = agents.create_user("ana", "correct horse", url=db_url)
-    ticket = handoff.escalate("webchat:a1", "intent", url=db_url).ticket
+    agent = agents.create_user("ana", "correct horse", database_url=db_url)
+    ticket = handoff.escalate("webchat:a1", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     for text in ("hi", "AGENT", "BOT", "where is my order 10234"):
         decision = gate.accept(Inbound("webchat:a1", text), db_url)
@@ -141,8 +141,8 @@ def test_bot_stays_silent_while_an_agent_holds_the_conversation(db_url: str,
 
 def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
                                                               hours_file) -> None:
-    agent = agents.create_user("ana", "correct horse", url=db_url)
-    ticket = handoff.escalate("webchat:r1", "intent", url=db_url).ticket
+    agent = agents.create_user("ana", "correct horse", database_url=db_url)
+    ticket = handoff.escalate("webchat:r1", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     handoff.resolve(ticket.id, agent.id, db_url)
     assert gate.accept(Inbound("webchat:r1", "how long is shipping"), db_url).route == "bot"
@@ -159,8 +159,8 @@ def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
 
 
 def test_anything_but_a_score_ends_the_rating_question(db_url: str, hours_file) -> None:
-    agent = agents.create_user("ana", "correct horse", url=db_url)
-    ticket = handoff.escalate("webchat:r2", "intent", url=db_url).ticket
+    agent = agents.create_user("ana", "correct horse", database_url=db_url)
+    ticket = handoff.escalate("webchat:r2", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     handoff.resolve(ticket.id, agent.id, db_url)
     gate.after_bot("webchat:r2", [{"text": "answer"}], db_url)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from parley.bot import launcher, model_freshness
-from parley.bot.launcher import free_port
 from parley.bot.settings import load_settings
 from tests import REPO_ROOT as PROJECT_ROOT
+from tests.fakes.stack import free_port
 
 
 class StandInStack(launcher.Stack):
@@ -101,4 +101,4 @@ def test_stack_from_settings_uses_configured_ports(tmp_path: Path) -> None:
     stack = launcher.stack_from_settings(settings)
     assert stack.rasa_url == "http://127.0.0.1:6111"
     assert stack.webchat_url == "http://127.0.0.1:6111/webhooks/webchat/"
-    assert stack.db_url == f"sqlite:///{tmp_path / 'parley.db'}"
+    assert stack.database_url == f"sqlite:///{tmp_path / 'parley.db'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -14,7 +15,7 @@ from parley.bot.storage import session_scope, utcnow
 
 
 def escalate(url: str, conv: str, reason: str = "keyword", **kw) -> handoff.QueuePlace:
-    return handoff.escalate(conv, reason, url=url, **kw)
+    return handoff.escalate(conv, reason, database_url=url, **kw)
 
 
 def test_escalation_creates_one_waiting_ticket_with_context(any_db: str) -> None:
@@ -25,7 +26,7 @@ def test_escalation_creates_one_waiting_ticket_with_context(any_db: str) -> None
     again = escalate(any_db, "webchat:a", "keyword")
     assert not again.created and again.ticket.id == place.ticket.id
     assert handoff.owner("webchat:a", any_db)[0] == "waiting"
-    kinds = [e.kind for e in events.events_after(0, url=any_db)]
+    kinds = [e.kind for e in events.events_after(0, database_url=any_db)]
     assert kinds == ["ticket_created"]
 
 
@@ -39,8 +40,8 @@ def test_positions_follow_priority_then_arrival(any_db: str) -> None:
     second = escalate(any_db, "webchat:2")
     urgent = escalate(any_db, "webchat:3", "complaint", priority=handoff.PRIORITY_HIGH)
     assert urgent.position == 1
-    assert handoff.queue_place("webchat:1", url=any_db).position == 2
-    assert handoff.queue_place("webchat:2", url=any_db).position == 3
+    assert escalate(any_db, "webchat:1").position == 2  # asking again tells the place
+    assert escalate(any_db, "webchat:2").position == 3
     assert first.ticket.id < second.ticket.id
 
 
@@ -52,7 +53,7 @@ def test_repeat_escalation_can_raise_priority(any_db: str) -> None:
 
 
 def test_wait_estimate_uses_recent_handle_times(any_db: str) -> None:
-    agent = agents.create_user("ana", "correct horse", url=any_db)
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
     for i in range(3):  # three tickets handled in 2, 4 and 6 minutes: median 4
         t = escalate(any_db, f"webchat:old{i}").ticket
         handoff.claim_ticket(t.id, agent.id, any_db)
@@ -78,7 +79,7 @@ def test_estimate_wait_scales_with_agents() -> None:
 
 
 def test_claim_reply_resolve_and_rating(any_db: str) -> None:
-    agent = agents.create_user("ana", "correct horse", url=any_db)
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
     ticket = escalate(any_db, "webchat:c").ticket
     claimed = handoff.claim_ticket(ticket.id, agent.id, any_db)
     assert claimed is not None and claimed.status == "assigned"
@@ -91,14 +92,12 @@ def test_claim_reply_resolve_and_rating(any_db: str) -> None:
     resolved = handoff.resolve(ticket.id, agent.id, any_db)
     assert resolved.status == "resolved" and resolved.first_reply_at is not None
     assert handoff.owner("webchat:c", any_db) == ("bot", None)
-    handoff.record_rating(ticket.id, 5, any_db)
     with session_scope(any_db) as s:
-        assert s.execute(select(handoff.Rating.score)).scalar() == 5
         assert s.get(conversations.Conversation, "webchat:c").rating_state == "pending"
 
 
 def test_illegal_transitions_are_refused(any_db: str) -> None:
-    agent = agents.create_user("ana", "correct horse", url=any_db)
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
     ticket = escalate(any_db, "webchat:d").ticket
     with pytest.raises(handoff.TransitionError):
         handoff.resolve(ticket.id, agent.id, any_db)  # nobody holds it yet
@@ -113,8 +112,8 @@ def test_illegal_transitions_are_refused(any_db: str) -> None:
 
 
 def test_transfer_moves_the_ticket(any_db: str) -> None:
-    ana = agents.create_user("ana", "correct horse", url=any_db)
-    bo = agents.create_user("bo", "battery staple", url=any_db)
+    ana = agents.create_user("ana", "correct horse", database_url=any_db)
+    bo = agents.create_user("bo", "battery staple", database_url=any_db)
     ticket = escalate(any_db, "webchat:e").ticket
     handoff.claim_ticket(ticket.id, ana.id, any_db)
     moved = handoff.transfer(ticket.id, ana.id, bo.id, any_db)
@@ -126,12 +125,12 @@ def test_transfer_moves_the_ticket(any_db: str) -> None:
 
 def test_customer_leaving_and_bulk_dismiss(any_db: str) -> None:
     escalate(any_db, "webchat:f")
-    assert handoff.abandon("webchat:f", url=any_db)
-    assert not handoff.abandon("webchat:f", url=any_db)
+    assert handoff.abandon("webchat:f", database_url=any_db)
+    assert not handoff.abandon("webchat:f", database_url=any_db)
     assert handoff.owner("webchat:f", any_db)[0] == "bot"
     ids = [escalate(any_db, f"webchat:g{i}").ticket.id for i in range(3)]
-    assert handoff.dismiss([*ids[:2], 9999], agent_id=1, url=any_db) == ids[:2]
-    assert [t.id for t in handoff.list_tickets(url=any_db)] == ids[2:]
+    assert handoff.dismiss([*ids[:2], 9999], agent_id=1, database_url=any_db) == ids[:2]
+    assert [t.id for t in handoff.list_tickets(database_url=any_db)] == ids[2:]
     # a closed conversation can be handed off again
     assert escalate(any_db, "webchat:f").created
 
@@ -176,8 +175,12 @@ def test_ten_claimers_on_100_tickets_each_ticket_goes_to_exactly_one(any_db: str
     won: dict[int, list[int]] = {i: [] for i in range(10)}
 
     def claimer(agent: int) -> None:
-        while (ticket := handoff.claim_next(agent + 1, url=any_db)) is not None:
-            won[agent].append(ticket.id)
+        """Click waiting tickets at random, as agents in the desk do, until none is left."""
+        pick = random.Random(agent)
+        while waiting := handoff.list_tickets(("waiting",), 200, any_db):
+            ticket = handoff.claim_ticket(pick.choice(waiting).id, agent + 1, any_db)
+            if ticket is not None:
+                won[agent].append(ticket.id)
 
     run_threads(10, claimer)
     claims = Counter(t for tickets in won.values() for t in tickets)
@@ -207,7 +210,7 @@ def test_ten_agents_clicking_the_same_ticket_one_wins(any_db: str) -> None:
 
 
 def test_follow_up_once_when_the_customer_went_quiet(any_db: str) -> None:
-    agent = agents.create_user("ana", "correct horse", url=any_db)
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
     quiet = escalate(any_db, "webchat:quiet").ticket
     answered = escalate(any_db, "webchat:answered").ticket
     for t in (quiet, answered):
@@ -216,7 +219,7 @@ def test_follow_up_once_when_the_customer_went_quiet(any_db: str) -> None:
     with session_scope(any_db) as s:
         conversations.add_message(s, "webchat:answered", "customer", "sure, here")
     day = timedelta(hours=24)
-    assert handoff.send_follow_ups(day, "Checking in", url=any_db) == []  # too soon
+    assert handoff.send_follow_ups(day, "Checking in", database_url=any_db) == []  # too soon
     later = utcnow() + timedelta(hours=25)
     assert handoff.send_follow_ups(day, "Checking in", later, any_db) == [quiet.id]
     assert handoff.send_follow_ups(day, "Checking in", later, any_db) == []  # only once
@@ -232,9 +235,9 @@ def test_a_person_in_the_platform_inbox_holds_the_conversation(any_db: str) -> N
     lines = conversations.transcript("messenger:z", any_db)
     assert [(m.author, m.text) for m in lines][-1] == ("agent", "Hi, Zoe here")
     assert conversations.pushed_after("messenger:z", 0, any_db) == []
-    again = handoff.hold_externally("messenger:z", "messenger inbox", url=any_db)
+    again = handoff.hold_externally("messenger:z", "messenger inbox", database_url=any_db)
     assert again.id == held.id and again.first_reply_at == held.first_reply_at
-    kinds = [e.kind for e in events.events_after(0, url=any_db)]
+    kinds = [e.kind for e in events.events_after(0, database_url=any_db)]
     assert kinds == ["ticket_created", "ticket_claimed"]
 
 
@@ -244,9 +247,9 @@ def test_public_names_still_resolve_on_the_package() -> None:
     assert handoff.REASONS is contract.REASONS  # one list of reasons, owned by the contract
     assert all(hasattr(handoff, name) for name in handoff.__all__)
     used = {"OPEN", "PRIORITY_HIGH", "PRIORITY_NORMAL", "QueuePlace", "Rating", "Ticket",
-            "TicketView", "TransitionError", "abandon", "add_note", "agent_reply", "claim_next",
+            "TicketView", "TransitionError", "abandon", "add_note", "agent_reply",
             "claim_ticket", "dismiss", "escalate", "estimate_wait", "get_ticket",
             "hold_externally", "list_tickets", "open_ticket", "owner", "place_of", "push_notice",
-            "queue_place", "recent_handle_time", "record_rating", "resolve", "send_follow_ups",
+            "recent_handle_time", "resolve", "send_follow_ups",
             "set_tags", "transfer"}
     assert used <= set(handoff.__all__)

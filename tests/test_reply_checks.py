@@ -72,6 +72,31 @@ def test_whatsapp_buttons() -> None:
     assert "payload" in only(checks.check_reply("utter_b", payload, FIVE), "telegram")[0]
 
 
+def messages_sent(channel: str, text: str) -> int:
+    """How many messages the channel's sender makes of a text (nothing is sent)."""
+    from parley.connectors import messenger, telegram, whatsapp
+
+    if channel == "telegram":
+        return len(telegram.Telegram("1:t")._calls(1, {"text": text}))
+    if channel == "whatsapp":
+        return len(whatsapp.payloads("1", {"text": text}))
+    platform = messenger.InstagramPlatform if channel == "instagram" else messenger.Platform
+    return len(messenger.Meta(platform, "t").payloads("P", {"text": text}, None))
+
+
+@pytest.mark.parametrize("channel", ["telegram", "messenger", "instagram", "whatsapp"])
+def test_senders_split_exactly_where_the_checks_complain(channel: str) -> None:
+    """One table for both: a text at the limit goes out whole and passes; one
+    character more is split in two and flagged."""
+    limit = CHANNELS[channel].text_limit
+    at_limit, over = "x" * limit, "x" * (limit + 1)
+    assert messages_sent(channel, at_limit) == 1
+    assert not checks.check_reply("utter_r", [{"text": at_limit}], [CHANNELS[channel]])
+    assert messages_sent(channel, over) == 2
+    [problem] = checks.check_reply("utter_r", [{"text": over}], [CHANNELS[channel]])
+    assert f"at most {limit}" in str(problem)
+
+
 def test_unknown_and_missing_placeholders() -> None:
     typo = checks.check_reply("utter_p", [{"text": "Order {ordr_number} is late"}], FIVE)
     assert len(typo) == 1 and "{ordr_number} is not a placeholder" in str(typo[0])

@@ -206,7 +206,7 @@ def test_nlg_serves_the_live_library(db_url: str, tmp_path: Path,
         LibraryNLG(EndpointConfig(type=config.type, file=str(path)), Domain.empty())
     nlg = LibraryNLG(config, Domain.empty())
     assert nlg.library.path == path
-    nlg.library.url = db_url  # the test's own database
+    nlg.library.database_url = db_url  # the test's own database
     nlg.library.refresh_seconds = 0
 
     async def say(action: str, channel: str, t: DialogueStateTracker, **kw: str) -> dict:
@@ -242,17 +242,18 @@ def test_render_for_code_outside_rasa_uses_the_published_text(db_url: str) -> No
     from parley.bot import responses
 
     who = people(db_url)
-    before = responses.render("utter_agent_joined", "telegram", url=db_url, agent_name="Rita")
+    before = responses.render("utter_agent_joined", "telegram", database_url=db_url,
+                              agent_name="Rita")
     assert before["text"] == "Rita from our team has joined the chat."
     draft = revisions.save_draft("utter_agent_joined", [
         {"text": "{agent_name} is here to help."}], who["writer"], db_url)
     revisions.submit(draft.id, who["writer"], db_url)
     revisions.approve(draft.id, who["admin"], db_url)
-    library(url=db_url).refresh(force=True)
-    assert responses.render("utter_agent_joined", url=db_url, agent_name="Rita") == {
+    library(database_url=db_url).refresh(force=True)
+    assert responses.render("utter_agent_joined", database_url=db_url, agent_name="Rita") == {
         "text": "Rita is here to help."}
     with pytest.raises(KeyError):
-        responses.render("utter_no_such_reply", url=db_url)
+        responses.render("utter_no_such_reply", database_url=db_url)
 
 
 def test_each_connector_asks_for_replies_under_its_channel_name() -> None:

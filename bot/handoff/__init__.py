@@ -12,7 +12,6 @@ from parley.bot.contract import REASONS
 from parley.bot.handoff.commands import (
     add_note,
     agent_reply,
-    claim_next,
     claim_ticket,
     dismiss,
     push_notice,
@@ -21,13 +20,12 @@ from parley.bot.handoff.commands import (
     transfer,
 )
 from parley.bot.handoff.escalation import escalate, hold_externally
-from parley.bot.handoff.follow_ups import record_rating, send_follow_ups
+from parley.bot.handoff.follow_ups import send_follow_ups
 from parley.bot.handoff.queue import (
     DEFAULT_HANDLE_TIME,
     QueuePlace,
     estimate_wait,
     place_of,
-    queue_place,
     recent_handle_time,
 )
 from parley.bot.handoff.tickets import (
@@ -61,7 +59,6 @@ __all__ = [
     "abandon",
     "add_note",
     "agent_reply",
-    "claim_next",
     "claim_ticket",
     "dismiss",
     "escalate",
@@ -73,9 +70,7 @@ __all__ = [
     "owner",
     "place_of",
     "push_notice",
-    "queue_place",
     "recent_handle_time",
-    "record_rating",
     "resolve",
     "send_follow_ups",
     "set_tags",

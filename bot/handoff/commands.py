@@ -21,7 +21,7 @@ from parley.bot.handoff.tickets import (
     _held_ticket,
     _transition,
 )
-from parley.bot.storage import get_engine, session_scope, utcnow
+from parley.bot.storage import session_scope, utcnow
 
 
 def _assign(session: Session, ticket_id: int, agent_id: int) -> TicketView | None:
@@ -43,38 +43,17 @@ def _assign(session: Session, ticket_id: int, agent_id: int) -> TicketView | Non
     return TicketView.of(ticket)
 
 
-def claim_ticket(ticket_id: int, agent_id: int, url: str | None = None) -> TicketView | None:
+def claim_ticket(ticket_id: int, agent_id: int,
+                 database_url: str | None = None) -> TicketView | None:
     """Take a waiting ticket (an agent clicked it); None if someone else has it."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         return _assign(session, ticket_id, agent_id)
 
 
-def claim_next(agent_id: int, team: str = "support", url: str | None = None,
-               attempts: int = 20) -> TicketView | None:
-    """Take the head of the queue. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets
-    concurrent claimers each lock a different row instead of queueing on one."""
-    engine = get_engine(url)
-    for _ in range(attempts):
-        with session_scope(url) as session:
-            query = (select(Ticket.id)
-                     .where(Ticket.status == "waiting", Ticket.team == team)
-                     .order_by(Ticket.priority.desc(), Ticket.created_at, Ticket.id).limit(1))
-            if engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ticket_id = session.execute(query).scalar()
-            if ticket_id is None:
-                return None
-            claimed = _assign(session, ticket_id, agent_id)
-            if claimed is not None:
-                return claimed
-        # Someone else took it between our SELECT and UPDATE (SQLite): try the next.
-    return None
-
-
 def transfer(ticket_id: int, from_agent: int, to_agent: int,
-             url: str | None = None) -> TicketView:
+             database_url: str | None = None) -> TicketView:
     """Hand a held ticket to another agent; only its current holder may."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
         if ticket.status != "assigned" or ticket.assigned_agent_id != from_agent:
             raise TransitionError(f"ticket {ticket_id} is not held by agent {from_agent}")
@@ -86,9 +65,9 @@ def transfer(ticket_id: int, from_agent: int, to_agent: int,
         return TicketView.of(ticket)
 
 
-def resolve(ticket_id: int, agent_id: int, url: str | None = None) -> TicketView:
+def resolve(ticket_id: int, agent_id: int, database_url: str | None = None) -> TicketView:
     """Hand back to the bot; the next bot answer is followed by a rating question."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
         if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
             raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
@@ -103,10 +82,10 @@ def resolve(ticket_id: int, agent_id: int, url: str | None = None) -> TicketView
         return TicketView.of(ticket)
 
 
-def dismiss(ticket_ids: list[int], agent_id: int, url: str | None = None) -> list[int]:
+def dismiss(ticket_ids: list[int], agent_id: int, database_url: str | None = None) -> list[int]:
     """Close tickets that need no reply (spam, "thanks!"); returns those closed."""
     closed: list[int] = []
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         for ticket in session.execute(
             select(Ticket).where(Ticket.id.in_(ticket_ids), Ticket.status.in_(OPEN))
             .with_for_update()
@@ -120,10 +99,10 @@ def dismiss(ticket_ids: list[int], agent_id: int, url: str | None = None) -> lis
     return sorted(closed)
 
 
-def set_tags(ticket_id: int, tags: list[str], url: str | None = None) -> TicketView:
+def set_tags(ticket_id: int, tags: list[str], database_url: str | None = None) -> TicketView:
     """Replace the ticket's tags, normalised (trimmed, lower case, unique, sorted) for reports."""
     clean = sorted({t.strip().lower()[:32] for t in tags if t and t.strip()})
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
         ticket.tags = clean
         events.publish(session, "ticket_updated", ticket_id=ticket_id,
@@ -132,12 +111,12 @@ def set_tags(ticket_id: int, tags: list[str], url: str | None = None) -> TicketV
 
 
 def _record(ticket_id: int, agent_id: int, text: str, author: str,
-            url: str | None) -> int:
+            database_url: str | None) -> int:
     """Replies and notes share a path; only a reply needs the ticket held by its writer."""
     text = text.strip()
     if not text:
         raise ValueError(f"a {'reply' if author == 'agent' else author} needs some text")
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
         if author == "agent":
             if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
@@ -152,20 +131,20 @@ def _record(ticket_id: int, agent_id: int, text: str, author: str,
         return int(message.id)
 
 
-def agent_reply(ticket_id: int, agent_id: int, text: str, url: str | None = None) -> int:
+def agent_reply(ticket_id: int, agent_id: int, text: str, database_url: str | None = None) -> int:
     """Record an agent's reply for the customer's channel to push; returns its id."""
-    return _record(ticket_id, agent_id, text, "agent", url)
+    return _record(ticket_id, agent_id, text, "agent", database_url)
 
 
-def add_note(ticket_id: int, agent_id: int, text: str, url: str | None = None) -> int:
+def add_note(ticket_id: int, agent_id: int, text: str, database_url: str | None = None) -> int:
     """An internal note: in the transcript for agents, never sent to the customer."""
-    return _record(ticket_id, agent_id, text, "note", url)
+    return _record(ticket_id, agent_id, text, "note", database_url)
 
 
 def push_notice(conversation_id: str, text: str, ticket_id: int | None = None,
-                payload: dict[str, Any] | None = None, url: str | None = None) -> int:
+                payload: dict[str, Any] | None = None, database_url: str | None = None) -> int:
     """A message from the system to the customer outside a webhook answer."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         message = add_message(session, conversation_id, "system", text, ticket_id=ticket_id,
                               payload=payload, delivery="push")
         return int(message.id)

@@ -27,12 +27,12 @@ from parley.bot.storage import session_scope, utcnow
 
 def escalate(conversation_id: str, reason: str, *, context: dict[str, Any] | None = None,
              priority: int = PRIORITY_NORMAL, display_name: str = "", team: str = "support",
-             agents_online: int = 1, url: str | None = None) -> QueuePlace:
+             agents_online: int = 1, database_url: str | None = None) -> QueuePlace:
     """Put the conversation in the queue (or return its existing place)."""
     if reason not in REASONS:
         raise ValueError(f"unknown handoff reason {reason!r}")
     try:
-        with session_scope(url) as session:
+        with session_scope(database_url) as session:
             ensure_conversation(session, conversation_id, display_name)
             existing = open_ticket(session, conversation_id)
             if existing is not None:
@@ -55,7 +55,7 @@ def escalate(conversation_id: str, reason: str, *, context: dict[str, Any] | Non
             return QueuePlace(place.ticket, place.position, place.eta, created=True)
     except IntegrityError:
         # Lost a race with a concurrent escalation of the same conversation.
-        with session_scope(url) as session:
+        with session_scope(database_url) as session:
             existing = open_ticket(session, conversation_id)
             if existing is None:
                 raise
@@ -63,12 +63,13 @@ def escalate(conversation_id: str, reason: str, *, context: dict[str, Any] | Non
 
 
 def hold_externally(conversation_id: str, who: str, text: str = "",
-                    url: str | None = None) -> TicketView:
+                    database_url: str | None = None) -> TicketView:
     """A person answered outside the desk (the platform's own inbox): the
     conversation is human-owned from now on, so the bot goes quiet. Their words go
     into the transcript. The desk can dismiss the ticket to hand back to the bot."""
-    place = escalate(conversation_id, "external", context={"held_by": who}, url=url)
-    with session_scope(url) as session:
+    place = escalate(conversation_id, "external", context={"held_by": who},
+                     database_url=database_url)
+    with session_scope(database_url) as session:
         ticket = _held_ticket(session, place.ticket.id)
         if ticket.status == "waiting":
             _transition(ticket, "assigned")

@@ -8,17 +8,17 @@ from sqlalchemy import select
 
 from parley.bot import events
 from parley.bot.conversations import Message, add_message
-from parley.bot.handoff.tickets import Rating, Ticket
+from parley.bot.handoff.tickets import Ticket
 from parley.bot.storage import session_scope, utcnow
 
 
 def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
-                    url: str | None = None) -> list[int]:
+                    database_url: str | None = None) -> list[int]:
     """Check in once on held conversations where the agent spoke last and the
     customer has been silent for `after`. Returns the tickets followed up."""
     now = now or utcnow()
     sent: list[int] = []
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         held = session.execute(
             select(Ticket).where(Ticket.status == "assigned", Ticket.follow_up_at.is_(None))
         ).scalars().all()
@@ -38,11 +38,3 @@ def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
                            conversation_id=ticket.conversation_id, author="system")
             sent.append(ticket.id)
     return sent
-
-
-def record_rating(ticket_id: int, score: int, url: str | None = None) -> None:
-    """Store the customer's 1-5 score; anything else is refused rather than skewing reports."""
-    if not 1 <= score <= 5:
-        raise ValueError("a rating is 1 to 5")
-    with session_scope(url) as session:
-        session.add(Rating(ticket_id=ticket_id, score=score, created_at=utcnow()))

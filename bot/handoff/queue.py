@@ -14,8 +14,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from parley.bot.handoff.tickets import Ticket, TicketView, open_ticket
-from parley.bot.storage import session_scope
+from parley.bot.handoff.tickets import Ticket, TicketView
 
 DEFAULT_HANDLE_TIME = timedelta(minutes=5)  # until there are resolved tickets to learn from
 
@@ -73,11 +72,3 @@ def place_of(session: Session, ticket: Ticket, agents_online: int) -> QueuePlace
     position = _position(session, ticket)
     eta = estimate_wait(position, recent_handle_time(session), agents_online)
     return QueuePlace(TicketView.of(ticket), position, eta, created=False)
-
-
-def queue_place(conversation_id: str, agents_online: int = 1,
-                url: str | None = None) -> QueuePlace | None:
-    """The conversation's place in the queue, or None if the bot owns it."""
-    with session_scope(url) as session:
-        ticket = open_ticket(session, conversation_id)
-        return None if ticket is None else place_of(session, ticket, agents_online)

@@ -144,24 +144,24 @@ def open_ticket(session: Session, conversation_id: str) -> Ticket | None:
     ).scalar_one_or_none()
 
 
-def owner(conversation_id: str, url: str | None = None) -> tuple[str, TicketView | None]:
+def owner(conversation_id: str, database_url: str | None = None) -> tuple[str, TicketView | None]:
     """('bot' | 'waiting' | 'assigned', the open ticket if any)."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = open_ticket(session, conversation_id)
         return ("bot", None) if ticket is None else (ticket.status, TicketView.of(ticket))
 
 
-def get_ticket(ticket_id: int, url: str | None = None) -> TicketView | None:
+def get_ticket(ticket_id: int, database_url: str | None = None) -> TicketView | None:
     """One ticket by id, or None if there is no such ticket."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = session.get(Ticket, ticket_id)
         return None if ticket is None else TicketView.of(ticket)
 
 
 def list_tickets(statuses: tuple[str, ...] = OPEN, limit: int = 200,
-                 url: str | None = None) -> list[TicketView]:
+                 database_url: str | None = None) -> list[TicketView]:
     """Tickets in queue order (priority, then arrival), for the desk's lists."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(Ticket).where(Ticket.status.in_(statuses))
             .order_by(Ticket.priority.desc(), Ticket.created_at, Ticket.id).limit(limit)
@@ -169,9 +169,9 @@ def list_tickets(statuses: tuple[str, ...] = OPEN, limit: int = 200,
         return [TicketView.of(t) for t in rows]
 
 
-def abandon(conversation_id: str, why: str = "customer", url: str | None = None) -> bool:
+def abandon(conversation_id: str, why: str = "customer", database_url: str | None = None) -> bool:
     """The customer left the queue (typed BOT): the bot owns the conversation again."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         ticket = open_ticket(session, conversation_id)
         if ticket is None:
             return False

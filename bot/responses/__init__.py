@@ -34,7 +34,7 @@ def conversation_values(display_name: str | None = None, channel: str = "") -> d
     return {"first_name": first or "there", **_hours()}
 
 
-def render(name: str, channel: str = "", language: str = "", url: str | None = None,
+def render(name: str, channel: str = "", language: str = "", database_url: str | None = None,
            display_name: str | None = None, **values: Any) -> dict[str, Any]:
     """Reply `name` for this channel and language, placeholders filled.
 
@@ -43,7 +43,7 @@ def render(name: str, channel: str = "", language: str = "", url: str | None = N
     from parley.bot.responses import variants
     from parley.bot.responses.library import library
 
-    variations = library(url=url).current().replies.get(name)
+    variations = library(database_url=database_url).current().replies.get(name)
     if not variations:
         raise KeyError(f"no reply named {name!r} in the reply library")
     chosen = variants.choose(variations, channel, language, {},

@@ -41,10 +41,10 @@ class Snapshot:
 class Library:
     """One per process, file and database (see `library()`)."""
 
-    def __init__(self, path: Path, url: str | None = None,
+    def __init__(self, path: Path, database_url: str | None = None,
                  refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.path = path
-        self.url = url
+        self.database_url = database_url
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
@@ -68,7 +68,7 @@ class Library:
                 return self._snapshot
             mtime = self.path.stat().st_mtime
             try:
-                version = revisions.library_version(self.url)
+                version = revisions.library_version(self.database_url)
             except (OperationalError, ProgrammingError):  # no schema yet: the YAML alone
                 version = -1
             old = self._snapshot
@@ -77,7 +77,7 @@ class Library:
                     else old.baseline
                 published: Replies = {}
                 if version >= 0:
-                    version, published = revisions.published(self.url)
+                    version, published = revisions.published(self.database_url)
                 self._snapshot = Snapshot(version, {**baseline, **published}, baseline,
                                           frozenset(published))
                 self._mtime = mtime
@@ -89,13 +89,13 @@ _libraries: dict[tuple[Path, str | None], Library] = {}
 _libraries_lock = threading.Lock()
 
 
-def library(path: Path | None = None, url: str | None = None) -> Library:
+def library(path: Path | None = None, database_url: str | None = None) -> Library:
     """The project's library (`replies:` in parley.yml) unless told another file."""
     path = path or load_settings().replies_file
     with _libraries_lock:
-        key = (path, url)
+        key = (path, database_url)
         if key not in _libraries:
-            _libraries[key] = Library(path, url)
+            _libraries[key] = Library(path, database_url)
         return _libraries[key]
 
 
@@ -130,12 +130,12 @@ HEADER = """version: "3.1"
 """
 
 
-def export(path: Path | None = None, url: str | None = None) -> int:
+def export(path: Path | None = None, database_url: str | None = None) -> int:
     """Write the published set back to the YAML; returns how many replies changed."""
     path = path or load_settings().replies_file
-    snapshot = library(path, url).refresh(force=True)
+    snapshot = library(path, database_url).refresh(force=True)
     changed = sum(1 for name in snapshot.replies
                   if snapshot.baseline.get(name) != snapshot.replies[name])
     path.write_text(dump(snapshot.replies), encoding="utf-8")
-    library(path, url).refresh(force=True)
+    library(path, database_url).refresh(force=True)
     return changed

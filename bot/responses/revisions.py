@@ -124,11 +124,11 @@ def _publish(session: Any, row: ReplyRevision) -> None:
 
 
 def save_draft(name: str, body: list[dict[str, Any]], actor: AgentView,
-               url: str | None = None) -> RevisionView:
+               database_url: str | None = None) -> RevisionView:
     """The actor's open draft of this reply, created or overwritten."""
     _require_role(actor, WRITE_ROLES, "edit replies")
     now = utcnow()
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         row = session.execute(
             select(ReplyRevision).where(ReplyRevision.name == name,
                                         ReplyRevision.author_id == actor.id,
@@ -143,9 +143,9 @@ def save_draft(name: str, body: list[dict[str, Any]], actor: AgentView,
         return _view(row)
 
 
-def submit(revision_id: int, actor: AgentView, url: str | None = None) -> RevisionView:
+def submit(revision_id: int, actor: AgentView, database_url: str | None = None) -> RevisionView:
     _require_role(actor, WRITE_ROLES, "submit replies")
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         row = _held(session, revision_id)
         if row.author_id != actor.id:
             raise ReviewError("only the author can submit this draft", 403)
@@ -155,32 +155,32 @@ def submit(revision_id: int, actor: AgentView, url: str | None = None) -> Revisi
         return _view(row)
 
 
-def approve(revision_id: int, actor: AgentView, url: str | None = None) -> RevisionView:
+def approve(revision_id: int, actor: AgentView, database_url: str | None = None) -> RevisionView:
     """Publish a submitted draft. The author can never approve their own."""
     _require_role(actor, REVIEW_ROLES, "approve replies")
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         row = _under_review(session, revision_id, actor, "approved")
         _publish(session, row)
         return _view(row)
 
 
 def send_back(revision_id: int, actor: AgentView, comment: str,
-              url: str | None = None) -> RevisionView:
+              database_url: str | None = None) -> RevisionView:
     _require_role(actor, REVIEW_ROLES, "review replies")
     if not comment.strip():
         raise ReviewError("say what to change: a comment is required", 400)
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         row = _under_review(session, revision_id, actor, "sent back")
         row.state, row.review_comment = "returned", comment.strip()
         return _view(row)
 
 
 def rollback(name: str, to_revision_id: int, actor: AgentView,
-             url: str | None = None) -> RevisionView:
+             database_url: str | None = None) -> RevisionView:
     """Publish an earlier published text again, as a new revision (history grows)."""
     _require_role(actor, REVIEW_ROLES, "roll back replies")
     now = utcnow()
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         old = session.get(ReplyRevision, to_revision_id)
         if old is None or old.name != name or old.published_version is None:
             raise ReviewError(f"revision {to_revision_id} is not a published revision of "
@@ -195,37 +195,37 @@ def rollback(name: str, to_revision_id: int, actor: AgentView,
         return _view(row)
 
 
-def get(revision_id: int, url: str | None = None) -> RevisionView | None:
-    with session_scope(url) as session:
+def get(revision_id: int, database_url: str | None = None) -> RevisionView | None:
+    with session_scope(database_url) as session:
         row = session.get(ReplyRevision, revision_id)
         return _view(row) if row else None
 
 
-def history(name: str, url: str | None = None) -> list[RevisionView]:
+def history(name: str, database_url: str | None = None) -> list[RevisionView]:
     """Newest first."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(select(ReplyRevision).where(ReplyRevision.name == name)
                                .order_by(ReplyRevision.id.desc())).scalars()
         return [_view(r) for r in rows]
 
 
-def in_review(url: str | None = None) -> list[RevisionView]:
-    with session_scope(url) as session:
+def in_review(database_url: str | None = None) -> list[RevisionView]:
+    with session_scope(database_url) as session:
         rows = session.execute(select(ReplyRevision)
                                .where(ReplyRevision.state == "submitted")
                                .order_by(ReplyRevision.submitted_at)).scalars()
         return [_view(r) for r in rows]
 
 
-def library_version(url: str | None = None) -> int:
-    with session_scope(url) as session:
+def library_version(database_url: str | None = None) -> int:
+    with session_scope(database_url) as session:
         return session.execute(select(ReplyLibrary.version)
                                .where(ReplyLibrary.id == 1)).scalar_one_or_none() or 0
 
 
-def published(url: str | None = None) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+def published(database_url: str | None = None) -> tuple[int, dict[str, list[dict[str, Any]]]]:
     """The library version and, per reply, its newest published body."""
-    with session_scope(url) as session:
+    with session_scope(database_url) as session:
         version = session.execute(select(ReplyLibrary.version)
                                   .where(ReplyLibrary.id == 1)).scalar_one_or_none() or 0
         newest = (select(ReplyRevision.name, func.max(ReplyRevision.published_version)
