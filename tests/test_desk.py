@@ -176,7 +176,7 @@ def test_login_failures(desk: Desk) -> None:
 
 def test_posts_need_the_csrf_token(desk: Desk) -> None:
     client, csrf = desk.login("ana", "ana-password")
-    ticket = handoff.escalate("webchat:csrf", "keyword", url=desk.db).ticket
+    ticket = handoff.escalate("webchat:csrf", "keyword", database_url=desk.db).ticket
     assert client.post(f"/api/tickets/{ticket.id}/claim", json={}).status_code == 403
     assert client.post(f"/api/tickets/{ticket.id}/claim", json={},
                        headers={"X-CSRF-Token": "guess"}).status_code == 403
@@ -188,7 +188,7 @@ def test_posts_need_the_csrf_token(desk: Desk) -> None:
 def test_two_agents_claiming_one_ticket(desk: Desk) -> None:
     ana, ana_csrf = desk.login("ana", "ana-password")
     bo, bo_csrf = desk.login("bo", "bo-password")
-    ticket = handoff.escalate("webchat:race", "intent", url=desk.db).ticket
+    ticket = handoff.escalate("webchat:race", "intent", database_url=desk.db).ticket
     first = ana.post(f"/api/tickets/{ticket.id}/claim", json={},
                      headers={"X-CSRF-Token": ana_csrf})
     second = bo.post(f"/api/tickets/{ticket.id}/claim", json={},
@@ -204,7 +204,7 @@ def test_reply_note_tags_transfer_resolve(desk: Desk) -> None:
     ana, csrf = desk.login("ana", "ana-password")
     h = {"X-CSRF-Token": csrf}
     conv = "webchat:flow"
-    ticket = handoff.escalate(conv, "complaint", url=desk.db, display_name="Flo").ticket
+    ticket = handoff.escalate(conv, "complaint", database_url=desk.db, display_name="Flo").ticket
     listed = ana.get("/api/tickets").json()
     assert any(t["id"] == ticket.id and t["display_name"] == "Flo" for t in listed)
     ana.post(f"/api/tickets/{ticket.id}/claim", json={}, headers=h)
@@ -231,7 +231,7 @@ def test_reply_note_tags_transfer_resolve(desk: Desk) -> None:
 
 def test_bulk_dismiss(desk: Desk) -> None:
     ana, csrf = desk.login("ana", "ana-password")
-    ids = [handoff.escalate(f"webchat:spam{i}", "intent", url=desk.db).ticket.id
+    ids = [handoff.escalate(f"webchat:spam{i}", "intent", database_url=desk.db).ticket.id
            for i in range(3)]
     resp = ana.post("/api/tickets/dismiss", json={"ids": ids[:2]}, headers={"X-CSRF-Token": csrf})
     assert resp.json() == {"dismissed": ids[:2]}
@@ -251,7 +251,7 @@ def test_bulk_dismiss(desk: Desk) -> None:
 def test_bad_input_gets_a_clear_4xx(desk: Desk, path: str, body: bytes, status: int,
                                     reason: str) -> None:
     ana, csrf = desk.login("ana", "ana-password")
-    ticket = handoff.escalate(f"webchat:bad{time.monotonic_ns()}", "intent", url=desk.db).ticket
+    ticket = handoff.escalate(f"webchat:bad{time.monotonic_ns()}", "intent", database_url=desk.db).ticket
     ana.post(f"/api/tickets/{ticket.id}/claim", json={}, headers={"X-CSRF-Token": csrf})
     resp = ana.post(path.format(id=ticket.id), content=body,
                     headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"})
@@ -334,7 +334,7 @@ def test_reply_library_over_http(desk: Desk) -> None:
     detail = writer.get("/api/library/replies/utter_payment_methods").json()
     assert detail["live"] == [{"text": text}] and detail["draft"] is None
 
-    ticket = handoff.escalate("telegram:777", "keyword", url=desk.db).ticket
+    ticket = handoff.escalate("telegram:777", "keyword", database_url=desk.db).ticket
     canned = agent.get("/api/canned", params={"q": "/payment", "ticket": ticket.id}).json()
     assert canned[0] == {"name": "utter_payment_methods", "shortcut": "/payment_methods",
                          "text": text}

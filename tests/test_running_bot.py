@@ -129,7 +129,7 @@ def test_updates_start_with_a_cursor_and_return_pushed_messages(running_bot: Run
     cursor = httpx.get(url, params={"sender": sender}, timeout=10).json()["cursor"]
     assert cursor > 0
     handoff.push_notice(f"webchat:{sender}", "An agent is looking at it",
-                        url=running_bot.database_url)
+                        database_url=running_bot.database_url)
     body = httpx.get(url, params={"sender": sender, "after": cursor}, timeout=30).json()
     assert [m["text"] for m in body["messages"]] == ["An agent is looking at it"]
     assert body["cursor"] == body["messages"][0]["id"]

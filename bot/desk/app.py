@@ -67,7 +67,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     async def follow_up_loop() -> None:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
         after = timedelta(hours=follow_up_hours)
-        text = responses.render(contract.FOLLOW_UP, url=database_url)["text"]
+        text = responses.render(contract.FOLLOW_UP, database_url=database_url)["text"]
         while True:
             await asyncio.to_thread(handoff.send_follow_ups, after, text, None, database_url)
             await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)

@@ -70,8 +70,8 @@ def previews(body: Any, samples: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def live(db: str | None) -> Library:
-    return library(url=db)
+def live(database_url: str | None) -> Library:
+    return library(database_url=database_url)
 
 
 def problems(name: str, body: Any) -> list[dict[str, Any]]:
@@ -84,13 +84,13 @@ def refused(exc: revisions.ReviewError) -> HTTPResponse:
     return response.json({"error": str(exc)}, status=exc.status)
 
 
-async def step(call: Any, *args: Any, db: str | None) -> HTTPResponse:
+async def step(call: Any, *args: Any, database_url: str | None) -> HTTPResponse:
     try:
-        view = await asyncio.to_thread(call, *args, db)
+        view = await asyncio.to_thread(call, *args, database_url)
     except revisions.ReviewError as exc:
         return refused(exc)
     if view.state == "published":  # this process shows it at once; others within 0.5 s
-        await asyncio.to_thread(live(db).refresh, True)
+        await asyncio.to_thread(live(database_url).refresh, True)
     return response.json(view.as_json())
 
 
@@ -102,8 +102,8 @@ def blocking(body: Any, name: str) -> HTTPResponse | None:
     return None
 
 
-async def held(revision_id: int, db: str | None) -> revisions.RevisionView:
-    view = await asyncio.to_thread(revisions.get, revision_id, db)
+async def held(revision_id: int, database_url: str | None) -> revisions.RevisionView:
+    view = await asyncio.to_thread(revisions.get, revision_id, database_url)
     if view is None:
         raise NotFound("no such revision")
     return view
@@ -111,10 +111,10 @@ async def held(revision_id: int, db: str | None) -> revisions.RevisionView:
 
 async def checked_step(call: Any, request: Request, revision_id: int) -> HTTPResponse:
     """Submitting and approving both refuse a reply that fails the checks."""
-    db = request.app.ctx.database_url
-    view = await held(revision_id, db)
+    database_url = request.app.ctx.database_url
+    view = await held(revision_id, database_url)
     return blocking(view.body, view.name) or await step(
-        call, revision_id, request.ctx.session.agent, db=db)
+        call, revision_id, request.ctx.session.agent, database_url=database_url)
 
 
 @bp.get("/library")
@@ -138,10 +138,10 @@ async def meta(_request: Request) -> HTTPResponse:
 @bp.get("/api/library/replies")
 @requires_session(roles=WRITERS)
 async def replies(request: Request) -> HTTPResponse:
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     query = (request.args.get("q") or "").strip().lower()
-    snapshot = await asyncio.to_thread(live(db).current)
-    waiting = {r.name for r in await asyncio.to_thread(revisions.in_review, db)}
+    snapshot = await asyncio.to_thread(live(database_url).current)
+    waiting = {r.name for r in await asyncio.to_thread(revisions.in_review, database_url)}
     out = []
     for name, body in snapshot.replies.items():
         text = next((v.get("text") for v in body if isinstance(v, dict)), "") or ""
@@ -155,15 +155,15 @@ async def replies(request: Request) -> HTTPResponse:
 @bp.get("/api/library/replies/<name:str>")
 @requires_session(roles=WRITERS)
 async def reply_detail(request: Request, name: str) -> HTTPResponse:
-    db = request.app.ctx.database_url
-    snapshot = await asyncio.to_thread(live(db).current)
-    history = await asyncio.to_thread(revisions.history, _name(name), db)
+    database_url = request.app.ctx.database_url
+    snapshot = await asyncio.to_thread(live(database_url).current)
+    history = await asyncio.to_thread(revisions.history, _name(name), database_url)
     if name not in snapshot.replies and not history:
         raise NotFound("no such reply")
     me = request.ctx.session.agent.id
     mine = next((r for r in history if r.author_id == me and r.state in
                  revisions.EDITABLE), None)
-    names = {a.id: a.display_name for a in agents.list_agents(db)}
+    names = {a.id: a.display_name for a in agents.list_agents(database_url)}
     return response.json({
         "name": name, "live": snapshot.replies.get(name),
         "baseline": snapshot.baseline.get(name),
@@ -213,11 +213,11 @@ async def approve(request: Request, revision_id: int) -> HTTPResponse:
 @bp.post("/api/library/revisions/<revision_id:int>/send-back")
 @requires_session(roles=ADMINS)
 async def send_back(request: Request, revision_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     comment = text_field(body_json(request), "comment", 1000)
-    await held(revision_id, db)
+    await held(revision_id, database_url)
     return await step(revisions.send_back, revision_id, request.ctx.session.agent, comment,
-                      db=db)
+                      database_url=database_url)
 
 
 @bp.post("/api/library/replies/<name:str>/rollback")
@@ -227,31 +227,31 @@ async def rollback(request: Request, name: str) -> HTTPResponse:
     if not isinstance(target, int):
         raise BadRequest("'revision_id' must be the id of a published revision")
     return await step(revisions.rollback, _name(name), target, request.ctx.session.agent,
-                      db=request.app.ctx.database_url)
+                      database_url=request.app.ctx.database_url)
 
 
 @bp.get("/api/library/revisions/<revision_id:int>/diff")
 @requires_session(roles=WRITERS)
 async def diff(request: Request, revision_id: int) -> HTTPResponse:
     """Against another revision (?against=ID) or, by default, what is live now."""
-    db = request.app.ctx.database_url
-    view = await held(revision_id, db)
+    database_url = request.app.ctx.database_url
+    view = await held(revision_id, database_url)
     against = request.args.get("against")
     if against and against.isdigit():
-        before = (await held(int(against), db)).body
+        before = (await held(int(against), database_url)).body
     elif against:
         raise BadRequest("'against' must be a revision id")
     else:
-        before = (await asyncio.to_thread(live(db).current)).replies.get(view.name)
+        before = (await asyncio.to_thread(live(database_url).current)).replies.get(view.name)
     return response.json({"diff": revisions.diff(before, view.body, view.name)})
 
 
 @bp.get("/api/library/review")
 @requires_session(roles=WRITERS)
 async def review(request: Request) -> HTTPResponse:
-    db = request.app.ctx.database_url
-    names = {a.id: a.display_name for a in agents.list_agents(db)}
-    pending = await asyncio.to_thread(revisions.in_review, db)
+    database_url = request.app.ctx.database_url
+    names = {a.id: a.display_name for a in agents.list_agents(database_url)}
+    pending = await asyncio.to_thread(revisions.in_review, database_url)
     return response.json([r.as_json() | {"author": names.get(r.author_id)}
                           for r in pending])
 
@@ -260,18 +260,18 @@ async def review(request: Request) -> HTTPResponse:
 @requires_session()
 async def canned(request: Request) -> HTTPResponse:
     """Published replies for an agent's `/shortcut`, drawn for the ticket's channel."""
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     query = (request.args.get("q") or "").strip().lower().lstrip("/")
     ticket_arg = request.args.get("ticket") or ""
     channel, name_of = "", None
     if ticket_arg.isdigit():
-        view = await asyncio.to_thread(handoff.get_ticket, int(ticket_arg), db)
+        view = await asyncio.to_thread(handoff.get_ticket, int(ticket_arg), database_url)
         if view is not None:
             channel = of_conversation(view.conversation_id)
             names = await asyncio.to_thread(conversations.display_names,
-                                            [view.conversation_id], db)
+                                            [view.conversation_id], database_url)
             name_of = names.get(view.conversation_id)
-    snapshot = await asyncio.to_thread(live(db).current)
+    snapshot = await asyncio.to_thread(live(database_url).current)
     values = conversation_values(name_of, channel) | {"agent_name":
                                                       request.ctx.session.agent.display_name}
     out = []

@@ -22,17 +22,17 @@ bp = Blueprint("desk_live")
 @requires_session()
 async def stream(request: Request) -> HTTPResponse:
     """Resumes after `Last-Event-ID` when the browser reconnects, so nothing is missed."""
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     last_header = request.headers.get("last-event-id")
     last = int(last_header) if last_header and last_header.isdigit() else \
-        await asyncio.to_thread(events.last_event_id, db)
+        await asyncio.to_thread(events.last_event_id, database_url)
     resp = await request.respond(content_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
     await resp.send("retry: 1000\n\n")
     idle = 0.0
     while request.transport is not None and not request.transport.is_closing():
-        batch = await asyncio.to_thread(events.events_after, last, 200, db)
+        batch = await asyncio.to_thread(events.events_after, last, 200, database_url)
         for event in batch:
             data = json.dumps(event.as_json())
             await resp.send(f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n")

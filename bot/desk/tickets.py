@@ -19,9 +19,9 @@ from parley.bot.storage import utcnow
 bp = Blueprint("desk_tickets")
 
 
-def ticket_json(views: list[handoff.TicketView], db: str | None) -> list[dict[str, Any]]:
-    names = conversations.display_names([t.conversation_id for t in views], db)
-    agent_names = {a.id: a.display_name for a in agents.list_agents(db)}
+def ticket_json(views: list[handoff.TicketView], database_url: str | None) -> list[dict[str, Any]]:
+    names = conversations.display_names([t.conversation_id for t in views], database_url)
+    agent_names = {a.id: a.display_name for a in agents.list_agents(database_url)}
     now = utcnow()
     out = []
     for view in views:
@@ -32,66 +32,66 @@ def ticket_json(views: list[handoff.TicketView], db: str | None) -> list[dict[st
     return out
 
 
-def held(ticket_id: int, db: str | None) -> handoff.TicketView:
-    view = handoff.get_ticket(ticket_id, db)
+def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
+    view = handoff.get_ticket(ticket_id, database_url)
     if view is None:
         raise NotFound("no such ticket")
     return view
 
 
 async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str,
-                        db: str | None) -> None:
+                        database_url: str | None) -> None:
     """A writer-owned notice pushed to the customer's channel."""
     text = responses.render(reply, channels.of_conversation(view.conversation_id),
-                            url=db, agent_name=agent_name)["text"]
+                            database_url=database_url, agent_name=agent_name)["text"]
     await asyncio.to_thread(handoff.push_notice, view.conversation_id, text, view.id,
-                            None, db)
+                            None, database_url)
 
 
 async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
     """Replies and notes take the same input and differ only in where the text goes."""
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     text = text_field(body_json(request), "text", 4096)
-    held(ticket_id, db)
+    held(ticket_id, database_url)
     message_id = await asyncio.to_thread(write, ticket_id, request.ctx.session.agent.id,
-                                         text, db)
+                                         text, database_url)
     return response.json({"id": message_id}, status=201)
 
 
 @bp.get("/api/tickets")
 @requires_session()
 async def tickets(request: Request) -> HTTPResponse:
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     which = request.args.get("status", "open")
     statuses = {"open": handoff.OPEN, "closed": ("resolved", "abandoned")}.get(which)
     if statuses is None:
         raise BadRequest("status must be 'open' or 'closed'")
-    views = await asyncio.to_thread(handoff.list_tickets, statuses, 200, db)
-    return response.json(ticket_json(views, db))
+    views = await asyncio.to_thread(handoff.list_tickets, statuses, 200, database_url)
+    return response.json(ticket_json(views, database_url))
 
 
 @bp.get("/api/tickets/<ticket_id:int>")
 @requires_session()
 async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
-    view = held(ticket_id, db)
-    lines = await asyncio.to_thread(conversations.transcript, view.conversation_id, db)
-    return response.json({"ticket": ticket_json([view], db)[0],
+    database_url = request.app.ctx.database_url
+    view = held(ticket_id, database_url)
+    lines = await asyncio.to_thread(conversations.transcript, view.conversation_id, database_url)
+    return response.json({"ticket": ticket_json([view], database_url)[0],
                           "transcript": [line.as_json() for line in lines]})
 
 
 @bp.post("/api/tickets/<ticket_id:int>/claim")
 @requires_session()
 async def claim(request: Request, ticket_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
-    held(ticket_id, db)
+    database_url = request.app.ctx.database_url
+    held(ticket_id, database_url)
     agent = request.ctx.session.agent
-    view = await asyncio.to_thread(handoff.claim_ticket, ticket_id, agent.id, db)
+    view = await asyncio.to_thread(handoff.claim_ticket, ticket_id, agent.id, database_url)
     if view is None:
         return response.json({"error": "someone else already took this conversation"},
                              status=409)
-    await tell_customer(view, contract.AGENT_JOINED, agent.display_name, db)
-    return response.json(ticket_json([view], db)[0])
+    await tell_customer(view, contract.AGENT_JOINED, agent.display_name, database_url)
+    return response.json(ticket_json([view], database_url)[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/reply")
@@ -109,38 +109,38 @@ async def note(request: Request, ticket_id: int) -> HTTPResponse:
 @bp.post("/api/tickets/<ticket_id:int>/tags")
 @requires_session()
 async def tags(request: Request, ticket_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     value = body_json(request).get("tags")
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise BadRequest("'tags' must be a list of strings")
-    held(ticket_id, db)
-    view = await asyncio.to_thread(handoff.set_tags, ticket_id, value[:20], db)
-    return response.json(ticket_json([view], db)[0])
+    held(ticket_id, database_url)
+    view = await asyncio.to_thread(handoff.set_tags, ticket_id, value[:20], database_url)
+    return response.json(ticket_json([view], database_url)[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/transfer")
 @requires_session()
 async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
+    database_url = request.app.ctx.database_url
     to_agent = body_json(request).get("agent_id")
     if not isinstance(to_agent, int) or to_agent not in {
-            a.id for a in agents.list_agents(db) if a.role in agents.DESK_ROLES}:
+            a.id for a in agents.list_agents(database_url) if a.role in agents.DESK_ROLES}:
         raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
-    held(ticket_id, db)
+    held(ticket_id, database_url)
     view = await asyncio.to_thread(handoff.transfer, ticket_id,
-                                   request.ctx.session.agent.id, to_agent, db)
-    return response.json(ticket_json([view], db)[0])
+                                   request.ctx.session.agent.id, to_agent, database_url)
+    return response.json(ticket_json([view], database_url)[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/resolve")
 @requires_session()
 async def resolve(request: Request, ticket_id: int) -> HTTPResponse:
-    db = request.app.ctx.database_url
-    held(ticket_id, db)
+    database_url = request.app.ctx.database_url
+    held(ticket_id, database_url)
     agent = request.ctx.session.agent
-    view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, db)
-    await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name, db)
-    return response.json(ticket_json([view], db)[0])
+    view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, database_url)
+    await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name, database_url)
+    return response.json(ticket_json([view], database_url)[0])
 
 
 @bp.post("/api/tickets/dismiss")
