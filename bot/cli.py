@@ -64,14 +64,25 @@ def _masked(url: str) -> str:
 def cmd_init(_args: argparse.Namespace) -> int:
     from parley.bot import project_init
 
-    changes = project_init.init()
-    for change in changes:
+    result = project_init.init(_init_settings())
+    for change in result.changes:
         print(change)
-    if changes:
-        print(f"{len(changes)} change(s). Next: `parley check`, then `parley train`.")
-    else:
+    for todo in result.left_alone:
+        print(f"left as is: {todo}")
+    if result.changes:
+        print(f"{len(result.changes)} change(s). Next: `parley check`, then `parley train`.")
+    elif not result.left_alone:
         print("Nothing to change: the project already has everything Parley needs.")
-    return 0
+    return 1 if result.left_alone else 0
+
+
+def _init_settings() -> Settings:
+    """The Rasa project in this folder, even inside another project's tree."""
+    cwd = Path.cwd()
+    if not os.environ.get("PARLEY_PROJECT") and any(
+            (cwd / name).exists() for name in ("domain.yml", "domain", "config.yml")):
+        return load_settings(root=cwd)
+    return load_settings()
 
 
 def cmd_check(_args: argparse.Namespace) -> int:

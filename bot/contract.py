@@ -8,7 +8,7 @@ without `parley check` (part of `make test`) saying so first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # -- replies the framework sends ------------------------------------------------
@@ -29,6 +29,11 @@ FALLBACK_HANDOFF = "utter_fallback_handoff"
 TOPIC_PREFIX = "utter_topic_"
 
 HANDOFF_INTENT = "human_handoff"
+# Optional: a project with a `complaint` intent gets high priority for angry or
+# repeated complaints, and `affirm` right after an offer of a person hands off
+# with reason "complaint" (the demo's rules do this).
+COMPLAINT_INTENT = "complaint"
+ACCEPT_INTENT = "affirm"
 FALLBACK_INTENT = "nlu_fallback"  # FallbackClassifier's; Rasa knows it without a domain entry
 HANDOFF_ACTION = "action_handoff"
 FALLBACK_ACTION = "action_fallback"
@@ -135,28 +140,16 @@ HANDOFF_EXAMPLES = (
     "atendimento humano por favor", "quero falar com um atendente",
 )
 
-SLOT: dict[str, Any] = {
+INTENTS = (HANDOFF_INTENT,)
+ACTIONS = (HANDOFF_ACTION, FALLBACK_ACTION)
+SLOTS: dict[str, dict[str, Any]] = {REASON_SLOT: {
     "type": "categorical",
     "values": list(REASONS[:4]),
     "influence_conversation": False,
     "mappings": [{"type": "custom"}],
-}
+}}
 
 # The pipeline entries and their settings `parley init` adds (after the
 # project's own classifiers: FallbackClassifier, then the keyword override last).
 FALLBACK_SETTINGS: dict[str, Any] = {"threshold": 0.6, "ambiguity_threshold": 0.1}
 KEYWORD_SETTINGS: dict[str, Any] = {"keywords": {"agent": HANDOFF_INTENT}}
-
-
-@dataclass(frozen=True)
-class Contract:
-    """Everything above in one value, for `init` and `check`."""
-
-    replies: tuple[RequiredReply, ...] = REPLIES
-    intents: tuple[str, ...] = (HANDOFF_INTENT,)
-    slots: dict[str, dict[str, Any]] = field(default_factory=lambda: {REASON_SLOT: SLOT})
-    actions: tuple[str, ...] = (HANDOFF_ACTION, FALLBACK_ACTION)
-    rules: tuple[Rule, ...] = RULES
-
-
-CONTRACT = Contract()

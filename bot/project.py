@@ -32,7 +32,7 @@ class YamlFile:
 
     path: Path
     data: Any
-    indent: tuple[int, int, int] = (2, 2, 0)  # mapping, sequence, offset
+    indent: tuple[int, int, int] = (2, 2, 0)  # mapping, sequence, the dash's offset
 
     @classmethod
     def load(cls, path: Path) -> YamlFile:
@@ -40,10 +40,14 @@ class YamlFile:
             return cls(path, None)
         text = path.read_text(encoding="utf-8")
         try:
-            _data, sequence, offset = load_yaml_guess_indent(text)
+            _guessed, indent, offset = load_yaml_guess_indent(text)
+            data = _yaml().load(text)  # again, keeping the project's quotes
         except Exception as exc:  # ruamel raises several error types
             raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        return cls(path, _yaml().load(text), (2, sequence or 2, offset or 0))
+        # ruamel guesses the sequence indent and the dash's offset; mappings are
+        # indented like the dash (`  - x` with 2-space keys) or, flush, by 2.
+        sequence, offset = indent or 2, offset or 0
+        return cls(path, data, (offset or sequence, sequence, offset))
 
     def mapping(self) -> CommentedMap:
         """The top-level mapping, created if the file is new or empty."""
@@ -117,22 +121,25 @@ class Project:
             "domain" and not (self.root / "domain.yml").is_file() else files[0]
 
     def domain(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {"intents": [], "slots": {}, "actions": [], "responses": {}}
+        merged: dict[str, Any] = {"intents": [], "slots": {}, "actions": [], "responses": {},
+                                  "forms": {}}
         for path in self.domain_files():
             data = YamlFile.load(path).data or {}
             merged["intents"] += names(data.get("intents"))
             merged["actions"] += names(data.get("actions"))
             merged["slots"].update(data.get("slots") or {})
             merged["responses"].update(data.get("responses") or {})
+            merged["forms"].update(data.get("forms") or {})
         return merged
 
     # -- training data -----------------------------------------------------
-    def data_files(self) -> list[Path]:
+    def data_files(self, tests: bool = False) -> list[Path]:
+        """Training data under data/ (and, with `tests`, the test stories too)."""
         data = self.root / "data"
         if not data.is_dir():
             return []
         return sorted(p for p in data.rglob("*.yml")
-                      if p.is_file() and "tests" not in p.relative_to(data).parts)
+                      if p.is_file() and (tests or "tests" not in p.relative_to(data).parts))
 
     def _data(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         for path in self.data_files():
@@ -150,16 +157,33 @@ class Project:
                                  if line.strip().startswith("- "))
         return count
 
+    def _followers(self, intent: str) -> Iterator[tuple[Path, str, str, bool]]:
+        """(file, title, action, plain) wherever `intent` is followed by an action;
+        plain: an unconditional rule that starts with the intent."""
+        for path, data in self._data():
+            for kind in ("rules", "stories"):
+                for item in data.get(kind) or []:
+                    if not isinstance(item, dict):
+                        continue
+                    steps = item.get("steps") or []
+                    title = str(item.get("rule") or item.get("story") or "")
+                    for i, (before, after) in enumerate(itertools.pairwise(steps)):
+                        if (isinstance(before, dict) and before.get("intent") == intent
+                                and isinstance(after, dict) and after.get("action")):
+                            plain = kind == "rules" and i == 0 and not item.get("condition")
+                            yield path, title, str(after["action"]), plain
+
     def has_rule(self, rule: contract.Rule) -> bool:
         """A rule or story where the intent is followed at once by the action."""
-        for _path, data in self._data():
-            for item in [*(data.get("rules") or []), *(data.get("stories") or [])]:
-                steps = (item or {}).get("steps") or [] if isinstance(item, dict) else []
-                for before, after in itertools.pairwise(steps):
-                    if (isinstance(before, dict) and before.get("intent") == rule.intent
-                            and isinstance(after, dict) and after.get("action") == rule.action):
-                        return True
-        return False
+        return any(action == rule.action for _p, _t, action, _ in self._followers(rule.intent))
+
+    def conflicts(self, rule: contract.Rule) -> list[str]:
+        """Plain rules that answer the intent with another action: Rasa refuses to
+        train with both (e.g. `nlu_fallback` -> `utter_default`). Rules under a
+        condition or later in a flow are more specific and may differ."""
+        return [f"{self.rel(path)}: {title!r} answers {rule.intent} with {action}"
+                for path, title, action, plain in self._followers(rule.intent)
+                if plain and action != rule.action]
 
     # -- replies, config, endpoints, credentials ---------------------------
     def replies(self) -> dict[str, Any]:
@@ -182,11 +206,16 @@ class Project:
         module = base.with_suffix(".py")
         return module if module.is_file() else base / "__init__.py"
 
-    def registers_actions(self) -> bool:
+    def action_files(self) -> list[Path]:
+        """The project's action code: a module, or every file of a package."""
         base = self.root / self.settings.actions_package.replace(".", "/")
-        files = [base.with_suffix(".py")] if base.with_suffix(".py").is_file() \
-            else sorted(base.rglob("*.py")) if base.is_dir() else []
-        return any(ACTIONS_IMPORT.search(p.read_text(encoding="utf-8")) for p in files)
+        if base.with_suffix(".py").is_file():
+            return [base.with_suffix(".py")]
+        return sorted(base.rglob("*.py")) if base.is_dir() else []
+
+    def registers_actions(self) -> bool:
+        return any(ACTIONS_IMPORT.search(p.read_text(encoding="utf-8"))
+                   for p in self.action_files())
 
 
 def component_names(pipeline: Any) -> list[str]:

@@ -14,6 +14,8 @@ from parley.bot.project import Project, component_names
 from parley.bot.settings import PROJECT_FILE, Settings, load_settings
 
 MIN_EXAMPLES = 5  # FallbackClassifier needs the intent learned, not merely declared
+NLU_FILE = "data/parley_nlu.yml"  # where `parley init` puts what it adds
+RULES_FILE = "data/parley_rules.yml"
 
 
 @dataclass(frozen=True)
@@ -34,26 +36,30 @@ def check(settings: Settings | None = None) -> list[Problem]:
 
     domain_file = project.rel(project.domain_target())
     domain = project.domain()
-    for intent in contract.CONTRACT.intents:
+    for intent in contract.INTENTS:
         if intent not in domain["intents"]:
             add(Problem(domain_file, f"add intent `{intent}` under `intents:`"))
         examples = project.intent_examples(intent)
         if examples < MIN_EXAMPLES:
-            add(Problem("data/", f"intent `{intent}` has {examples} example(s); give it at "
-                                 f"least {MIN_EXAMPLES} in an `nlu:` file"))
-    for slot in contract.CONTRACT.slots:
+            add(Problem(NLU_FILE, f"intent `{intent}` has {examples} example(s); give it at "
+                                  f"least {MIN_EXAMPLES} (in any data file with `nlu:`)"))
+    for slot in contract.SLOTS:
         if slot not in domain["slots"]:
             add(Problem(domain_file, f"add slot `{slot}` under `slots:` (type categorical, "
                                      "values keyword/intent/low_confidence/complaint, "
                                      "mappings: [{type: custom}], influence_conversation: "
                                      "false)"))
-    for action in contract.CONTRACT.actions:
+    for action in contract.ACTIONS:
         if action not in domain["actions"]:
             add(Problem(domain_file, f"add action `{action}` under `actions:`"))
-    for rule in contract.CONTRACT.rules:
+    for rule in contract.RULES:
+        for conflict in project.conflicts(rule):
+            add(Problem(conflict.split(": ", 1)[0], f"{conflict.split(': ', 1)[1]}; Parley "
+                        f"answers it with {rule.action}: change that step to `action: "
+                        f"{rule.action}` (Rasa will not train with both)"))
         if not project.has_rule(rule):
-            add(Problem("data/", f"add a rule: intent `{rule.intent}` then action "
-                                 f"`{rule.action}` ({rule.title})"))
+            add(Problem(RULES_FILE, f"add a rule: intent `{rule.intent}` then action "
+                                    f"`{rule.action}` ({rule.title})"))
 
     replies_file = project.rel(project.settings.replies_file)
     replies = project.replies()
@@ -102,9 +108,13 @@ def _config(project: Project) -> list[Problem]:
 def _endpoints(project: Project) -> list[Problem]:
     data = project.endpoints().data or {}
     problems = []
-    if ((data.get("nlg") or {}).get("type")) != contract.NLG_CLASS:
+    nlg = data.get("nlg") or {}
+    if nlg.get("type") != contract.NLG_CLASS:
         problems.append(Problem("endpoints.yml", f"set `nlg: {{type: {contract.NLG_CLASS}}}` "
                                                  "so replies come from the live library"))
+    if "file" in nlg:
+        problems.append(Problem("endpoints.yml", "remove `file:` under `nlg:`; the reply file "
+                                                 "is `replies:` in parley.yml"))
     if not (data.get("action_endpoint") or {}).get("url"):
         problems.append(Problem("endpoints.yml", "add `action_endpoint: {url: "
                                                  "http://localhost:5055/webhook}`"))

@@ -8,6 +8,7 @@ run twice. What "needed" means is `bot/contract.py`; `parley check` verifies it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,9 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 
 from parley.bot import contract
 from parley.bot.project import ACTIONS_IMPORT, Project, YamlFile, component_names, names, seq
-from parley.bot.project_check import MIN_EXAMPLES
+from parley.bot.project_check import MIN_EXAMPLES, NLU_FILE, RULES_FILE
 from parley.bot.settings import PROJECT_FILE, Settings, load_settings
 
-NLU_FILE = "data/parley_nlu.yml"
-RULES_FILE = "data/parley_rules.yml"
 CLASSIFIERS = ("DIETClassifier", "LogisticRegressionClassifier", "SklearnIntentClassifier",
                "KeywordIntentClassifier", "MitieIntentClassifier", "ResponseSelector")
 
@@ -64,14 +63,24 @@ actions: {actions}
 """
 
 
+@dataclass
+class Result:
+    changes: list[str] = field(default_factory=list)  # what init added
+    left_alone: list[str] = field(default_factory=list)  # what the project must change itself
+
+
 class Init:
     def __init__(self, settings: Settings) -> None:
         self.project = Project(settings)
-        self.changes: list[str] = []
+        self.result = Result()
+        self.changes = self.result.changes
         self._dirty: dict[Path, YamlFile] = {}
 
     def note(self, what: str) -> None:
         self.changes.append(what)
+
+    def leave(self, what: str) -> None:
+        self.result.left_alone.append(what)
 
     def file(self, path: Path) -> YamlFile:
         if path not in self._dirty:
@@ -87,18 +96,18 @@ class Init:
         target = self.project.domain_target()
         current = self.project.domain()
         rel = self.project.rel(target)
-        for intent in contract.CONTRACT.intents:
+        for intent in contract.INTENTS:
             if intent not in current["intents"]:
                 self._append(target, "intents", intent)
                 self.note(f"{rel}: added intent {intent}")
-        for slot, spec in contract.CONTRACT.slots.items():
+        for slot, spec in contract.SLOTS.items():
             if slot not in current["slots"]:
                 data = self.file(target).mapping()
                 if data.get("slots") is None:
                     data["slots"] = CommentedMap()
                 data["slots"][slot] = _commented(spec)
                 self.note(f"{rel}: added slot {slot}")
-        for action in contract.CONTRACT.actions:
+        for action in contract.ACTIONS:
             if action not in current["actions"]:
                 self._append(target, "actions", action)
                 self.note(f"{rel}: added action {action}")
@@ -113,7 +122,7 @@ class Init:
             _append_keeping_layout(data[key], value)
 
     def nlu(self) -> None:
-        for intent in contract.CONTRACT.intents:
+        for intent in contract.INTENTS:
             if self.project.intent_examples(intent) >= MIN_EXAMPLES:
                 continue
             data = self.file(self.project.root / NLU_FILE).mapping()
@@ -127,8 +136,13 @@ class Init:
                       f"{intent} (English and Portuguese)")
 
     def rules(self) -> None:
-        for rule in contract.CONTRACT.rules:
+        for rule in contract.RULES:
             if self.project.has_rule(rule):
+                continue
+            conflicts = self.project.conflicts(rule)
+            if conflicts:  # never change the project's own flows: say what to change
+                self.leave(f"{conflicts[0]}; change it to {rule.action} (Rasa will not train "
+                           "with both), then run `parley init` again")
                 continue
             data = self.file(self.project.root / RULES_FILE).mapping()
             data.setdefault("version", "3.1")
@@ -192,8 +206,8 @@ class Init:
                       f"(nlg: {contract.NLG_CLASS})")
             changed = True
         elif nlg.get("type") != contract.NLG_CLASS:
-            self.note(f"endpoints.yml: LEFT AS IS: `nlg:` is set to something else; "
-                      f"set `type: {contract.NLG_CLASS}` yourself to use the reply library")
+            self.leave(f"endpoints.yml: `nlg:` is set to something else; set `type: "
+                       f"{contract.NLG_CLASS}` yourself to use the reply library")
         if not (data.get("action_endpoint") or {}).get("url"):
             data["action_endpoint"] = CommentedMap([("url", "http://localhost:5055/webhook")])
             self.note("endpoints.yml: added the action server endpoint")
@@ -237,8 +251,8 @@ class Init:
                   "replies, actions); edit it to suit")
 
 
-def init(settings: Settings | None = None) -> list[str]:
-    """Add what is missing; returns one line per change (empty: nothing to do)."""
+def init(settings: Settings | None = None) -> Result:
+    """Add what is missing; says each change, and what it left for the project to do."""
     settings = settings or load_settings()
     step = Init(settings)
     step.settings_file()
@@ -248,7 +262,7 @@ def init(settings: Settings | None = None) -> list[str]:
                  step.endpoints, step.credentials, step.actions):
         part()
     step.save()
-    return step.changes
+    return step.result
 
 
 def _append_keeping_layout(items: Any, value: Any) -> None:

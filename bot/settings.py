@@ -163,12 +163,12 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
             raise ValueError(f"{path}: `{key}` must be a path")
         return (root / str(value)).resolve()
 
-    var_dir = Path(env["PARLEY_VAR_DIR"]) if env.get("PARLEY_VAR_DIR") else \
+    var_dir = Path(env["PARLEY_VAR_DIR"]).resolve() if env.get("PARLEY_VAR_DIR") else \
         rel(raw.get("var_dir", "var"), "var_dir")
     hours_raw = raw.get("support_hours")
     hours_file = None
     if env.get("PARLEY_SUPPORT_HOURS"):
-        hours_file = Path(env["PARLEY_SUPPORT_HOURS"])
+        hours_file = Path(env["PARLEY_SUPPORT_HOURS"]).resolve()
     elif isinstance(hours_raw, str):
         hours_file = rel(hours_raw, "support_hours")
     elif hours_raw is not None and not isinstance(hours_raw, dict):
@@ -189,7 +189,7 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         support_hours=hours_raw if isinstance(hours_raw, dict) else {},
         support_hours_file=hours_file,
         channels=tuple(channels),
-        replies_file=Path(env["PARLEY_REPLIES"]) if env.get("PARLEY_REPLIES") else
+        replies_file=Path(env["PARLEY_REPLIES"]).resolve() if env.get("PARLEY_REPLIES") else
         rel(raw.get("replies", "data/responses.yml"), "replies"),
         placeholders=_placeholders(raw, path),
         actions_package=actions,

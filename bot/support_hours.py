@@ -135,6 +135,8 @@ def current(settings: Settings | None = None) -> SupportHours:
     settings = settings or load_settings()
     if settings.support_hours_file is not None:
         hours = load(settings.support_hours_file)
+    elif not settings.support_hours:  # none set: nobody said when the team is away
+        hours = _inline(json.dumps({"weekly": dict.fromkeys(DAYS, "00:00-24:00")}), "always")
     else:
         hours = _inline(json.dumps(settings.support_hours, sort_keys=True, default=str),
                         f"{settings.settings_file}: support_hours")

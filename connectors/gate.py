@@ -119,8 +119,7 @@ def _take_rating(session: Any, conversation: Conversation, text: str,
     if match is None or conversation.rating_ticket_id is None:
         return None
     score = int(match.group(1))
-    session.add(handoff.Rating(ticket_id=conversation.rating_ticket_id, score=score,
-                               created_at=utcnow()))
+    handoff.add_rating(session, conversation.rating_ticket_id, score)
     return _reply(session, conversation.id, contract.RATING_THANKS, database_url=database_url,
                   rating=score)
 

@@ -251,7 +251,8 @@ def test_bulk_dismiss(desk: Desk) -> None:
 def test_bad_input_gets_a_clear_4xx(desk: Desk, path: str, body: bytes, status: int,
                                     reason: str) -> None:
     ana, csrf = desk.login("ana", "ana-password")
-    ticket = handoff.escalate(f"webchat:bad{time.monotonic_ns()}", "intent", database_url=desk.db).ticket
+    ticket = handoff.escalate(f"webchat:bad{time.monotonic_ns()}", "intent",
+                              database_url=desk.db).ticket
     ana.post(f"/api/tickets/{ticket.id}/claim", json={}, headers={"X-CSRF-Token": csrf})
     resp = ana.post(path.format(id=ticket.id), content=body,
                     headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"})

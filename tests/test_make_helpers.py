@@ -173,3 +173,12 @@ def test_follow_up_hours_setting() -> None:
     assert load_settings({"PARLEY_FOLLOWUP_HOURS": "0"}).follow_up_hours == 0.0
     with pytest.raises(ValueError, match="number of hours"):
         load_settings({"PARLEY_FOLLOWUP_HOURS": "daily"})
+
+
+def test_both_command_names_work_in_the_checkout() -> None:
+    """`parley …` is the installed command; `python -m bot.cli …` keeps working here."""
+    for cmd in ([str(Path(sys.executable).parent / "parley"), "check"],
+                [sys.executable, "-m", "bot.cli", "check"]):
+        result = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "has what Parley needs" in result.stdout

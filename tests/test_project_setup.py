@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from parley.bot import contract, project_check, project_init
 from parley.bot.settings import load_settings
@@ -88,19 +89,26 @@ def test_check_names_the_file_and_what_to_add(tmp_path: Path) -> None:
     assert "parley.yml: missing: run `parley init` to create it with the defaults" in found
     assert "domain.yml: add intent `human_handoff` under `intents:`" in found
     assert "domain.yml: add action `action_handoff` under `actions:`" in found
-    assert any(p.startswith("data/: add a rule: intent `nlu_fallback` then action "
-                            "`action_fallback`") for p in found)
+    assert any(p.startswith("data/parley_rules.yml: add a rule: intent `nlu_fallback` then "
+                            "action `action_fallback`") for p in found)
+    assert "data/parley_nlu.yml: intent `human_handoff` has 0 example(s); give it at least 5 " \
+           "(in any data file with `nlu:`)" in found
     for reply in contract.REPLIES:
         assert any(p.startswith(f"data/responses.yml: add reply `{reply.name}`") for p in found)
     assert any(p.startswith("config.yml: `pipeline:` is empty") for p in found)
     assert any(p.startswith("endpoints.yml: set `nlg:") for p in found)
     assert any(p.startswith("actions/__init__.py: add `import parley.bot.actions") for p in found)
-    assert all(":" in p.split(" ")[0] for p in found)  # every line starts with a file
+    files = {p.split(": ", 1)[0] for p in found}  # every line starts with a file
+    assert files == {"parley.yml", "domain.yml", "data/parley_nlu.yml", "data/parley_rules.yml",
+                     "data/responses.yml", "config.yml", "endpoints.yml", "credentials.yml",
+                     "actions/__init__.py"}
 
 
 def test_init_adds_only_whats_missing_and_twice_changes_nothing(tmp_path: Path) -> None:
     root = minimal(tmp_path)
-    changes = project_init.init(load_settings(env={}, root=root))
+    result = project_init.init(load_settings(env={}, root=root))
+    changes, left = result.changes, result.left_alone
+    assert left == []
     assert "parley.yml: created (brand, contact, support hours, channels, replies, actions); " \
            "edit it to suit" in changes
     assert problems(root) == []
@@ -112,8 +120,21 @@ def test_init_adds_only_whats_missing_and_twice_changes_nothing(tmp_path: Path) 
     assert config.index("FallbackClassifier") < config.index(contract.KEYWORD_COMPONENT)
     assert "import parley.bot.actions" in (root / "actions" / "__init__.py").read_text()
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert project_init.init(load_settings(env={}, root=root)) == []
+    again = project_init.init(load_settings(env={}, root=root))
+    assert again.changes == [] and again.left_alone == []
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    # What init wrote is what Rasa reads: the replies, rules and examples themselves.
+    replies = yaml.safe_load((root / "data" / "responses.yml").read_text())["responses"]
+    assert set(replies) == contract.REPLY_NAMES
+    assert any("{queue_position}" in v["text"] for v in replies[contract.HANDOFF_QUEUED])
+    rules = yaml.safe_load((root / "data" / "parley_rules.yml").read_text())["rules"]
+    assert [[s for s in r["steps"]] for r in rules] == [
+        [{"intent": "human_handoff"}, {"action": "action_handoff"}],
+        [{"intent": "nlu_fallback"}, {"action": "action_fallback"}]]
+    domain = yaml.safe_load((root / "domain.yml").read_text())
+    assert domain["slots"]["handoff_reason"]["mappings"] == [{"type": "custom"}]
+    endpoints = yaml.safe_load((root / "endpoints.yml").read_text())
+    assert endpoints["nlg"] == {"type": contract.NLG_CLASS}
 
 
 def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None:
@@ -123,8 +144,9 @@ def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None
         "language: en\npipeline:\n  - name: WhitespaceTokenizer\n  - name: CountVectorsFeaturizer\n"
         f"  - name: {contract.KEYWORD_COMPONENT}\n  - name: DIETClassifier\n"
         "  - name: FallbackClassifier\n    threshold: 0.5\npolicies:\n  - name: TEDPolicy\n")
-    changes = project_init.init(load_settings(env={}, root=root))
-    assert any("LEFT AS IS" in c and "endpoints.yml" in c for c in changes)
+    result = project_init.init(load_settings(env={}, root=root))
+    changes = result.changes
+    assert [c for c in result.left_alone if c.startswith("endpoints.yml: `nlg:` is set")]
     assert "my.own.Generator  # ours" in (root / "endpoints.yml").read_text()
     assert "config.yml: added RulePolicy" in changes
     config = (root / "config.yml").read_text()
@@ -132,3 +154,45 @@ def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None
     left = problems(root)
     assert any(p.startswith("endpoints.yml: set `nlg:") for p in left)
     assert any(p.startswith(f"config.yml: move {contract.KEYWORD_COMPONENT} after") for p in left)
+
+
+def test_a_conflicting_fallback_rule_is_named_not_overwritten(tmp_path: Path) -> None:
+    root = minimal(tmp_path)
+    (root / "data" / "rules.yml").write_text(
+        'version: "3.1"\nrules:\n- rule: fallback\n  steps:\n  - intent: nlu_fallback\n'
+        "  - action: utter_default\n")
+    result = project_init.init(load_settings(env={}, root=root))
+    assert result.left_alone == ["data/rules.yml: 'fallback' answers nlu_fallback with "
+                                 "utter_default; change it to action_fallback (Rasa will not "
+                                 "train with both), then run `parley init` again"]
+    assert "utter_default" in (root / "data" / "rules.yml").read_text()
+    rules = yaml.safe_load((root / "data" / "parley_rules.yml").read_text())["rules"]
+    assert [r["steps"][0]["intent"] for r in rules] == ["human_handoff"]  # not the fallback
+    assert [p for p in problems(root) if p.startswith("data/rules.yml: 'fallback' answers")]
+
+
+def test_init_keeps_the_files_indentation(tmp_path: Path) -> None:
+    root = minimal(tmp_path)
+    (root / "domain.yml").write_text('version: "3.1"\nintents:\n    - greet\nslots:\n'
+                                     "    mood:\n        type: text\n        mappings:\n"
+                                     "            - type: custom\n")
+    project_init.init(load_settings(env={}, root=root))
+    lines = (root / "domain.yml").read_text().splitlines()
+    assert lines[:5] == ['version: "3.1"', "intents:", "    - greet", "    - human_handoff",
+                         "slots:"]
+    assert "    handoff_reason:" in lines and "        type: categorical" in lines
+
+
+def test_replies_kept_in_the_domain_count_as_defined(tmp_path: Path) -> None:
+    from parley.bot.responses import checks
+
+    root = minimal(tmp_path)
+    project_init.init(load_settings(env={}, root=root))
+    (root / "data" / "rules.yml").write_text(
+        'version: "3.1"\nrules:\n- rule: hi\n  steps:\n  - intent: greet\n'
+        "  - action: utter_greet\n  - action: utter_missing\n")
+    settings = load_settings(env={}, root=root)
+    replies = yaml.safe_load(settings.replies_file.read_text())["responses"]
+    missing = [p.reply for p in checks.check_library(replies, settings)
+               if "library has no such reply" in p.message]
+    assert missing == ["utter_missing"]  # utter_greet lives in domain.yml: served, not missing

@@ -49,9 +49,9 @@ def topic_buttons(intent_ranking: Iterable[dict[str, Any]], channel: str,
     replies = library().current().replies
     offered = {name.removeprefix(contract.TOPIC_PREFIX) for name in replies
                if name.startswith(contract.TOPIC_PREFIX)}
-    return [{"title": render(f"{contract.TOPIC_PREFIX}{name}", channel, language)["text"],
-             "payload": f"/{name}"}
-            for name in top_topics(intent_ranking, offered)]
+    titled = ((name, render(f"{contract.TOPIC_PREFIX}{name}", channel, language).get("text"))
+              for name in top_topics(intent_ranking, offered))
+    return [{"title": title, "payload": f"/{name}"} for name, title in titled if title]
 
 
 class ActionFallback(Action):

@@ -26,7 +26,7 @@ def handoff_reason(text: str | None, intent: str | None) -> str:
     """Why the customer is being handed off, as the ticket will record it."""
     if text and AGENT_KEYWORD.search(text):
         return "keyword"
-    if intent == "affirm":  # said yes to the offer of a person after a complaint
+    if intent == contract.ACCEPT_INTENT:  # said yes to the offer of a person
         return "complaint"
     return "intent"
 
@@ -45,7 +45,8 @@ def user_turns(tracker: Tracker) -> list[dict[str, Any]]:
 def priority_for(tracker: Tracker) -> int:
     """High when the customer complained twice or angrily in this conversation."""
     complaints = [e for e in user_turns(tracker)
-                  if ((e.get("parse_data") or {}).get("intent") or {}).get("name") == "complaint"]
+                  if ((e.get("parse_data") or {}).get("intent") or {}).get("name")
+                  == contract.COMPLAINT_INTENT]
     if len(complaints) >= 2 or any(is_angry(e.get("text") or "") for e in complaints):
         return handoff.PRIORITY_HIGH
     return handoff.PRIORITY_NORMAL

@@ -67,8 +67,9 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     async def follow_up_loop() -> None:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
         after = timedelta(hours=follow_up_hours)
-        text = responses.render(contract.FOLLOW_UP, database_url=database_url)["text"]
-        while True:
+        while True:  # the text is rendered each round, so published edits apply
+            text = (await asyncio.to_thread(responses.render, contract.FOLLOW_UP, "", "",
+                                            database_url))["text"]
             await asyncio.to_thread(handoff.send_follow_ups, after, text, None, database_url)
             await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)
 

@@ -23,7 +23,6 @@ from parley.bot.desk.errors import BadRequest, body_json, text_field
 from parley.bot.responses import checks, conversation_values, placeholders, revisions, variants
 from parley.bot.responses.channels import CHANNELS, LANGUAGES, configured, of_conversation
 from parley.bot.responses.library import Library, library
-from parley.bot.settings import load_settings
 
 NAME = re.compile(r"^utter_[a-z0-9_]{1,100}$")
 WRITERS = ("writer", "admin")
@@ -75,8 +74,7 @@ def live(database_url: str | None) -> Library:
 
 
 def problems(name: str, body: Any) -> list[dict[str, Any]]:
-    project_root = load_settings().project_root
-    found = checks.check_reply(name, body, configured(), checks.slot_names(project_root))
+    found = checks.check_reply(name, body, configured(), checks.slot_names())
     return [p.as_json() | {"text": str(p)} for p in found]
 
 

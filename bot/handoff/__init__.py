@@ -20,7 +20,7 @@ from parley.bot.handoff.commands import (
     transfer,
 )
 from parley.bot.handoff.escalation import escalate, hold_externally
-from parley.bot.handoff.follow_ups import send_follow_ups
+from parley.bot.handoff.follow_ups import add_rating, send_follow_ups
 from parley.bot.handoff.queue import (
     DEFAULT_HANDLE_TIME,
     QueuePlace,
@@ -58,6 +58,7 @@ __all__ = [
     "TransitionError",
     "abandon",
     "add_note",
+    "add_rating",
     "agent_reply",
     "claim_ticket",
     "dismiss",

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from parley.bot import events
 from parley.bot.conversations import Message, add_message
-from parley.bot.handoff.tickets import Ticket
+from parley.bot.handoff.tickets import Rating, Ticket
 from parley.bot.storage import session_scope, utcnow
 
 
@@ -38,3 +39,11 @@ def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
                            conversation_id=ticket.conversation_id, author="system")
             sent.append(ticket.id)
     return sent
+
+
+def add_rating(session: Session, ticket_id: int, score: int) -> None:
+    """The customer's 1-5 score for a resolved ticket, in the caller's transaction
+    (the gate's, which also records the thanks); anything else skews reports."""
+    if not 1 <= score <= 5:
+        raise ValueError("a rating is 1 to 5")
+    session.add(Rating(ticket_id=ticket_id, score=score, created_at=utcnow()))

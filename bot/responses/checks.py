@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from parley.bot import contract
+from parley.bot.project import Project
 from parley.bot.responses import placeholders
 from parley.bot.responses.channels import CHANNELS, LANGUAGES, Channel, configured
 from parley.bot.responses.variants import language_of
@@ -62,31 +60,25 @@ class References:
 def references(settings: Settings | None = None) -> References:
     """Where the project's stories, rules, domain, test stories and actions send
     replies, plus the replies Parley itself sends (`contract`)."""
-    settings = settings or load_settings()
-    root = settings.project_root
+    project = Project(settings or load_settings())
     names: set[str] = set(contract.REPLY_NAMES)
     prefixes: set[str] = {contract.TOPIC_PREFIX}
     where: dict[str, str] = dict.fromkeys(contract.REPLY_NAMES, "Parley")
-    yaml_files = [root / "domain.yml", *sorted((root / "data").rglob("*.yml"))]
-    for path in yaml_files:
-        if not path.exists() or path.resolve() == settings.replies_file:
+    replies_file = project.settings.replies_file.resolve()
+    for path in [*project.domain_files(), *project.data_files(tests=True)]:
+        if not path.exists() or path.resolve() == replies_file:
             continue
         for name in YAML_REFERENCE.findall(path.read_text(encoding="utf-8")):
             names.add(name)
-            where.setdefault(name, path.relative_to(root).as_posix())
-    domain = yaml.safe_load((root / "domain.yml").read_text(encoding="utf-8")) \
-        if (root / "domain.yml").exists() else {}
-    for form, spec in ((domain or {}).get("forms") or {}).items():
+            where.setdefault(name, project.rel(path))
+    for form, spec in project.domain()["forms"].items():
         for slot in (spec or {}).get("required_slots") or []:  # Rasa asks with these
             prefixes.update({f"utter_ask_{slot}", f"utter_ask_{form}_{slot}"})
-    package = root / settings.actions_package.replace(".", "/")
-    code = [package.with_suffix(".py")] if package.with_suffix(".py").is_file() \
-        else sorted(package.rglob("*.py"))
-    for path in code:
+    for path in project.action_files():
         text = path.read_text(encoding="utf-8")
         for name in CODE_REFERENCE.findall(text):
             names.add(name)
-            where.setdefault(name, path.relative_to(root).as_posix())
+            where.setdefault(name, project.rel(path))
         prefixes.update(CODE_PREFIX.findall(text))
     names -= NOT_REPLIES
     return References(frozenset(names), frozenset(prefixes), where)
@@ -229,10 +221,8 @@ def check_reply(name: str, variations: Any, channels: list[Channel],
     return problems
 
 
-def slot_names(root: Path) -> set[str]:
-    path = root / "domain.yml"
-    domain = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return set(((domain or {}).get("slots") or {}).keys())
+def slot_names(settings: Settings | None = None) -> set[str]:
+    return set(Project(settings or load_settings()).domain()["slots"])
 
 
 def check_library(replies: dict[str, Any], settings: Settings | None = None,
@@ -240,13 +230,16 @@ def check_library(replies: dict[str, Any], settings: Settings | None = None,
     """Every reply, plus replies the bot sends that are missing, and ones never sent."""
     settings = settings or load_settings()
     channels = channels if channels is not None else configured(settings)
-    slots = slot_names(settings.project_root)
+    project = Project(settings)
+    domain = project.domain()
+    slots = set(domain["slots"])
     problems: list[Problem] = []
     for name, variations in replies.items():
         problems += check_reply(name, variations, channels, slots)
     refs = references(settings)
-    reply_file = _relative(settings.replies_file, settings.project_root)
-    for name in sorted(refs.names - set(replies)):
+    reply_file = project.rel(settings.replies_file)
+    # Replies kept in domain.yml are served too (Rasa hands them to the NLG).
+    for name in sorted(refs.names - set(replies) - set(domain["responses"])):
         problems.append(Problem(name, "", f"{refs.where.get(name, 'the bot')} sends this "
                                 "reply, but the library has no such reply: add it to "
                                 f"{reply_file} (`parley init` adds Parley's own) or fix "
@@ -261,9 +254,3 @@ def check_library(replies: dict[str, Any], settings: Settings | None = None,
                                     "if it is for agents only"))
     return problems
 
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
