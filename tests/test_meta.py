@@ -122,7 +122,7 @@ def test_a_full_conversation(meta: MetaStack, kind: str) -> None:
     assert "DHL" in meta.replies(user)[-1]
     assert all(b.get("messaging_type", "RESPONSE") == "RESPONSE" and "tag" not in b
                for b in meta.fake.sent_to(user))  # bot replies never carry a tag
-    lines = conversations.transcript(f"{kind}:{user}", meta.stack.db_url)
+    lines = conversations.transcript(f"{kind}:{user}", meta.stack.database_url)
     assert [m.author for m in lines] == ["customer", "bot"] * 3
 
 
@@ -133,7 +133,7 @@ def test_forged_or_missing_signature_is_401(meta: MetaStack, kind: str,
     user = user_for(kind)
     assert meta.post(kind, event(kind, user, "hi"), secret=secret).status_code == 401
     assert meta.replies(user) == []
-    assert conversations.transcript(f"{kind}:{user}", meta.stack.db_url) == []
+    assert conversations.transcript(f"{kind}:{user}", meta.stack.database_url) == []
 
 
 @pytest.mark.parametrize("kind", PLATFORMS)
@@ -265,14 +265,14 @@ def test_echo_from_metas_inbox_makes_the_bot_quiet(meta: MetaStack) -> None:
     own_echo["entry"][0]["messaging"][0]["message"].update(
         {"app_id": int(APP_ID), "text": "bot text", "mid": f"m_{next(_ids)}"})
     meta.post("messenger", own_echo)  # our own message coming back: ignored
-    assert handoff.owner(f"messenger:{user}", meta.stack.db_url)[0] == "bot"
+    assert handoff.owner(f"messenger:{user}", meta.stack.database_url)[0] == "bot"
     meta.post("messenger", echo)
-    assert handoff.owner(f"messenger:{user}", meta.stack.db_url)[0] == "assigned"
+    assert handoff.owner(f"messenger:{user}", meta.stack.database_url)[0] == "assigned"
     before = len(meta.replies(user))
     meta.post("messenger", messenger_event("messenger", user, "where is my order?"))
     assert len(meta.replies(user)) == before  # the bot stays quiet
     lines = [(m.author, m.text) for m in conversations.transcript(f"messenger:{user}",
-                                                                  meta.stack.db_url)]
+                                                                  meta.stack.database_url)]
     assert ("agent", "Hi, Sam from the shop") in lines
     assert ("customer", "where is my order?") in lines
 
@@ -283,30 +283,31 @@ def test_standby_messages_are_human_owned(meta: MetaStack) -> None:
     standby["entry"][0]["standby"] = standby["entry"][0].pop("messaging")
     meta.post("messenger", standby)
     assert meta.replies(user) == []
-    assert handoff.owner(f"messenger:{user}", meta.stack.db_url)[0] == "assigned"
+    assert handoff.owner(f"messenger:{user}", meta.stack.database_url)[0] == "assigned"
 
 
 def held(meta: MetaStack, kind: str, user: str, hours_ago: float) -> tuple[int, int, str]:
     conv = f"{kind}:{user}"
     meta.post(kind, event(kind, user, "AGENT"))
-    agent = agents.create_user(f"a{next(_ids)}", "agent-password", url=meta.stack.db_url)
-    ticket = handoff.owner(conv, meta.stack.db_url)[1]
-    handoff.claim_ticket(ticket.id, agent.id, meta.stack.db_url)
-    with session_scope(meta.stack.db_url) as s:
+    agent = agents.create_user(f"a{next(_ids)}", "agent-password",
+                               database_url=meta.stack.database_url)
+    ticket = handoff.owner(conv, meta.stack.database_url)[1]
+    handoff.claim_ticket(ticket.id, agent.id, meta.stack.database_url)
+    with session_scope(meta.stack.database_url) as s:
         s.execute(update(Conversation).where(Conversation.id == conv).values(
             last_customer_at=utcnow() - timedelta(hours=hours_ago)))
     return ticket.id, agent.id, conv
 
 
 def delivery_error(meta: MetaStack, conv: str, message_id: int) -> str | None:
-    lines = conversations.transcript(conv, meta.stack.db_url)
+    lines = conversations.transcript(conv, meta.stack.database_url)
     return next((m.delivery_error for m in lines if m.id == message_id), None)
 
 
 def test_messenger_late_human_reply_uses_the_human_agent_tag(meta: MetaStack) -> None:
     user = user_for("messenger")
     ticket, agent, _conv = held(meta, "messenger", user, hours_ago=30)
-    handoff.agent_reply(ticket, agent, "Sorry for the wait!", meta.stack.db_url)
+    handoff.agent_reply(ticket, agent, "Sorry for the wait!", meta.stack.database_url)
     assert wait_until(lambda: "Sorry for the wait!" in meta.replies(user))
     sent = next(b for b in meta.fake.sent_to(user) if reply_text(b) == "Sorry for the wait!")
     assert sent["messaging_type"] == "MESSAGE_TAG" and sent["tag"] == "HUMAN_AGENT"
@@ -315,7 +316,7 @@ def test_messenger_late_human_reply_uses_the_human_agent_tag(meta: MetaStack) ->
 def test_messenger_human_reply_after_seven_days_is_refused(meta: MetaStack) -> None:
     user = user_for("messenger")
     ticket, agent, conv = held(meta, "messenger", user, hours_ago=24 * 8)
-    mid = handoff.agent_reply(ticket, agent, "Still there?", meta.stack.db_url)
+    mid = handoff.agent_reply(ticket, agent, "Still there?", meta.stack.database_url)
     assert wait_until(lambda: delivery_error(meta, conv, mid) is not None)
     assert "7 days" in delivery_error(meta, conv, mid)
     assert "Still there?" not in meta.replies(user)
@@ -324,12 +325,12 @@ def test_messenger_human_reply_after_seven_days_is_refused(meta: MetaStack) -> N
 def test_whatsapp_outside_the_window_needs_a_template(meta: MetaStack) -> None:
     user = user_for("whatsapp")
     ticket, agent, conv = held(meta, "whatsapp", user, hours_ago=25)
-    mid = handoff.agent_reply(ticket, agent, "Hello again", meta.stack.db_url)
+    mid = handoff.agent_reply(ticket, agent, "Hello again", meta.stack.database_url)
     assert wait_until(lambda: delivery_error(meta, conv, mid) is not None)
     assert "template" in delivery_error(meta, conv, mid)
     inside_user = user_for("whatsapp")
     ticket2, agent2, _ = held(meta, "whatsapp", inside_user, hours_ago=2)
-    handoff.agent_reply(ticket2, agent2, "Hi from the team", meta.stack.db_url)
+    handoff.agent_reply(ticket2, agent2, "Hi from the team", meta.stack.database_url)
     assert wait_until(lambda: "Hi from the team" in meta.replies(inside_user))
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from parley.bot import contract
 from parley.bot.responses import checks
 from parley.bot.responses.channels import CHANNELS, configured
 from parley.bot.responses.library import dump
+from parley.bot.settings import load_settings
 from tests import REPO_ROOT as PROJECT_ROOT
 
 ALL = list(CHANNELS.values())
@@ -141,13 +143,20 @@ def test_references_missing_and_unused(project: Path) -> None:
                "utter_ask_order_number": [{"text": "Which order?"}],
                "utter_lonely": [{"text": "Nobody sends me"}],
                "utter_for_agents": [{"text": "Thanks!", "metadata": {"canned": True}}]}
-    problems = [str(p) for p in checks.check_library(replies, project, FIVE)]
+    parleys = {r.name: list(r.variations) for r in contract.REPLIES}
+    settings = load_settings(env={}, root=project)
+    problems = [str(p) for p in checks.check_library({**replies, **parleys}, settings, FIVE)
+                if p.reply not in parleys]
     assert problems == [
         "error: utter_gone [all channels]: data/stories.yml sends this reply, but the library "
-        "has no such reply: add it to data/responses.yml or fix the name",
+        "has no such reply: add it to data/responses.yml (`parley init` adds Parley's own) or "
+        "fix the name",
         "error: utter_lonely [all channels]: no story, rule or action sends this reply: use it, "
         "delete it, or mark it `metadata: {canned: true}` if it is for agents only",
     ]
+    without_parleys = [p.reply for p in checks.check_library(replies, settings, FIVE)
+                       if "library has no such reply" in p.message]
+    assert set(without_parleys) == {"utter_gone", *contract.REPLY_NAMES}  # sent by Parley
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:

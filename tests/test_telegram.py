@@ -83,9 +83,9 @@ def test_a_full_conversation(tg: TelegramStack) -> None:
     assert "order number" in tg.replies(chat)[-1]
     tg.post(text_update(chat, "10234"))
     assert "DHL" in tg.replies(chat)[-1]
-    lines = conversations.transcript(f"telegram:{chat}", tg.stack.db_url)
+    lines = conversations.transcript(f"telegram:{chat}", tg.stack.database_url)
     assert [m.author for m in lines] == ["customer", "bot"] * 3
-    assert conversations.display_names([f"telegram:{chat}"], tg.stack.db_url) == {
+    assert conversations.display_names([f"telegram:{chat}"], tg.stack.database_url) == {
         f"telegram:{chat}": "Maria Lopes"}
 
 
@@ -95,7 +95,7 @@ def test_forged_or_missing_secret_is_refused(tg: TelegramStack, secret: str | No
     resp = tg.post(text_update(chat, "hi"), secret=secret)
     assert resp.status_code == 403
     assert tg.replies(chat) == []
-    assert conversations.transcript(f"telegram:{chat}", tg.stack.db_url) == []
+    assert conversations.transcript(f"telegram:{chat}", tg.stack.database_url) == []
 
 
 def test_a_redelivered_update_gets_no_second_reply(tg: TelegramStack) -> None:
@@ -280,9 +280,9 @@ def held_by_an_agent(tg: TelegramStack) -> tuple[int, str, int, int]:
     chat = next(_chat_ids)
     conv = f"telegram:{chat}"
     tg.post(text_update(chat, "AGENT"))
-    agent = agents.create_user(f"tg{chat}", "agent-password", url=tg.stack.db_url)
-    ticket = handoff.owner(conv, tg.stack.db_url)[1]
-    handoff.claim_ticket(ticket.id, agent.id, tg.stack.db_url)
+    agent = agents.create_user(f"tg{chat}", "agent-password", database_url=tg.stack.database_url)
+    ticket = handoff.owner(conv, tg.stack.database_url)[1]
+    handoff.claim_ticket(ticket.id, agent.id, tg.stack.database_url)
     return chat, conv, ticket.id, agent.id
 
 
@@ -291,7 +291,7 @@ def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None
 
     chat, _conv, ticket_id, agent_id = held_by_an_agent(tg)
     for i in range(3):
-        handoff.agent_reply(ticket_id, agent_id, f"Agent reply {i}", tg.stack.db_url)
+        handoff.agent_reply(ticket_id, agent_id, f"Agent reply {i}", tg.stack.database_url)
     assert wait_until(lambda: sum("Agent reply" in r for r in tg.replies(chat)) == 3)
     assert [r for r in tg.replies(chat) if "Agent reply" in r] == [
         "Agent reply 0", "Agent reply 1", "Agent reply 2"]
@@ -307,10 +307,10 @@ def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None
 
     chat, conv, ticket_id, agent_id = held_by_an_agent(tg)
     tg.fake.blocked_chats.add(chat)
-    message_id = handoff.agent_reply(ticket_id, agent_id, "Are you there?", tg.stack.db_url)
+    message_id = handoff.agent_reply(ticket_id, agent_id, "Are you there?", tg.stack.database_url)
 
     def failed() -> str | None:
-        lines = conversations.transcript(conv, tg.stack.db_url)
+        lines = conversations.transcript(conv, tg.stack.database_url)
         return next((m.delivery_error for m in lines if m.id == message_id), None)
 
     assert wait_until(lambda: failed() is not None)
