@@ -113,6 +113,19 @@ def _read_banner(proc: subprocess.Popen[str], timeout: float) -> str:
     raise TimeoutError(f"`parley.bot.cli run` did not come up:\n{''.join(lines)}")
 
 
+def stop_run(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a person would: `run` stops every service it started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 @pytest.fixture(scope="module")
 def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
     if not model_path(PROJECT_ROOT).exists():
@@ -141,15 +154,7 @@ def running_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot
                          f"http://127.0.0.1:{action_port}", f"http://127.0.0.1:{desk_port}",
                          state, banner)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_run(proc)
 
 
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")

@@ -20,7 +20,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -35,7 +34,7 @@ import httpx
 import pytest
 
 from tests import REPO_ROOT
-from tests.conftest import _read_banner, wait_until
+from tests.conftest import _read_banner, stop_run, wait_until
 from tests.fakes.stack import free_port
 
 pytestmark = pytest.mark.servers
@@ -370,15 +369,7 @@ def running(adopter: Adopter) -> Iterator[Running]:
         yield Running(proc, f"http://127.0.0.1:{rasa_port}", f"http://127.0.0.1:{desk_port}",
                       adopter.project / "var")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_run(proc)
 
 
 def _always_open(settings_file: Path) -> None:
