@@ -278,7 +278,10 @@ def adopter(tmp_path_factory: pytest.TempPathFactory) -> Adopter:
                                 "--quiet", "--no-deps", "--no-index", str(wheel)],
                                capture_output=True, text=True)
     assert installed.returncode == 0, installed.stderr[-3000:]
-    # The wheel's declared dependencies are met by what is there (Rasa's pins among them).
+    # The wheel's declared dependencies are met by what is there (Rasa's pins among them);
+    # the venv's own bundled setuptools would shadow the one Rasa pins.
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--quiet", "-y",
+                    "setuptools"], check=True, capture_output=True)
     consistent = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "check"],
                                 capture_output=True, text=True)
     assert consistent.returncode == 0, consistent.stdout[-3000:]
