@@ -38,7 +38,9 @@ FALLBACK_INTENT = "nlu_fallback"  # FallbackClassifier's; Rasa knows it without 
 HANDOFF_ACTION = "action_handoff"
 FALLBACK_ACTION = "action_fallback"
 REASON_SLOT = "handoff_reason"
-REASONS = ("keyword", "intent", "low_confidence", "complaint", "external")
+# The first four are the bot's own (the slot's values); the others come from outside a turn:
+# a person answering in the platform's inbox, or a message the bot failed to process.
+REASONS = ("keyword", "intent", "low_confidence", "complaint", "external", "bot_error")
 
 FALLBACK_CLASSIFIER = "FallbackClassifier"
 KEYWORD_COMPONENT = "parley.bot.nlu.keywords.KeywordIntentOverride"

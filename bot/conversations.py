@@ -15,20 +15,21 @@ from sqlalchemy import (
     JSON,
     Column,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     select,
-    update,
 )
 from sqlalchemy.orm import Session
 
 from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 AUTHORS = ("customer", "bot", "agent", "system", "note")
-# How a message reaches the customer: in the webhook's own answer ("sync"),
-# or pushed later by the channel's sender ("push", e.g. agent replies).
+# How a message reaches the customer: in the webhook's own answer ("sync", the web
+# chat), through the outbox ("push": everything we send on platforms we call), or
+# not at all ("none": customer messages, notes, transcript-only lines).
 DELIVERIES = ("sync", "push", "none")
 
 
@@ -44,11 +45,16 @@ class Conversation(Base):
     rating_ticket_id = Column(Integer, nullable=True)
     created_at = Column(UTCDateTime, nullable=False, default=utcnow)
     last_customer_at = Column(UTCDateTime, nullable=True)
+    # The inbox lease: the worker (process) processing this conversation's messages,
+    # and until when; a dead worker's lease runs out and another takes over.
+    lease_owner = Column(String(120), nullable=True)
+    lease_until = Column(UTCDateTime, nullable=True)
 
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("conversation_id", "platform_message_id"),)
+    __table_args__ = (UniqueConstraint("conversation_id", "platform_message_id"),
+                      Index("ix_messages_outbox", "delivery", "sent_at"))
 
     id = Column(Integer, primary_key=True, autoincrement=True)
     conversation_id = Column(String(200), ForeignKey("conversations.id"), nullable=False,
@@ -65,6 +71,13 @@ class Message(Base):
     # it to send, and the platform's error if sending failed for good.
     sent_at = Column(UTCDateTime, nullable=True)
     delivery_error = Column(String(300), nullable=True)
+    # Customer messages: received -> processing -> answered | routed | failed (inbox).
+    inbox_state = Column(String(16), nullable=True, index=True)
+    attempts = Column(Integer, nullable=False, default=0)  # processing or sending tries
+    reply_to = Column(Integer, nullable=True, index=True)  # the customer message answered
+    retry_at = Column(UTCDateTime, nullable=True)  # not before: after a failed try
+    claimed_by = Column(String(120), nullable=True)  # outbox: the sender holding it
+    claimed_until = Column(UTCDateTime, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,9 @@ def ensure_conversation(session: Session, conversation_id: str,
 def message_values(conversation_id: str, author: str, text: str, *,
                    ticket_id: int | None = None, agent_id: int | None = None,
                    payload: dict[str, Any] | None = None, delivery: str = "sync",
-                   platform_message_id: str | None = None) -> dict[str, Any]:
+                   platform_message_id: str | None = None, inbox_state: str | None = None,
+                   reply_to: int | None = None, delivery_error: str | None = None
+                   ) -> dict[str, Any]:
     if author not in AUTHORS:
         raise ValueError(f"unknown author {author!r}")
     if delivery not in DELIVERIES:
@@ -124,7 +139,8 @@ def message_values(conversation_id: str, author: str, text: str, *,
     return {"conversation_id": conversation_id, "author": author, "text": text,
             "ticket_id": ticket_id, "agent_id": agent_id, "payload": payload,
             "delivery": delivery, "platform_message_id": platform_message_id,
-            "created_at": utcnow()}
+            "inbox_state": inbox_state, "reply_to": reply_to, "attempts": 0,
+            "delivery_error": delivery_error, "created_at": utcnow()}
 
 
 def add_message(session: Session, conversation_id: str, author: str, text: str,
@@ -148,11 +164,13 @@ def transcript(conversation_id: str, database_url: str | None = None,
 
 def pushed_after(conversation_id: str, after_id: int,
                  database_url: str | None = None) -> list[TranscriptLine]:
-    """Messages the channel must push to the customer (agent replies, notices)."""
+    """What we said to the customer after a message id (agent replies, notices, and
+    the web chat's answers, which a page may also have had in its post's reply)."""
     with session_scope(database_url) as session:
         rows = session.execute(
             select(Message).where(Message.conversation_id == conversation_id,
-                                  Message.delivery == "push", Message.id > after_id)
+                                  Message.delivery.in_(("push", "sync")),
+                                  Message.author != "customer", Message.id > after_id)
             .order_by(Message.id)
         ).scalars()
         return [TranscriptLine.of(m) for m in rows]
@@ -167,8 +185,6 @@ def latest_message_id(conversation_id: str, database_url: str | None = None) -> 
         return int(value or 0)
 
 
-
-
 def display_names(conversation_ids: list[str], database_url: str | None = None) -> dict[str, str]:
     if not conversation_ids:
         return {}
@@ -178,43 +194,6 @@ def display_names(conversation_ids: list[str], database_url: str | None = None) 
             .where(Conversation.id.in_(set(conversation_ids)))
         ).all()
         return {cid: name or cid for cid, name in rows}
-
-
-def take_pending_pushes(channel: str, limit: int = 50,
-                        database_url: str | None = None) -> list[tuple[str, TranscriptLine]]:
-    """Claim pushed messages of one channel that no worker has taken yet, oldest
-    first. The guarded UPDATE makes each message go to exactly one worker, even
-    with several Rasa replicas polling."""
-    taken: list[tuple[str, TranscriptLine]] = []
-    with session_scope(database_url) as session:
-        rows = session.execute(
-            select(Message).join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Conversation.channel == channel, Message.delivery == "push",
-                   Message.sent_at.is_(None))
-            .order_by(Message.id).limit(limit)
-        ).scalars().all()
-        for message in rows:
-            won = session.execute(
-                update(Message).where(Message.id == message.id, Message.sent_at.is_(None))
-                .values(sent_at=utcnow()).execution_options(synchronize_session=False)
-            ).rowcount
-            if won == 1:
-                taken.append((message.conversation_id, TranscriptLine.of(message)))
-    return taken
-
-
-def mark_failed(message_id: int, error: str, database_url: str | None = None) -> None:
-    """Keep the platform's reason so the agent sees the reply did not arrive."""
-    from parley.bot import events
-
-    with session_scope(database_url) as session:
-        message = session.get(Message, message_id)
-        if message is None:
-            return
-        message.delivery_error = error[:300]
-        events.publish(session, "message", ticket_id=message.ticket_id,
-                       conversation_id=message.conversation_id, author="system",
-                       delivery_error=message.delivery_error)
 
 
 def last_customer_at(conversation_id: str, database_url: str | None = None) -> datetime | None:

@@ -58,6 +58,9 @@ class Settings:
     desk_port: int
     host: str
     follow_up_hours: float  # 0: no follow-up message
+    lease_seconds: float  # how long a dead worker's conversations and sends stay taken
+    turns_in_flight: int  # Rasa turns one process runs at once (keeps webhook acks fast)
+    request_max_bytes: int  # Sanic refuses larger bodies before reading them
 
     @property
     def settings_file(self) -> Path:
@@ -95,6 +98,17 @@ def _hours(env: Mapping[str, str], key: str, default: float) -> float:
     if hours < 0:
         raise ValueError(f"{key} cannot be negative")
     return hours
+
+
+def _positive(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{key} must be more than 0, got {raw!r}")
+    return value
 
 
 def read_project_file(path: Path) -> dict[str, Any]:
@@ -200,4 +214,7 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         desk_port=_port(env, "PARLEY_DESK_PORT", 5006),
         host=env.get("PARLEY_HOST", "127.0.0.1"),
         follow_up_hours=_hours(env, "PARLEY_FOLLOWUP_HOURS", 24.0),
+        lease_seconds=_positive(env, "PARLEY_LEASE_SECONDS", 30.0),
+        turns_in_flight=int(_positive(env, "PARLEY_TURNS_IN_FLIGHT", 4)),
+        request_max_bytes=int(_positive(env, "PARLEY_REQUEST_MAX_BYTES", 1024 * 1024)),
     )

@@ -8,12 +8,15 @@ Schema changes go through Alembic migrations in `bot/migrations/`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
@@ -24,6 +27,10 @@ from sqlalchemy.types import TypeDecorator
 from parley.bot.settings import load_settings
 
 Base = declarative_base()
+T = TypeVar("T")
+# Database calls from event loops run here, never on the loop itself (invariant 8).
+# Our own threads, not the loop's default executor, which Rasa and Sanic share.
+_DB_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="parley-db")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -121,3 +128,9 @@ def create_schema(database_url: str | None = None) -> None:
 
     _ensure_sqlite_dir(_database_url(database_url))
     command.upgrade(alembic_config(database_url), "head")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking storage function without holding up the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_DB_THREADS, functools.partial(fn, *args, **kwargs))

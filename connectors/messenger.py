@@ -14,28 +14,23 @@ human-owned: the bot goes quiet until the desk hands it back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
-from sanic import Blueprint
-
 from parley.bot import conversations, handoff
+from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
-from parley.bot.storage import utcnow
-from parley.connectors import gate, push
+from parley.bot.storage import off_loop, utcnow
+from parley.connectors import gate, shapes
+from parley.connectors.base import DeliveryFailed
 from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
-    MetaError,
-    add_webhook,
-    push_delivery,
+    MetaInput,
     window,
 )
-from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.outbound import Limits, Sender
 from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
 from parley.connectors.text import split_text
 
@@ -150,34 +145,16 @@ class Meta:
     async def deliver(self, conversation: str, message: dict[str, Any], human: bool = False
                       ) -> None:
         recipient = conversation.split(":", 1)[1]
-        last = await asyncio.to_thread(conversations.last_customer_at, conversation)
+        last = await off_loop(conversations.last_customer_at, conversation)
         allowed = window(last, utcnow(), human, human_agent_tag=True)
         if not allowed.allowed:
-            raise push.DeliveryFailed(f"not sent: {allowed.reason}")
+            raise DeliveryFailed(f"not sent: {allowed.reason}")
         calls = [lambda p=p: self.graph.post(f"/{self.page_id}/messages", p)
                  for p in self.payloads(recipient, message, allowed.tag)]
         await self.sender.send_all(conversation, calls)
 
 
-class MetaOutput(OutputChannel):
-    def __init__(self, meta: Meta) -> None:
-        self.meta = meta
-        self.sent: list[dict[str, Any]] = []
-
-    def name(self) -> str:  # type: ignore[override]
-        """Per instance: Messenger and Instagram share this class, but writers give
-        them different reply variants."""
-        return self.meta.channel
-
-    async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
-        await self.meta.deliver(recipient_id, message)
-        self.sent.append(dict(message))
-
-    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
-        await self.send_response(recipient_id, {"text": text})
-
-
-class MessengerInput(InputChannel):
+class MessengerInput(MetaInput):
     platform: type[Platform] = Platform
 
     @classmethod
@@ -204,40 +181,26 @@ class MessengerInput(InputChannel):
         self.app_id = app_id
         self.max_body_bytes = max_body_bytes
 
-    def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
-        channel = self.platform.channel
-        hook = Blueprint(f"{channel}_webhook", __name__)
+    def check(self, payload: dict[str, Any]) -> None:
+        shapes.check_meta(payload, self.platform.webhook_object)
 
-        async def handle(payload: dict[str, Any]) -> None:
-            inbound, human = parse(payload, self.platform, self.app_id)
-            for conv, text in human:
-                await asyncio.to_thread(handoff.hold_externally, conv,
-                                        f"{channel} inbox", text)
-            for item in inbound:
-                if item.metadata.get("standby"):
-                    await asyncio.to_thread(handoff.hold_externally, item.conversation_id,
-                                            f"{channel} inbox")
-                await self._handle_safely(item, on_new_message)
+    def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        return parse(payload, self.platform, self.app_id)[0]
 
-        add_webhook(hook, app_secret=self.app_secret, verify_token=self.verify_token,
-                    max_body=self.max_body_bytes, handle=handle)
-        push.start_with(hook, channel, self._push)
-        return hook
+    async def inbound(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        """A person answering from Meta's inbox, or another app holding the thread,
+        makes the conversation human-owned before its messages are stored."""
+        items, human = parse(payload, self.platform, self.app_id)
+        where = f"{self.platform.channel} inbox"
+        for conv, text in human:
+            await off_loop(handoff.hold_externally, conv, where, text)
+        for item in items:
+            if item.metadata.get("standby"):
+                await off_loop(handoff.hold_externally, item.conversation_id, where)
+        return items
 
-    async def _handle_safely(self, item: gate.Inbound,
-                             on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        try:
-            await gate.converse(item, on_new_message, MetaOutput(self.meta),
-                                self.platform.channel,
-                                lambda reply: self.meta.deliver(item.conversation_id, reply))
-        except (MetaError, Retryable, push.DeliveryFailed) as exc:
-            logger.warning("%s send to %s failed: %s", self.platform.channel,
-                           item.conversation_id, exc.__class__.__name__)
-
-    async def _push(self, conversation: str, message: dict[str, Any],
-                    line: conversations.TranscriptLine) -> None:
-        await push_delivery("Meta", self.meta.deliver(conversation, message,
-                                                      human=line.author == "agent"))
+    async def deliver(self, send: Send) -> None:
+        await self.meta.deliver(send.conversation_id, send.message, human=send.author == "agent")
 
 
 class InstagramInput(MessengerInput):

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sanic import response
+from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from parley.connectors.base import ParleyInput
 from parley.connectors.outbound import Retryable
-from parley.connectors.requests import RejectedRequest, read_json_object
+from parley.connectors.requests import RejectedRequest
 
 DEFAULT_GRAPH = "https://graph.facebook.com"
 GRAPH_VERSION = "v19.0"
@@ -119,41 +120,27 @@ class GraphClient:
         await self._client.aclose()
 
 
-def add_webhook(hook: Any, *, app_secret: str, verify_token: str, max_body: int,
-                handle: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-    """Meta's two webhook routes on a channel blueprint: the GET subscription
-    challenge, and POST with size limit (413), signature (401), JSON (400)
-    before `handle` sees the payload (it may raise RejectedRequest too)."""
+class MetaInput(ParleyInput):
+    """Meta's webhook checks for Messenger, Instagram and WhatsApp: the GET
+    subscription challenge, and the signature over the raw body (401)."""
 
-    @hook.route("/webhook", methods=["GET"])
-    async def verify(request: Request) -> HTTPResponse:
-        answer = challenge({k: request.args.get(k) or "" for k in request.args}, verify_token)
-        if answer is None:
-            return response.json({"error": "verify token missing or wrong"}, status=403)
-        return response.text(answer)
+    app_secret: str
+    verify_token: str
 
-    @hook.route("/webhook", methods=["POST"])
-    async def receive(request: Request) -> HTTPResponse:
-        raw = request.body or b""
-        if len(raw) > max_body:
-            return RejectedRequest(413, f"body is {len(raw)} bytes; the limit is {max_body}"
-                                   ).as_response()
-        if not verify_signature(raw, request.headers, app_secret):
-            return response.json({"error": "X-Hub-Signature-256 missing or wrong"}, status=401)
-        try:
-            await handle(read_json_object(request, max_body))
-        except RejectedRequest as rejected:
-            return rejected.as_response()
-        return response.json({"ok": True})
+    def verify(self, request: Request) -> None:
+        if not verify_signature(request.body or b"", request.headers, self.app_secret):
+            raise RejectedRequest(401, "X-Hub-Signature-256 missing or wrong")
 
+    def refusal(self, error: Exception) -> str:
+        if isinstance(error, MetaError):
+            return f"Meta refused it: {error}"
+        return super().refusal(error)
 
-async def push_delivery(platform: str, send: Awaitable[None]) -> None:
-    """A desk push: a Graph refusal or exhausted retries become the agent-visible reason."""
-    from parley.connectors.push import DeliveryFailed
-
-    try:
-        await send
-    except MetaError as exc:
-        raise DeliveryFailed(f"{platform} refused it: {exc}") from exc
-    except Retryable as exc:
-        raise DeliveryFailed(f"{platform} kept failing (rate limit or outage)") from exc
+    def add_routes(self, hook: Blueprint) -> None:
+        @hook.route("/webhook", methods=["GET"])
+        async def subscribe(request: Request) -> HTTPResponse:
+            answer = challenge({k: request.args.get(k) or "" for k in request.args},
+                               self.verify_token)
+            if answer is None:
+                return response.json({"error": "verify token missing or wrong"}, status=403)
+            return response.text(answer)

@@ -20,20 +20,19 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
-from sanic import Blueprint, response
 from sanic.request import Request
-from sanic.response import HTTPResponse
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import FloodLimit
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
 
-from parley.bot import conversations
+from parley.bot.inbox import Pending
+from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
-from parley.connectors import gate, push, redact
+from parley.connectors import gate, redact, shapes
+from parley.connectors.base import DeliveryFailed, ParleyInput
 from parley.connectors.outbound import Limits, Retryable, Sender
-from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
 from parley.connectors.telegram_request import AiohttpRequest
 from parley.connectors.text import split_text
 
@@ -51,7 +50,10 @@ def conversation_id(chat_id: int | str) -> str:
 
 
 def chat_of(conversation: str) -> int:
-    return int(conversation.split(":", 1)[1])
+    chat = conversation.split(":", 1)[1]
+    if not chat.lstrip("-").isdigit():
+        raise DeliveryFailed(f"{conversation!r} is not a Telegram chat")
+    return int(chat)
 
 
 def verify(headers: Mapping[str, str], secret: str) -> bool:
@@ -180,26 +182,7 @@ class Telegram:
             await self.bot.shutdown()
 
 
-class TelegramOutput(OutputChannel):
-    """Sends Rasa's replies and remembers them for the transcript."""
-
-    def __init__(self, telegram: Telegram) -> None:
-        self.telegram = telegram
-        self.sent: list[dict[str, Any]] = []
-
-    @classmethod
-    def name(cls) -> str:
-        return CHANNEL
-
-    async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
-        await self.telegram.deliver(recipient_id, message)
-        self.sent.append(dict(message))
-
-    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
-        await self.send_response(recipient_id, {"text": text})
-
-
-class TelegramInput(InputChannel):
+class TelegramInput(ParleyInput):
     @classmethod
     def name(cls) -> str:
         return CHANNEL
@@ -223,56 +206,28 @@ class TelegramInput(InputChannel):
         self.webhook_secret = webhook_secret
         self.max_body_bytes = max_body_bytes
 
-    def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
-        hook = Blueprint("telegram_webhook", __name__)
+    def verify(self, request: Request) -> None:
+        if not verify(request.headers, self.webhook_secret):
+            raise RejectedRequest(403, "secret token missing or wrong")
 
-        @hook.route("/", methods=["GET"])
-        async def health(_request: Request) -> HTTPResponse:
-            return response.json({"status": "ok"})
+    def check(self, payload: dict[str, Any]) -> None:
+        shapes.check_telegram(payload)
 
-        push.start_with(hook, CHANNEL, self._push)
+    def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        return parse(payload, self.telegram.bot)
 
-        @hook.route("/webhook", methods=["POST"])
-        async def receive(request: Request) -> HTTPResponse:
-            if not verify(request.headers, self.webhook_secret):
-                return response.json({"error": "secret token missing or wrong"}, status=403)
-            try:
-                inbound = parse(read_json_object(request, self.max_body_bytes),
-                                self.telegram.bot)
-            except RejectedRequest as rejected:
-                return rejected.as_response()
-            for item in inbound:  # every entry, never only the first
-                await self._handle_safely(item, on_new_message)
-            return response.json({"ok": True})
+    async def before_turn(self, pending: Pending) -> None:
+        if pending.metadata.get("callback_query_id"):
+            await self.telegram.acknowledge(pending.conversation_id,
+                                            pending.metadata["callback_query_id"])
 
-        return hook
+    async def deliver(self, send: Send) -> None:
+        await self.telegram.deliver(send.conversation_id, send.message)
 
-    async def _handle(self, item: gate.Inbound,
-                      on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        if "callback_query_id" in item.metadata:
-            await self.telegram.acknowledge(item.conversation_id,
-                                            item.metadata["callback_query_id"])
-        await gate.converse(item, on_new_message, TelegramOutput(self.telegram), CHANNEL,
-                            lambda reply: self.telegram.deliver(item.conversation_id, reply))
-
-    async def _push(self, conversation: str, message: dict[str, Any],
-                    _line: conversations.TranscriptLine) -> None:
-        try:
-            await self.telegram.deliver(conversation, message)
-        except TelegramError as exc:
-            raise push.DeliveryFailed(f"Telegram refused it: {exc.message}") from exc
-        except Retryable as exc:
-            raise push.DeliveryFailed("Telegram kept failing (rate limit or outage)") from exc
-
-    async def _handle_safely(self, item: gate.Inbound,
-                             on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        """The message is stored before anything is sent, so a failed send is logged
-        (without the token) and answered 200: Telegram retrying would not help."""
-        try:
-            await self._handle(item, on_new_message)
-        except (TelegramError, Retryable) as exc:
-            logger.warning("telegram send to %s failed: %s", item.conversation_id,
-                           exc.__class__.__name__)
+    def refusal(self, error: Exception) -> str:
+        if isinstance(error, TelegramError):
+            return f"Telegram refused it: {error.message}"
+        return super().refusal(error)
 
 
 async def register_webhook(token: str, url: str, secret: str,

@@ -1,8 +1,9 @@
 """The demo web chat: a page served by the Rasa server and a JSON webhook behind it.
 
 Lets a newcomer talk to the bot with no platform account. Register it in
-credentials.yml as `parley.connectors.webchat.WebChatInput:`. Agent replies reach the
-page through a long-poll on `/updates`.
+credentials.yml as `parley.connectors.webchat.WebChatInput:`. A post is stored in
+the inbox and answered with the bot's replies once the worker has them; agent
+replies reach the page through a long-poll on `/updates`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,26 @@ import asyncio
 import html
 import re
 import time
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.bot import conversations
+from parley.bot import conversations, inbox
 from parley.bot.settings import load_settings
-from parley.connectors import gate
-from parley.connectors.requests import RejectedRequest, read_json_object
+from parley.bot.storage import off_loop
+from parley.connectors import gate, shapes
+from parley.connectors.base import ParleyInput
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
 
 CHANNEL = "webchat"
 SENDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TEXT = 4096
 LONG_POLL_SECONDS = 20.0
 POLL_INTERVAL = 0.1
+ANSWER_WAIT = 25.0  # seconds a post waits for the bot's answer
 
 
 def conversation_id(sender: str) -> str:
@@ -61,55 +63,56 @@ def as_reply(conv_id: str, line: conversations.TranscriptLine) -> dict[str, Any]
             "text": line.text, **(line.payload or {})}
 
 
-class WebChatOutput(CollectingOutputChannel):
-    """Collects replies for the HTTP answer, under our channel's name so writers'
-    `channel: webchat` variants apply."""
+class WebChatInput(ParleyInput):
+    """Open to anyone who has the page: its conversations are its own (`webchat:`
+    ids), and they go through the inbox and the gate like every platform's."""
+
+    delivery = "sync"
+    max_body_bytes = DEFAULT_MAX_BODY
 
     @classmethod
     def name(cls) -> str:
         return CHANNEL
 
+    def verify(self, request: Request) -> None:
+        """The demo page needs no secret."""
 
-class WebChatInput(InputChannel):
-    @classmethod
-    def name(cls) -> str:
-        return CHANNEL
+    def check(self, payload: dict[str, Any]) -> None:
+        shapes.check_webchat(payload)
 
-    def blueprint(
-        self, on_new_message: Callable[[UserMessage], Awaitable[Any]]
-    ) -> Blueprint:
+    def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        sender, text = parse_message(payload)
+        return [gate.Inbound(f"{self.name()}:{sender}", text,
+                             display_name=f"Web visitor {sender[-4:]}")]
+
+    async def answer(self, request: Request, items: list[gate.Inbound]) -> HTTPResponse:
+        """The bot's replies in the answer, as Rasa's REST channel gives them; if the
+        turn takes longer than ANSWER_WAIT, 202 and the page gets them from /updates."""
+        [message_id] = await self.store(items)
+        assert message_id is not None  # no platform ids here: never a redelivery
+        conv_id = items[0].conversation_id
+        if not await self.workers.wait_finished(message_id, ANSWER_WAIT):
+            return response.json([], status=202)
+        replies = await off_loop(inbox.replies_to, message_id)
+        return response.json([{"recipient_id": conv_id, **r} for r in replies])
+
+    def add_routes(self, hook: Blueprint) -> None:
+        self.add_updates(hook)
         page = resources.files("parley.connectors").joinpath("webchat.html").read_text(
             "utf-8").replace("{{brand}}", html.escape(load_settings().brand or "Chat"))
-        hook = Blueprint("webchat_webhook", __name__)
 
         @hook.route("/", methods=["GET"])
         async def chat_page(_request: Request) -> HTTPResponse:
             return response.html(page)
 
-        @hook.route("/webhook", methods=["POST"])
-        async def receive(request: Request) -> HTTPResponse:
-            try:
-                sender, text = parse_message(read_json_object(request))
-            except RejectedRequest as rejected:
-                return rejected.as_response()
-            conv_id = conversation_id(sender)
-            name = f"Web visitor {sender[-4:]}"
-            decision = await asyncio.to_thread(
-                gate.accept, gate.Inbound(conv_id, text, display_name=name))
-            if decision.route != "bot":
-                return response.json([{"recipient_id": conv_id, **r} for r in decision.replies])
-            collector = WebChatOutput()
-            await on_new_message(UserMessage(text, collector, conv_id, input_channel=CHANNEL,
-                                             metadata={"display_name": name}))
-            extra = await asyncio.to_thread(gate.after_bot, conv_id, collector.messages)
-            return response.json(collector.messages
-                                 + [{"recipient_id": conv_id, **r} for r in extra])
-
+    def add_updates(self, hook: Blueprint) -> None:
         @hook.route("/updates", methods=["GET"])
         async def updates(request: Request) -> HTTPResponse:
-            """Long-poll for pushed messages (agent replies, notices) after a cursor."""
+            """Long-poll for what we said after a cursor (agent replies, notices, and
+            answers that outlived their request)."""
             try:
-                conv_id = conversation_id(parse_sender(request.args.get("sender")))
+                self.verify(request)
+                conv_id = f"{self.name()}:{parse_sender(request.args.get('sender'))}"
                 after_raw = request.args.get("after")
                 after = int(after_raw) if after_raw is not None else None
             except RejectedRequest as rejected:
@@ -117,15 +120,13 @@ class WebChatInput(InputChannel):
             except ValueError:
                 return response.json({"error": "'after' must be an integer"}, status=400)
             if after is None:  # first call: where the conversation stands now
-                cursor = await asyncio.to_thread(conversations.latest_message_id, conv_id)
+                cursor = await off_loop(conversations.latest_message_id, conv_id)
                 return response.json({"cursor": cursor, "messages": []})
             deadline = time.monotonic() + LONG_POLL_SECONDS
             while True:
-                lines = await asyncio.to_thread(conversations.pushed_after, conv_id, after)
+                lines = await off_loop(conversations.pushed_after, conv_id, after)
                 if lines or time.monotonic() >= deadline:
                     cursor = max([after, *(line.id for line in lines)])
                     return response.json({"cursor": cursor,
                                           "messages": [as_reply(conv_id, m) for m in lines]})
                 await asyncio.sleep(POLL_INTERVAL)
-
-        return hook

@@ -13,29 +13,23 @@ customer-service window free text is refused: a template message is needed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rasa.core.channels.channel import InputChannel, UserMessage
-from sanic import Blueprint
-
 from parley.bot import conversations
+from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
-from parley.bot.storage import utcnow
-from parley.connectors import gate, push
-from parley.connectors.messenger import MetaOutput
+from parley.bot.storage import off_loop, utcnow
+from parley.connectors import gate, shapes
+from parley.connectors.base import DeliveryFailed
 from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
-    MetaError,
-    add_webhook,
-    push_delivery,
+    MetaInput,
     window,
 )
-from parley.connectors.outbound import Limits, Retryable, Sender
+from parley.connectors.outbound import Limits, Sender
 from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest
 from parley.connectors.text import split_text
 
@@ -129,10 +123,10 @@ class WhatsApp:
 
     async def deliver(self, conversation: str, message: dict[str, Any], human: bool = False
                       ) -> None:
-        last = await asyncio.to_thread(conversations.last_customer_at, conversation)
+        last = await off_loop(conversations.last_customer_at, conversation)
         allowed = window(last, utcnow(), human, human_agent_tag=False)
         if not allowed.allowed:
-            raise push.DeliveryFailed(
+            raise DeliveryFailed(
                 f"not sent: {allowed.reason}; WhatsApp needs an approved template message")
         to = conversation.split(":", 1)[1]
         calls = [lambda p=p: self.graph.post(f"/{self.phone_number_id}/messages", p)
@@ -140,7 +134,7 @@ class WhatsApp:
         await self.sender.send_all(conversation, calls)
 
 
-class WhatsAppInput(InputChannel):
+class WhatsAppInput(MetaInput):
     @classmethod
     def name(cls) -> str:
         return CHANNEL
@@ -164,26 +158,12 @@ class WhatsAppInput(InputChannel):
         self.verify_token = verify_token
         self.max_body_bytes = max_body_bytes
 
-    def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
-        hook = Blueprint("whatsapp_webhook", __name__)
+    def check(self, payload: dict[str, Any]) -> None:
+        shapes.check_whatsapp(payload)
 
-        async def handle(payload: dict[str, Any]) -> None:
-            for item in parse(payload):
-                try:
-                    await gate.converse(
-                        item, on_new_message, MetaOutput(self.whatsapp),  # type: ignore[arg-type]
-                        CHANNEL, lambda reply, c=item.conversation_id: self.whatsapp.deliver(
-                            c, reply))
-                except (MetaError, Retryable, push.DeliveryFailed) as exc:
-                    logger.warning("whatsapp send to %s failed: %s", item.conversation_id,
-                                   exc.__class__.__name__)
+    def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        return parse(payload)
 
-        add_webhook(hook, app_secret=self.app_secret, verify_token=self.verify_token,
-                    max_body=self.max_body_bytes, handle=handle)
-        push.start_with(hook, CHANNEL, self._push)
-        return hook
-
-    async def _push(self, conversation: str, message: dict[str, Any],
-                    line: conversations.TranscriptLine) -> None:
-        await push_delivery("WhatsApp", self.whatsapp.deliver(conversation, message,
-                                                              human=line.author == "agent"))
+    async def deliver(self, send: Send) -> None:
+        await self.whatsapp.deliver(send.conversation_id, send.message,
+                                    human=send.author == "agent")

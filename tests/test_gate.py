@@ -1,15 +1,19 @@
-"""The ownership gate, on a real database: who answers each customer message."""
+"""The ownership gate, on a real database: who answers each stored customer message.
+
+Each message takes the worker's path without Rasa: stored in the inbox, its
+conversation claimed, routed; the bot's replies are recorded as a turn would."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import select
 
-from parley.bot import agents, conversations, events, handoff, support_hours
+from parley.bot import agents, conversations, events, handoff, inbox, support_hours
 from parley.bot.storage import session_scope
 from parley.connectors import gate
 from parley.connectors.gate import Inbound
@@ -31,36 +35,77 @@ def hours_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return use
 
 
+OWNER = "test-worker"
+
+
+@dataclass(frozen=True)
+class Routed:
+    route: str
+    replies: list[dict]
+    ticket_id: int | None = None
+    pending: inbox.Pending | None = None
+
+
+def accept(item: Inbound, url: str) -> Routed:
+    """Store, claim, begin and route one message, as a channel worker does."""
+    message_id = inbox.store(item.conversation_id, item.text,
+                             platform_message_id=item.platform_message_id,
+                             display_name=item.display_name, database_url=url)
+    if message_id is None:
+        return Routed("duplicate", [])
+    channel = item.conversation_id.split(":")[0]
+    assert item.conversation_id in inbox.claim(channel, OWNER, 30, 100, url)
+    pending = inbox.begin(item.conversation_id, OWNER, 30, url)
+    assert pending is not None and pending.id == message_id
+    decision = gate.route(pending, OWNER, "sync", url)
+    replies = inbox.replies_to(message_id, url)
+    if decision.route != "bot":
+        inbox.release(item.conversation_id, OWNER, url)
+    return Routed(decision.route, replies, decision.ticket_id, pending)
+
+
+def bot_answers(routed: Routed, replies: list[dict], url: str) -> list[dict]:
+    """What a bot turn records; returns the gate's own additions (the rating question)."""
+    assert routed.pending is not None
+    assert gate.finish_bot(routed.pending, OWNER, replies, "sync", url)
+    inbox.release(routed.pending.conversation_id, OWNER, url)
+    return inbox.replies_to(routed.pending.id, url)[len(replies):]
+
+
 def customer_lines(conv: str, url: str) -> list[str]:
     return [m.text for m in conversations.transcript(conv, url) if m.author == "customer"]
 
 
 def test_new_conversation_goes_to_the_bot_and_is_stored(db_url: str, hours_file) -> None:
-    decision = gate.accept(Inbound("webchat:n1", "hello", display_name="Nia"), db_url)
+    decision = accept(Inbound("webchat:n1", "hello", display_name="Nia"), db_url)
     assert decision.route == "bot" and decision.replies == []
     assert customer_lines("webchat:n1", db_url) == ["hello"]
+    assert inbox.state_of(decision.pending.id, db_url) == "processing"
 
 
-def test_redelivered_platform_message_is_dropped(db_url: str, hours_file) -> None:
-    first = gate.accept(Inbound("telegram:42", "hi", platform_message_id="m1"), db_url)
-    again = gate.accept(Inbound("telegram:42", "hi", platform_message_id="m1"), db_url)
-    other = gate.accept(Inbound("telegram:43", "hi", platform_message_id="m1"), db_url)
-    assert (first.route, again.route, other.route) == ("bot", "duplicate", "bot")
+def test_redelivered_platform_message_is_stored_once(db_url: str, hours_file) -> None:
+    first = inbox.store("telegram:42", "hi", platform_message_id="m1", database_url=db_url)
+    again = inbox.store("telegram:42", "hi", platform_message_id="m1", database_url=db_url)
+    other = inbox.store("telegram:43", "hi", platform_message_id="m1", database_url=db_url)
+    assert first is not None and again is None and other is not None
     assert customer_lines("telegram:42", db_url) == ["hi"]
+    # stored but not answered yet: still in the inbox for a worker, not dropped
+    assert inbox.state_of(first, db_url) == "received"
 
 
-def test_the_bots_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
-    """Store, rename, dedupe and record in plain SQL; first messages racing both land."""
-    assert gate.accept(Inbound("telegram:7", "hi", "u1", "Ana Silva"), any_db).route == "bot"
-    assert gate.accept(Inbound("telegram:7", "hey", "u2", "Ana S."), any_db).route == "bot"
-    assert gate.accept(Inbound("telegram:7", "hey", "u2", "Ana S."), any_db).route == \
-        "duplicate"
-    assert gate.after_bot("telegram:7", [{"text": "Hello", "buttons": [
+def test_the_store_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
+    """Store, rename and dedupe in plain SQL; first messages racing all land."""
+    first = accept(Inbound("telegram:7", "hi", "u1", "Ana Silva"), any_db)
+    assert bot_answers(first, [{"text": "Hello", "buttons": [
         {"title": "Go", "payload": "/go"}], "recipient_id": "telegram:7"}], any_db) == []
+    assert inbox.store("telegram:7", "hey", platform_message_id="u2", display_name="Ana S.",
+                       database_url=any_db) is not None
+    assert inbox.store("telegram:7", "hey", platform_message_id="u2",
+                       database_url=any_db) is None
     lines = conversations.transcript("telegram:7", any_db)
     assert [(line.author, line.text) for line in lines] == [
-        ("customer", "hi"), ("customer", "hey"), ("bot", "Hello")]
-    assert lines[2].payload == {"buttons": [{"title": "Go", "payload": "/go"}]}
+        ("customer", "hi"), ("bot", "Hello"), ("customer", "hey")]
+    assert lines[1].payload == {"buttons": [{"title": "Go", "payload": "/go"}]}
     # written on the driver's cursor, read back through the ORM as if it had written them
     assert all(line.created_at.tzinfo is not None for line in lines)
     assert [line.created_at for line in lines] == sorted(line.created_at for line in lines)
@@ -68,28 +113,27 @@ def test_the_bots_fast_path_on_sqlite_and_postgresql(any_db: str) -> None:
         seen = session.get(conversations.Conversation, "telegram:7")
         assert seen is not None and seen.channel == "telegram" and seen.rating_state == "none"
         assert seen.last_customer_at is not None and seen.last_customer_at.tzinfo is not None
-        assert abs((seen.last_customer_at - lines[1].created_at).total_seconds()) < 5
+        assert abs((seen.last_customer_at - lines[2].created_at).total_seconds()) < 5
     assert conversations.display_names(["telegram:7"], any_db) == {"telegram:7": "Ana S."}
     with ThreadPoolExecutor(8) as pool:
-        routes = list(pool.map(lambda i: gate.accept(
-            Inbound("telegram:8", f"m{i}", f"r{i}"), any_db).route, range(8)))
-    assert routes == ["bot"] * 8
+        ids = list(pool.map(lambda i: inbox.store(
+            "telegram:8", f"m{i}", platform_message_id=f"r{i}", database_url=any_db),
+            range(8)))
+    assert None not in ids and len(set(ids)) == 8
     assert sorted(x.text for x in conversations.transcript("telegram:8", any_db)) == [
         f"m{i}" for i in range(8)]
 
 
-def test_the_fast_path_hands_queued_conversations_to_the_full_path(any_db: str,
-                                                                    hours_file) -> None:
-    """With a ticket open, nothing is written on the driver's cursor: the ORM path
-    stores the message on the ticket and answers with the queue position; bot
-    replies recorded meanwhile carry the ticket too."""
-    assert gate.accept(Inbound("telegram:9", "AGENT", "q1"), any_db).route == "bot"
+def test_queued_conversations_get_the_ticket_and_a_place(any_db: str, hours_file) -> None:
+    """With a ticket open the message is put on the ticket and answered with the
+    queue position; bot replies recorded meanwhile carry the ticket too."""
+    first = accept(Inbound("telegram:9", "AGENT", "q1"), any_db)
     ticket_id = handoff.escalate("telegram:9", "keyword", database_url=any_db).ticket.id
-    assert gate.after_bot("telegram:9", [{"text": "Connecting you"}], any_db) == []
-    decision = gate.accept(Inbound("telegram:9", "still there?", "q2"), any_db)
+    assert bot_answers(first, [{"text": "Connecting you"}], any_db) == []
+    decision = accept(Inbound("telegram:9", "still there?", "q2"), any_db)
     assert (decision.route, decision.ticket_id) == ("queue", ticket_id)
-    assert gate.accept(Inbound("telegram:9", "still there?", "q2"), any_db).route == \
-        "duplicate"
+    assert accept(Inbound("telegram:9", "still there?", "q2"), any_db).route == "duplicate"
+    assert inbox.state_of(decision.pending.id, any_db) == "routed"
     with session_scope(any_db) as session:
         rows = session.execute(select(conversations.Message.author,
                                       conversations.Message.ticket_id)
@@ -104,7 +148,7 @@ def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> Non
     handoff.escalate("webchat:w0", "keyword", database_url=db_url)
     ticket = handoff.escalate("webchat:w1", "keyword", database_url=db_url).ticket
     after = events.last_event_id(db_url)
-    decision = gate.accept(Inbound("webchat:w1", "hello? still there?"), db_url)
+    decision = accept(Inbound("webchat:w1", "hello? still there?"), db_url)
     assert decision.route == "queue" and decision.ticket_id == ticket.id
     assert "number 2 in the queue" in decision.replies[0]["text"]
     assert [e.kind for e in events.events_after(after, database_url=db_url)] == ["message"]
@@ -114,17 +158,17 @@ def test_waiting_customer_gets_a_position_update(db_url: str, hours_file) -> Non
 def test_waiting_after_hours_says_when_and_no_position(db_url: str, hours_file) -> None:
     hours_file(NEVER)
     handoff.escalate("webchat:w2", "keyword", database_url=db_url)
-    decision = gate.accept(Inbound("webchat:w2", "anyone?"), db_url)
+    decision = accept(Inbound("webchat:w2", "anyone?"), db_url)
     assert "offline" in decision.replies[0]["text"]
 
 
 def test_bot_keyword_leaves_the_queue(db_url: str, hours_file) -> None:
     handoff.escalate("webchat:b1", "keyword", database_url=db_url)
-    decision = gate.accept(Inbound("webchat:b1", "  Bot! "), db_url)
+    decision = accept(Inbound("webchat:b1", "  Bot! "), db_url)
     assert decision.route == "handled"
     assert "back with the bot" in decision.replies[0]["text"]
     assert handoff.owner("webchat:b1", db_url) == ("bot", None)
-    assert gate.accept(Inbound("webchat:b1", "what are your hours"), db_url).route == "bot"
+    assert accept(Inbound("webchat:b1", "what are your hours"), db_url).route == "bot"
 
 
 def test_bot_stays_silent_while_an_agent_holds_the_conversation(db_url: str,
@@ -133,10 +177,38 @@ def test_bot_stays_silent_while_an_agent_holds_the_conversation(db_url: str,
     ticket = handoff.escalate("webchat:a1", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     for text in ("hi", "AGENT", "BOT", "where is my order 10234"):
-        decision = gate.accept(Inbound("webchat:a1", text), db_url)
+        decision = accept(Inbound("webchat:a1", text), db_url)
         assert decision.route == "agent" and decision.replies == []
+        assert inbox.state_of(decision.pending.id, db_url) == "routed"
     assert customer_lines("webchat:a1", db_url) == ["hi", "AGENT", "BOT",
                                                      "where is my order 10234"]
+
+
+def test_a_claim_during_the_turn_withholds_the_bots_reply(any_db: str, hours_file) -> None:
+    """Invariant 1: the reply computed before an agent's claim never goes out."""
+    turn = accept(Inbound("telegram:11", "where is my order", "c1"), any_db)
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
+    ticket = handoff.escalate("telegram:11", "intent", database_url=any_db).ticket
+    handoff.claim_ticket(ticket.id, agent.id, any_db)
+    assert gate.finish_bot(turn.pending, OWNER, [{"text": "Order 1 shipped"}], "push", any_db)
+    with session_scope(any_db) as session:
+        bot = session.execute(select(conversations.Message).where(
+            conversations.Message.author == "bot")).scalar_one()
+        assert (bot.delivery, bot.delivery_error) == ("none", "not sent: a person took over "
+                                                      "the conversation")
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(any_db: str, hours_file) -> None:
+    turn = accept(Inbound("telegram:12", "hi", "l1"), any_db)
+    inbox.release("telegram:12", OWNER, any_db)  # as if the lease ran out ...
+    assert inbox.claim("telegram", "other", 30, 10, any_db) == ["telegram:12"]  # ... and moved
+    assert not gate.finish_bot(turn.pending, OWNER, [{"text": "late"}], "push", any_db)
+    assert [m.author for m in conversations.transcript("telegram:12", any_db)] == ["customer"]
+    again = inbox.begin("telegram:12", "other", 30, any_db)  # the same message, a second try
+    assert again is not None and (again.id, again.attempts) == (turn.pending.id, 2)
+    assert gate.finish_bot(again, "other", [{"text": "answer"}], "push", any_db)
+    assert [m.author for m in conversations.transcript("telegram:12", any_db)] == [
+        "customer", "bot"]
 
 
 def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
@@ -145,17 +217,18 @@ def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
     ticket = handoff.escalate("webchat:r1", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     handoff.resolve(ticket.id, agent.id, db_url)
-    assert gate.accept(Inbound("webchat:r1", "how long is shipping"), db_url).route == "bot"
-    extra = gate.after_bot("webchat:r1", [{"text": "3-5 days", "recipient_id": "webchat:r1"}],
-                           db_url)
+    turn = accept(Inbound("webchat:r1", "how long is shipping"), db_url)
+    assert turn.route == "bot"
+    extra = bot_answers(turn, [{"text": "3-5 days", "recipient_id": "webchat:r1"}], db_url)
     assert "Rate it from 1" in extra[0]["text"]
     assert [b["payload"] for b in extra[0]["buttons"]] == ["1", "2", "3", "4", "5"]
-    assert gate.after_bot("webchat:r1", [{"text": "more"}], db_url) == []  # asked once
-    thanks = gate.accept(Inbound("webchat:r1", "4"), db_url)
+    thanks = accept(Inbound("webchat:r1", "4"), db_url)
     assert thanks.route == "handled" and "4/5" in thanks.replies[0]["text"]
     with session_scope(db_url) as s:
         assert s.execute(select(handoff.Rating.score)).scalars().all() == [4]
-    assert gate.accept(Inbound("webchat:r1", "5"), db_url).route == "bot"  # not rated twice
+    again = accept(Inbound("webchat:r1", "5"), db_url)
+    assert again.route == "bot"  # not rated twice
+    assert bot_answers(again, [{"text": "more"}], db_url) == []  # asked once
 
 
 def test_anything_but_a_score_ends_the_rating_question(db_url: str, hours_file) -> None:
@@ -163,16 +236,17 @@ def test_anything_but_a_score_ends_the_rating_question(db_url: str, hours_file) 
     ticket = handoff.escalate("webchat:r2", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
     handoff.resolve(ticket.id, agent.id, db_url)
-    gate.after_bot("webchat:r2", [{"text": "answer"}], db_url)
-    assert gate.accept(Inbound("webchat:r2", "where is my order"), db_url).route == "bot"
+    bot_answers(accept(Inbound("webchat:r2", "hi"), db_url), [{"text": "answer"}], db_url)
+    assert accept(Inbound("webchat:r2", "where is my order"), db_url).route == "bot"
     with session_scope(db_url) as s:
         assert s.execute(select(handoff.Rating)).first() is None
 
 
 def test_bot_replies_are_recorded_in_the_transcript(db_url: str, hours_file) -> None:
-    gate.accept(Inbound("webchat:t1", "hi"), db_url)
-    gate.after_bot("webchat:t1", [{"recipient_id": "webchat:t1", "text": "Hello!",
-                                   "buttons": [{"title": "A", "payload": "/a"}]}], db_url)
+    turn = accept(Inbound("webchat:t1", "hi"), db_url)
+    bot_answers(turn, [{"recipient_id": "webchat:t1", "text": "Hello!",
+                        "buttons": [{"title": "A", "payload": "/a"}]}], db_url)
     lines = conversations.transcript("webchat:t1", db_url)
     assert [(m.author, m.text) for m in lines] == [("customer", "hi"), ("bot", "Hello!")]
     assert lines[1].payload == {"buttons": [{"title": "A", "payload": "/a"}]}
+    assert inbox.state_of(turn.pending.id, db_url) == "answered"

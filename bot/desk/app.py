@@ -7,7 +7,6 @@ live, library, pages); they read the settings and the pages loaded here through
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from importlib import resources
 
@@ -16,9 +15,10 @@ from sanic.exceptions import NotFound, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.bot import contract, handoff, responses
+from parley.bot import contract, handoff, responses, supervision
 from parley.bot.desk import library, live, login, pages, tickets, users
 from parley.bot.desk.errors import BadRequest
+from parley.bot.storage import off_loop
 
 MAX_BODY = 64 * 1024
 FOLLOW_UP_CHECK_SECONDS = 60.0
@@ -64,17 +64,24 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     for module in (pages, login, users, tickets, live, library):
         app.blueprint(module.bp)
 
-    async def follow_up_loop() -> None:
-        """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off)."""
-        after = timedelta(hours=follow_up_hours)
-        while True:  # the text is rendered each round, so published edits apply
-            text = (await asyncio.to_thread(responses.render, contract.FOLLOW_UP, "", "",
-                                            database_url))["text"]
-            await asyncio.to_thread(handoff.send_follow_ups, after, text, None, database_url)
-            await asyncio.sleep(FOLLOW_UP_CHECK_SECONDS)
+    async def follow_up_tick() -> bool:
+        """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off). The text is
+        rendered each round, so published edits apply."""
+        text = (await off_loop(responses.render, contract.FOLLOW_UP, "", "",
+                               database_url))["text"]
+        await off_loop(handoff.send_follow_ups, timedelta(hours=follow_up_hours), text, None,
+                       database_url)
+        return False
 
     if follow_up_hours > 0:
-        app.add_task(follow_up_loop())
+        app.add_task(supervision.supervise("follow-ups", follow_up_tick,
+                                           idle=FOLLOW_UP_CHECK_SECONDS))
+
+    @app.get("/health")
+    async def health(_request: Request) -> HTTPResponse:
+        """Each background loop's last good tick (no session needed: no data in it)."""
+        report = supervision.report(stale_after=FOLLOW_UP_CHECK_SECONDS * 3)
+        return response.json(report, status=200 if report["status"] == "ok" else 503)
 
     @app.on_response
     async def security_headers(_request: Request, resp: HTTPResponse) -> None:

@@ -1,0 +1,197 @@
+"""The inbox: every customer message is stored before its webhook answers 2xx, then
+processed in order per conversation by whichever process holds that conversation's
+lease.
+
+States: received -> processing -> answered (the bot or the gate replied), routed
+(a person owns it: queue or agent), or failed (the bot kept failing; a person is
+asked to take over). A lease is an owner and an expiry on the conversation, kept
+alive by its worker's heartbeat; when a process dies its leases run out and any
+other process takes the conversation over. Claims are atomic: `FOR UPDATE SKIP
+LOCKED` on PostgreSQL, a guarded UPDATE on SQLite (invariant 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from parley.bot import inbox_sql
+from parley.bot.conversations import Conversation, Message, message_values
+from parley.bot.storage import session_scope, utcnow
+
+PENDING = ("received", "processing")
+FINISHED = ("answered", "routed", "failed")
+MAX_ATTEMPTS = 3  # tries at a bot turn before a person is asked to take over
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A stored customer message, as its worker needs it."""
+
+    id: int
+    conversation_id: str
+    text: str
+    metadata: dict[str, Any]
+    attempts: int
+    display_name: str = ""
+
+
+def store(conversation_id: str, text: str, *, platform_message_id: str | None = None,
+          display_name: str = "", metadata: dict[str, Any] | None = None,
+          database_url: str | None = None) -> int | None:
+    """Commit the message as received; its id, or None for a redelivery of a
+    platform message we already hold (answered or not: the worker has it)."""
+    row = message_values(conversation_id, "customer", text, payload=metadata or None,
+                         delivery="none", platform_message_id=platform_message_id,
+                         inbox_state="received")
+    try:
+        return inbox_sql.store_inbound(conversation_id, display_name, row, database_url)
+    except IntegrityError:
+        if platform_message_id:
+            return None
+        raise
+
+
+def claim(channel: str, owner: str, lease_seconds: float, limit: int,
+          database_url: str | None = None) -> list[str]:
+    """Take the leases of up to `limit` conversations of this channel that have
+    pending messages and no live lease; returns their ids, oldest waiting first."""
+    now = utcnow()
+    until = now + timedelta(seconds=lease_seconds)
+    with session_scope(database_url) as session:
+        waiting = session.execute(
+            select(Message.conversation_id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.inbox_state.in_(PENDING), Conversation.channel == channel,
+                   or_(Conversation.lease_until.is_(None), Conversation.lease_until < now))
+            .group_by(Message.conversation_id)
+            .having(or_(func.max(Message.retry_at).is_(None), func.max(Message.retry_at) <= now))
+            .order_by(func.min(Message.id)).limit(limit)
+        ).scalars().all()
+        if not waiting:
+            return []
+        free = or_(Conversation.lease_until.is_(None), Conversation.lease_until < now)
+        # Row locks on PostgreSQL: a concurrent claimer skips these rows instead of
+        # waiting for them; SQLite (one writer at a time) ignores the clause.
+        lockable = session.execute(
+            select(Conversation.id).where(Conversation.id.in_(waiting), free)
+            .with_for_update(skip_locked=True)
+        ).scalars().all()
+        taken = []
+        for conversation_id in lockable:
+            won = session.execute(
+                update(Conversation).where(Conversation.id == conversation_id, free)
+                .values(lease_owner=owner, lease_until=until)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if won == 1:
+                taken.append(conversation_id)
+        order = {cid: i for i, cid in enumerate(waiting)}
+        return sorted(taken, key=order.__getitem__)
+
+
+def begin(conversation_id: str, owner: str, lease_seconds: float,
+          database_url: str | None = None) -> Pending | None:
+    """The conversation's oldest pending message, now `processing` (one more try),
+    with the lease renewed. None when nothing is due or the lease was lost: then
+    the lease is released (if still ours) and the worker moves on."""
+    now = utcnow()
+    with session_scope(database_url) as session:
+        conversation = session.execute(
+            select(Conversation).where(Conversation.id == conversation_id,
+                                       Conversation.lease_owner == owner)
+        ).scalar_one_or_none()
+        if conversation is None or conversation.lease_until is None \
+                or conversation.lease_until < now:
+            return None
+        message = session.execute(
+            select(Message).where(Message.conversation_id == conversation_id,
+                                  Message.inbox_state.in_(PENDING))
+            .order_by(Message.id).limit(1)
+        ).scalar_one_or_none()
+        if message is None or (message.retry_at is not None and message.retry_at > now):
+            conversation.lease_owner = None
+            conversation.lease_until = None
+            return None
+        conversation.lease_until = now + timedelta(seconds=lease_seconds)
+        message.inbox_state = "processing"
+        message.attempts = (message.attempts or 0) + 1
+        return Pending(message.id, conversation_id, message.text, dict(message.payload or {}),
+                       message.attempts, conversation.display_name or "")
+
+
+def holds(session: Any, conversation_id: str, owner: str) -> bool:
+    """Whether `owner` still holds the conversation's lease (inside a transaction)."""
+    lease = session.execute(
+        select(Conversation.lease_owner, Conversation.lease_until)
+        .where(Conversation.id == conversation_id)
+    ).one_or_none()
+    return lease is not None and lease[0] == owner and lease[1] is not None \
+        and lease[1] >= utcnow()
+
+
+def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:
+    with session_scope(database_url) as session:
+        session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+            .execution_options(synchronize_session=False))
+
+
+def try_failed(message_id: int, error: str, database_url: str | None = None) -> bool:
+    """A bot turn raised: try again after a backoff, or, after MAX_ATTEMPTS, give
+    up (state `failed`). Returns True when it gave up: a person must take over."""
+    with session_scope(database_url) as session:
+        message = session.get(Message, message_id)
+        if message is None or message.inbox_state != "processing":
+            return False
+        if (message.attempts or 0) >= MAX_ATTEMPTS:
+            message.inbox_state = "failed"
+            message.delivery_error = f"the bot could not process it: {error}"[:300]
+            return True
+        message.inbox_state = "received"
+        message.retry_at = utcnow() + timedelta(seconds=2 ** (message.attempts or 0))
+        return False
+
+
+def heartbeat(owner: str, lease_seconds: float, database_url: str | None = None) -> int:
+    """Keep this worker's leases alive (conversations and outbox sends); returns how
+    many it holds."""
+    until = utcnow() + timedelta(seconds=lease_seconds)
+    with session_scope(database_url) as session:
+        held = session.execute(
+            update(Conversation).where(Conversation.lease_owner == owner)
+            .values(lease_until=until).execution_options(synchronize_session=False)).rowcount
+        held += session.execute(
+            update(Message).where(Message.claimed_by == owner)
+            .values(claimed_until=until).execution_options(synchronize_session=False)).rowcount
+        return int(held)
+
+
+def state_of(message_id: int, database_url: str | None = None) -> str | None:
+    with session_scope(database_url) as session:
+        return session.execute(
+            select(Message.inbox_state).where(Message.id == message_id)).scalar_one_or_none()
+
+
+def replies_to(message_id: int, database_url: str | None = None) -> list[dict[str, Any]]:
+    """What we answered to one customer message, in order (the web chat's reply)."""
+    with session_scope(database_url) as session:
+        rows = session.execute(
+            select(Message).where(Message.reply_to == message_id, Message.delivery == "sync")
+            .order_by(Message.id)).scalars()
+        return [{"id": m.id, "text": m.text, **(m.payload or {})} for m in rows]
+
+
+def counts(database_url: str | None = None) -> dict[str, int]:
+    """Customer messages per inbox state (health and reliability reports)."""
+    with session_scope(database_url) as session:
+        rows = session.execute(
+            select(Message.inbox_state, func.count()).where(Message.inbox_state.is_not(None))
+            .group_by(Message.inbox_state)).all()
+        return {state: int(n) for state, n in rows}

@@ -1,0 +1,329 @@
+"""What every Parley channel shares: the webhook, the inbox hand-off, the workers
+and the outbox. A platform module keeps only what is its own: how a request is
+verified, the payload's shape, parsing into `Inbound`, and one send.
+
+    webhook: size limit (413, before the body is read) -> verify (401/403) -> JSON
+             and shape (400, with a reason) -> parse -> store (inbox) -> 2xx
+    inbox worker: claim conversations (leases) -> per conversation, in order:
+             gate -> Rasa when the bot owns it -> replies into the outbox
+    outbox sender: claim in order -> owner check for bot replies -> send ->
+             marked sent once the platform accepted (retry, or fail with a reason)
+
+Every loop is supervised (`parley.bot.supervision`); GET `/webhooks/<channel>/health`
+reports their last good tick. No database call runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
+from sanic import Blueprint, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from parley.bot import inbox, outbox, supervision
+from parley.bot.inbox import Pending
+from parley.bot.outbox import Send
+from parley.bot.settings import load_settings
+from parley.bot.storage import off_loop
+from parley.connectors import gate
+from parley.connectors.outbound import Retryable
+from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+
+logger = logging.getLogger(__name__)
+# This process, as lease owner: unique across replicas and restarts.
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+MAX_CONVERSATIONS = 64  # conversations one channel's worker holds at once
+OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
+
+
+class DeliveryFailed(Exception):
+    """The platform will not take this message; `reason` is shown to the agent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Collector(CollectingOutputChannel):
+    """Rasa's replies for one turn, under the channel's name so writers' variants
+    for that channel apply; they go to the outbox, not straight out."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def name(self) -> str:  # type: ignore[override]
+        return self._channel
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a streamed route, refused (413) from its Content-Length before
+    any of it is read, or as soon as a chunked body passes the limit."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise RejectedRequest(400, "Content-Length must be a number")
+        if int(length) > limit:
+            raise RejectedRequest(413, f"body is {length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    if request.stream is not None:
+        async for chunk in request.stream:
+            size += len(chunk)
+            if size > limit:
+                raise RejectedRequest(413, f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    request.body = b"".join(chunks)
+    return request.body
+
+
+class ParleyInput(InputChannel):
+    """A Rasa input channel on Parley's durable path. Subclasses set `name()` and
+    implement `verify`, `parse` and (unless `delivery` is "sync") `deliver`."""
+
+    delivery = "push"  # how replies reach the customer: the outbox ("push"), or
+    # the webhook's own answer ("sync", the web chat)
+    max_body_bytes = DEFAULT_MAX_BODY
+    workers: ChannelWorkers
+
+    # -- what a platform module provides ------------------------------------------
+    def verify(self, request: Request) -> None:
+        """Raise RejectedRequest (401/403) unless the request is the platform's."""
+        raise NotImplementedError
+
+    def check(self, payload: dict[str, Any]) -> None:
+        """Raise RejectedRequest (400) unless the payload has a shape parse can read."""
+
+    def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        raise NotImplementedError
+
+    async def deliver(self, send: Send) -> None:
+        """One outgoing message to the platform: raise `Retryable` to try again
+        later, anything else for a permanent refusal (see `refusal`)."""
+        raise NotImplementedError
+
+    def refusal(self, error: Exception) -> str:
+        """The reason agents see for a send the platform refused for good."""
+        if isinstance(error, DeliveryFailed):
+            return error.reason
+        return f"{self.name()} refused it: {error.__class__.__name__}: {error}"
+
+    async def before_turn(self, pending: Pending) -> None:
+        """Platform courtesy before the bot's turn (Telegram answers a button press)."""
+
+    def add_routes(self, hook: Blueprint) -> None:
+        """Routes of the platform's own (Meta's subscription check, the web chat page)."""
+
+    async def inbound(self, payload: dict[str, Any]) -> list[gate.Inbound]:
+        """The customer messages to store; platforms with more to do on arrival
+        (Meta's echoes of a person's replies) extend it."""
+        return self.parse(payload)
+
+    # -- shared --------------------------------------------------------------------
+    async def store(self, items: list[gate.Inbound]) -> list[int | None]:
+        """Commit each message to the inbox and wake this process's worker."""
+        ids = [await off_loop(inbox.store, item.conversation_id, item.text,
+                              platform_message_id=item.platform_message_id,
+                              display_name=item.display_name, metadata=item.metadata or None)
+               for item in items]
+        self.workers.inbox_wake.set()
+        return ids
+
+    async def answer(self, request: Request, items: list[gate.Inbound]) -> HTTPResponse:
+        await self.store(items)
+        return response.json({"ok": True})
+
+    def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
+        hook = Blueprint(f"{self.name()}_webhook", __name__)
+        self.workers = ChannelWorkers(self, on_new_message)
+        settings = load_settings()
+
+        @hook.listener("before_server_start")
+        async def limit_bodies(app: Any, _loop: Any) -> None:
+            # Sanic refuses larger bodies from their Content-Length, unread (413).
+            app.config.REQUEST_MAX_SIZE = min(app.config.REQUEST_MAX_SIZE,
+                                              settings.request_max_bytes)
+
+        @hook.listener("after_server_start")
+        async def start_workers(app: Any, _loop: Any) -> None:
+            self.workers.start(app)
+
+        @hook.route("/health", methods=["GET"])
+        async def health(_request: Request) -> HTTPResponse:
+            report = supervision.report(stale_after=max(60.0, settings.lease_seconds * 2))
+            return response.json(report, status=200 if report["status"] == "ok" else 503)
+
+        @hook.route("/webhook", methods=["POST"], stream=True)
+        async def receive(request: Request) -> HTTPResponse:
+            try:
+                await read_body(request, self.max_body_bytes)
+                self.verify(request)
+                payload = read_json_object(request, self.max_body_bytes)
+                self.check(payload)
+                items = await self.inbound(payload)
+            except RejectedRequest as rejected:
+                return rejected.as_response()
+            return await self.answer(request, items)
+
+        self.add_routes(hook)
+        return hook
+
+
+_heartbeat_started = False
+
+
+class ChannelWorkers:
+    """The background side of one channel in one process: the inbox worker, the
+    outbox sender, and (once per process) the lease heartbeat."""
+
+    def __init__(self, channel: ParleyInput, on_new_message: OnNewMessage) -> None:
+        self.channel = channel
+        self.name = channel.name()
+        self.on_new_message = on_new_message
+        self.settings = load_settings()
+        self.inbox_wake = asyncio.Event()
+        self.outbox_wake = asyncio.Event()
+        self.turns = asyncio.Semaphore(self.settings.turns_in_flight)
+        self.active: set[str] = set()
+        self.finished: dict[int, asyncio.Event] = {}
+
+    def start(self, app: Any) -> None:
+        global _heartbeat_started
+        lease = self.settings.lease_seconds
+        app.add_task(supervision.supervise(f"{self.name} inbox", self._inbox_tick, idle=0.5,
+                                           wake=self.inbox_wake))
+        if self.channel.delivery == "push":
+            app.add_task(supervision.supervise(f"{self.name} outbox", self._outbox_tick,
+                                               idle=0.5, wake=self.outbox_wake))
+        if not _heartbeat_started:
+            _heartbeat_started = True
+            app.add_task(supervision.supervise("lease heartbeat", self._heartbeat,
+                                               idle=lease / 3))
+
+    async def _heartbeat(self) -> bool:
+        await off_loop(inbox.heartbeat, OWNER, self.settings.lease_seconds)
+        return False
+
+    # -- inbox ---------------------------------------------------------------------
+    async def _inbox_tick(self) -> bool:
+        room = MAX_CONVERSATIONS - len(self.active)
+        if room <= 0:
+            return False
+        claimed = await off_loop(inbox.claim, self.name, OWNER, self.settings.lease_seconds,
+                                 room)
+        for conversation_id in claimed:
+            self.active.add(conversation_id)
+            asyncio.get_running_loop().create_task(self._conversation(conversation_id))
+        return bool(claimed)
+
+    async def _conversation(self, conversation_id: str) -> None:
+        """This conversation's pending messages, one at a time, in order."""
+        try:
+            while True:
+                pending = await off_loop(inbox.begin, conversation_id, OWNER,
+                                         self.settings.lease_seconds)
+                if pending is None:
+                    return
+                await self._process(pending)
+        except Exception:  # (the lease runs out; another try follows)
+            logger.exception("worker stopped on %s", conversation_id)
+        finally:
+            self.active.discard(conversation_id)
+            try:
+                await off_loop(inbox.release, conversation_id, OWNER)
+            except Exception:
+                logger.warning("could not release %s; its lease will run out",
+                               conversation_id)
+            self.inbox_wake.set()
+
+    async def _process(self, pending: Pending) -> None:
+        delivery = self.channel.delivery
+        try:
+            decision = await off_loop(gate.route, pending, OWNER, delivery)
+            if decision.route == "bot":
+                await self.channel.before_turn(pending)
+                collector = Collector(self.name)
+                async with self.turns:
+                    await self.on_new_message(UserMessage(
+                        pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
+                        input_channel=self.name,
+                        metadata={"display_name": pending.display_name,
+                                  "language": pending.metadata.get("language")}))
+                await off_loop(gate.finish_bot, pending, OWNER, collector.messages, delivery)
+        except Exception as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+            logger.exception("processing message %s of %s failed", pending.id,
+                             pending.conversation_id)
+            if await off_loop(inbox.try_failed, pending.id, error):
+                await off_loop(gate.give_up, pending, error)
+        finally:
+            done = self.finished.pop(pending.id, None)
+            if done is not None:
+                done.set()
+            self.outbox_wake.set()
+
+    async def wait_finished(self, message_id: int, timeout: float) -> bool:
+        """Until the message is answered or routed (by this process or another)."""
+        done = self.finished.setdefault(message_id, asyncio.Event())
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                state = await off_loop(inbox.state_of, message_id)
+                if state in inbox.FINISHED:
+                    return True
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return False
+                # Woken by our own worker; polled when another process has it.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(done.wait(), min(left, 0.5))
+        finally:
+            self.finished.pop(message_id, None)
+
+    # -- outbox --------------------------------------------------------------------
+    async def _outbox_tick(self) -> bool:
+        sends = await off_loop(outbox.claim, self.name, OWNER, self.settings.lease_seconds)
+        by_conversation: dict[str, list[Send]] = {}
+        for send in sends:
+            by_conversation.setdefault(send.conversation_id, []).append(send)
+        await asyncio.gather(*(self._send_in_order(s) for s in by_conversation.values()))
+        return bool(sends)
+
+    async def _send_in_order(self, sends: list[Send]) -> None:
+        settled = 0  # sends finished with (sent, failed, withheld or retrying)
+        try:
+            for send in sends:
+                retry = not await self._send(send)
+                settled += 1
+                if retry:
+                    return  # the rest waits behind it
+        finally:  # the rest, and one a database error interrupted: give them back
+            await off_loop(outbox.release, [s.id for s in sends[settled:]], OWNER)
+
+    async def _send(self, send: Send) -> bool:
+        """One message; False when it must be retried later."""
+        if send.author == "bot" and await off_loop(outbox.person_holds, send.conversation_id):
+            await off_loop(outbox.withhold, send, OWNER)
+            return True
+        try:
+            await self.channel.deliver(send)
+        except Retryable as exc:
+            logger.info("%s send to %s will be retried: %s", self.name, send.conversation_id,
+                        exc)
+            await off_loop(outbox.retry_later, send, OWNER, str(exc), exc.retry_after)
+            return False
+        except Exception as exc:  # (permanent: shown to agents)
+            reason = self.channel.refusal(exc)
+            logger.warning("%s send to %s failed: %s", self.name, send.conversation_id, reason)
+            await off_loop(outbox.failed, send, OWNER, reason)
+            return True
+        await off_loop(outbox.sent, send.id, OWNER)
+        return True
