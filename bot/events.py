@@ -3,7 +3,9 @@
 Written in the same transaction as the change it describes (so an event is
 never published for a change that rolled back), read by id. A table rather than
 an in-process queue because the action server, the Rasa server and the desk are
-separate processes, possibly on several machines.
+separate processes, possibly on several machines. On PostgreSQL the same
+transaction also sends a NOTIFY, delivered only on commit, which wakes every desk
+replica's live streams (`parley.bot.desk.live`) instead of each polling fast.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, String, func, select
+from sqlalchemy import JSON, Column, Integer, String, func, select, text
 from sqlalchemy.orm import Session
 
 from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
+NOTIFY_CHANNEL = "parley_desk_events"  # a wake-up only: readers take events from the table
 KINDS = (
     "ticket_created", "ticket_claimed", "ticket_transferred", "ticket_resolved",
     "ticket_abandoned", "ticket_dismissed", "ticket_updated", "message",
@@ -51,11 +54,15 @@ class Event:
 
 def publish(session: Session, kind: str, *, ticket_id: int | None = None,
             conversation_id: str | None = None, **payload: Any) -> None:
-    """Record an event inside the caller's transaction."""
+    """Record an event inside the caller's transaction (and notify on its commit)."""
     if kind not in KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
     session.add(DeskEvent(kind=kind, ticket_id=ticket_id, conversation_id=conversation_id,
                           payload=payload, created_at=utcnow()))
+    if session.get_bind().dialect.name == "postgresql":
+        # Transactional: sent on commit, dropped on rollback; PostgreSQL folds
+        # repeats within one transaction into one notification.
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
 def events_after(after_id: int, limit: int = 200, database_url: str | None = None) -> list[Event]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from parley.bot import storage
+from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.model_freshness import model_path
 from parley.bot.settings import Settings
 
@@ -49,9 +51,14 @@ class Stack:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # added to credentials
     actions_package: str = "actions"  # the project's Rasa SDK package
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The secret Rasa sends the action server: from `env` or the environment, else made
+    # up for this stack. It travels only in the two processes' environment, never in a file.
+    action_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.database_url = self.database_url or f"sqlite:///{self.state_dir / 'parley.db'}"
+        self.action_token = (self.action_token or self.env.get(TOKEN_ENV)
+                             or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32))
 
     @property
     def state_dir(self) -> Path:
@@ -78,9 +85,14 @@ class Stack:
         return f"{self.rasa_url}/webhooks/webchat/"
 
     def runtime_endpoints(self) -> Path:
-        """endpoints.yml with this stack's action server port and SQLite paths."""
+        """endpoints.yml with this stack's action server port and SQLite paths, and the
+        action server's secret as `${PARLEY_ACTION_TOKEN}`, which Rasa fills in from its
+        environment when it reads the file (the value itself is never written)."""
         endpoints = yaml.safe_load((self.root / "endpoints.yml").read_text()) or {}
-        endpoints["action_endpoint"] = {"url": f"{self.action_url}/webhook"}
+        action = dict(endpoints.get("action_endpoint") or {})
+        action["url"] = f"{self.action_url}/webhook"
+        action["headers"] = {**(action.get("headers") or {}), TOKEN_HEADER: f"${{{TOKEN_ENV}}}"}
+        endpoints["action_endpoint"] = action
         tracker = endpoints.get("tracker_store") or {}
         if tracker.get("type") == "SQL" and tracker.get("dialect") == "sqlite":
             tracker["db"] = str(self.state_dir / "tracker.db")
@@ -103,8 +115,8 @@ class Stack:
         return [
             ServiceSpec(
                 "actions",
-                [python, "-m", "rasa_sdk", "--actions", self.actions_package,
-                 "--port", str(self.action_port)],
+                [python, "-m", "parley.bot.action_server", "--actions", self.actions_package,
+                 "--host", self.host, "--port", str(self.action_port)],
                 f"{self.action_url}/health",
             ),
             ServiceSpec(
@@ -130,7 +142,8 @@ class Stack:
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
         env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url,
-               "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir)}
+               "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir),
+               TOKEN_ENV: self.action_token}
         storage.create_schema(self.database_url)
         specs = self.specs()
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Facebook Messenger and Instagram DMs (one Meta module, two channels).
 
     parley.connectors.messenger.MessengerInput:      # /webhooks/messenger/webhook
-      page_access_token: "${META_PAGE_TOKEN}"
-      app_secret: "${META_APP_SECRET}"
-      verify_token: "${META_VERIFY_TOKEN}"
-      app_id: "${META_APP_ID}"                # tells our own echoes from a person's
+      page_access_token: ${META_PAGE_TOKEN}
+      app_secret: ${META_APP_SECRET}
+      verify_token: ${META_VERIFY_TOKEN}
+      app_id: ${META_APP_ID}                # tells our own echoes from a person's
     parley.connectors.messenger.InstagramInput:      # /webhooks/instagram/webhook (same keys)
 
 Echoes of messages a person sent from Meta's own inbox, and messages arriving on

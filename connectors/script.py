@@ -6,7 +6,7 @@ Telegram or web chat customer, and it goes through the inbox and the gate like
 every other channel. Off unless configured:
 
     parley.connectors.script.ScriptInput:      # /webhooks/script/webhook
-      token: "${PARLEY_SCRIPT_TOKEN}"          # sent as `Authorization: Bearer <token>`
+      token: ${PARLEY_SCRIPT_TOKEN}          # sent as `Authorization: Bearer <token>`
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ long-polling for local development (`python -m parley.bot.cli telegram-poll`), w
 feeds updates to the same webhook handler. Register in credentials.yml:
 
     parley.connectors.telegram.TelegramInput:
-      access_token: "${TELEGRAM_TOKEN}"
-      webhook_secret: "${TELEGRAM_WEBHOOK_SECRET}"
+      access_token: ${TELEGRAM_TOKEN}
+      webhook_secret: ${TELEGRAM_WEBHOOK_SECRET}
       paid_broadcast: false  # true: up to 1000 messages/s, billed by Telegram
 """
 

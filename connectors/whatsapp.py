@@ -1,10 +1,10 @@
 """WhatsApp Cloud API.
 
     parley.connectors.whatsapp.WhatsAppInput:         # /webhooks/whatsapp/webhook
-      access_token: "${WHATSAPP_TOKEN}"
-      phone_number_id: "${WHATSAPP_PHONE_NUMBER_ID}"
-      app_secret: "${META_APP_SECRET}"
-      verify_token: "${META_VERIFY_TOKEN}"
+      access_token: ${WHATSAPP_TOKEN}
+      phone_number_id: ${WHATSAPP_PHONE_NUMBER_ID}
+      app_secret: ${META_APP_SECRET}
+      verify_token: ${META_VERIFY_TOKEN}
 
 Buttons become reply buttons or, with more options, a list message; their counts and
 lengths are CHANNELS["whatsapp"], the table the reply checks use. Outside the 24-hour

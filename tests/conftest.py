@@ -42,6 +42,28 @@ def wait_until(condition: Callable[[], object], timeout: float = 15.0) -> bool:
     return False
 
 
+def wait_settled(database_url: str, timeout: float = 60.0) -> None:
+    """Until the bot has worked through every stored message and sent what is due:
+    webhooks answer before the bot does, so tests wait for the workers."""
+    import sqlalchemy as sa
+
+    from parley.bot.conversations import Message
+
+    busy = sa.select(sa.func.count()).select_from(Message).where(sa.or_(
+        Message.inbox_state.in_(("received", "processing")),
+        sa.and_(Message.delivery == "push", Message.sent_at.is_(None),
+                Message.delivery_error.is_(None), Message.retry_at.is_(None),
+                Message.conversation_id.not_like("webchat:%"))))
+    engine = storage.get_engine(database_url)
+
+    def idle() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(busy).scalar() == 0
+
+    if not wait_until(idle, timeout):
+        raise TimeoutError(f"the bot still had work after {timeout} s")
+
+
 def _hours_file(path: Path, weekly: dict[str, str]) -> Path:
     import yaml
 

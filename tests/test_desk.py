@@ -26,6 +26,7 @@ ROUTES = {
     ("POST", "/login"): "public",
     ("POST", "/logout"): "any",
     ("GET", "/"): "any",
+    ("GET", "/health"): "public",
     ("GET", "/api/me"): "any",
     ("GET", "/api/agents"): "session",
     ("GET", "/api/users"): "admin",

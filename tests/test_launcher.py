@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from parley.bot import launcher, model_freshness
+from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.settings import load_settings
 from tests import REPO_ROOT as PROJECT_ROOT
 from tests.fakes.stack import free_port
@@ -59,6 +60,44 @@ def test_runtime_endpoints_point_at_this_stacks_ports(project_with_model: Path) 
     endpoints = yaml.safe_load(stack.runtime_endpoints().read_text())
     assert endpoints["action_endpoint"]["url"] == "http://127.0.0.1:7055/webhook"
     assert endpoints["tracker_store"]["db"] == str(project_with_model / "state" / "tracker.db")
+
+
+def test_rasa_reads_the_action_token_from_its_environment_not_from_the_file(
+        project_with_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rasa.utils.endpoints import read_endpoint_config
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    stack = launcher.Stack(project_with_model, rasa_port=7005, action_port=7055,
+                           var_dir=project_with_model / "state")
+    path = stack.runtime_endpoints()
+    assert stack.action_token not in path.read_text()
+    monkeypatch.setenv(TOKEN_ENV, stack.action_token)  # as start() gives Rasa
+    endpoint = read_endpoint_config(str(path), "action_endpoint")
+    assert endpoint is not None and endpoint.url == "http://127.0.0.1:7055/webhook"
+    assert endpoint.headers == {TOKEN_HEADER: stack.action_token}
+    shipped = read_endpoint_config(str(PROJECT_ROOT / "endpoints.yml"), "action_endpoint")
+    assert shipped is not None and shipped.headers == {TOKEN_HEADER: stack.action_token}
+
+
+def test_each_stack_makes_its_own_token_unless_one_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    made = [launcher.Stack(tmp_path, rasa_port=1, action_port=2).action_token for _ in "ab"]
+    assert made[0] != made[1] and min(len(t) for t in made) >= 40
+    assert launcher.Stack(tmp_path, rasa_port=1, action_port=2,
+                          env={TOKEN_ENV: "from-env"}).action_token == "from-env"
+    monkeypatch.setenv(TOKEN_ENV, "operator's")
+    assert launcher.Stack(tmp_path, rasa_port=1, action_port=2).action_token == "operator's"
+    assert "operator's" not in repr(launcher.Stack(tmp_path, rasa_port=1, action_port=2))
+
+
+def test_the_stack_runs_parleys_action_server_on_its_host(tmp_path: Path) -> None:
+    stack = launcher.Stack(tmp_path, rasa_port=1, action_port=2, host="127.0.0.1")
+    (tmp_path / "endpoints.yml").write_text("")
+    (tmp_path / "credentials.yml").write_text("")
+    argv = next(s.argv for s in stack.specs() if s.name == "actions")
+    assert argv[1:3] == ["-m", "parley.bot.action_server"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
 
 
 def test_start_waits_for_health_and_stop_ends_every_process(project_with_model: Path) -> None:

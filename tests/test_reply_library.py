@@ -257,16 +257,16 @@ def test_render_for_code_outside_rasa_uses_the_published_text(db_url: str) -> No
 
 
 def test_each_connector_asks_for_replies_under_its_channel_name() -> None:
-    """Rasa passes the output channel's name to the NLG; `channel:` variants match it."""
-    from parley.connectors.messenger import InstagramPlatform, Meta, MetaOutput, Platform
-    from parley.connectors.telegram import Telegram, TelegramOutput
-    from parley.connectors.webchat import WebChatOutput
-    from parley.connectors.whatsapp import WhatsApp
+    """Rasa passes the output channel's name to the NLG; `channel:` variants match it.
+    A worker collects each turn's replies under its input channel's name."""
+    from parley.connectors.base import Collector
+    from parley.connectors.messenger import InstagramInput, MessengerInput
+    from parley.connectors.telegram import TelegramInput
+    from parley.connectors.webchat import WebChatInput
+    from parley.connectors.whatsapp import WhatsAppInput
 
-    outputs = {"messenger": MetaOutput(Meta(Platform, "t")),
-               "instagram": MetaOutput(Meta(InstagramPlatform, "t")),
-               "whatsapp": MetaOutput(WhatsApp("t", "1")),  # type: ignore[arg-type]
-               "telegram": TelegramOutput(Telegram("1:t")),
-               "webchat": WebChatOutput()}
+    inputs = {"messenger": MessengerInput, "instagram": InstagramInput,
+              "whatsapp": WhatsAppInput, "telegram": TelegramInput, "webchat": WebChatInput}
+    outputs = {name: Collector(cls.name()) for name, cls in inputs.items()}
     assert {name: out.name() for name, out in outputs.items()} == {n: n for n in outputs}
     assert set(outputs) <= set(CHANNELS)

@@ -81,6 +81,10 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     async def health(_request: Request) -> HTTPResponse:
         """Each background loop's last good tick (no session needed: no data in it)."""
         report = supervision.report(stale_after=FOLLOW_UP_CHECK_SECONDS * 3)
+        listener = live.listener_health()
+        report["loops"]["desk live listener"] = listener.as_json()
+        if not listener.ok():
+            report["status"] = "stale"
         return response.json(report, status=200 if report["status"] == "ok" else 503)
 
     @app.on_response

@@ -22,6 +22,7 @@ def send_follow_ups(after: timedelta, text: str, now: datetime | None = None,
     with session_scope(database_url) as session:
         held = session.execute(
             select(Ticket).where(Ticket.status == "assigned", Ticket.follow_up_at.is_(None))
+            .with_for_update(skip_locked=True)  # one desk replica per ticket
         ).scalars().all()
         for ticket in held:
             last = session.execute(
