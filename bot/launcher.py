@@ -54,6 +54,11 @@ class Stack:
     # The secret Rasa sends the action server: from `env` or the environment, else made
     # up for this stack. It travels only in the two processes' environment, never in a file.
     action_token: str = field(default="", repr=False)
+    # Replicas: more Rasa processes on these ports (same database, channels, model),
+    # and endpoints.yml sections to replace (a PostgreSQL tracker store, a Redis lock
+    # store), as deploy/endpoints.replicas.yml does for production.
+    extra_rasa_ports: list[int] = field(default_factory=list)
+    endpoint_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.database_url = self.database_url or f"sqlite:///{self.state_dir / 'parley.db'}"
@@ -73,6 +78,12 @@ class Stack:
         return f"http://{self.host}:{self.rasa_port}"
 
     @property
+    def rasa_urls(self) -> list[str]:
+        """Every Rasa process, the first one first."""
+        return [f"http://{self.host}:{port}" for port in [self.rasa_port,
+                                                           *self.extra_rasa_ports]]
+
+    @property
     def action_url(self) -> str:
         return f"http://{self.host}:{self.action_port}"
 
@@ -84,7 +95,7 @@ class Stack:
     def webchat_url(self) -> str:
         return f"{self.rasa_url}/webhooks/webchat/"
 
-    def runtime_endpoints(self) -> Path:
+    def runtime_endpoints(self, rasa_port: int | None = None) -> Path:
         """endpoints.yml with this stack's action server port and SQLite paths, and the
         action server's secret as `${PARLEY_ACTION_TOKEN}`, which Rasa fills in from its
         environment when it reads the file (the value itself is never written)."""
@@ -96,16 +107,17 @@ class Stack:
         tracker = endpoints.get("tracker_store") or {}
         if tracker.get("type") == "SQL" and tracker.get("dialect") == "sqlite":
             tracker["db"] = str(self.state_dir / "tracker.db")
-        out = self.state_dir / "run" / f"endpoints.{self.rasa_port}.yml"
+        endpoints.update(self.endpoint_overrides)
+        out = self.state_dir / "run" / f"endpoints.{rasa_port or self.rasa_port}.yml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(yaml.safe_dump(endpoints, sort_keys=False))
         return out
 
-    def runtime_credentials(self) -> Path:
+    def runtime_credentials(self, rasa_port: int | None = None) -> Path:
         """credentials.yml plus this stack's extra channels (tests add fakes' URLs)."""
         credentials = yaml.safe_load((self.root / "credentials.yml").read_text()) or {}
         credentials.update(self.channels)
-        out = self.state_dir / "run" / f"credentials.{self.rasa_port}.yml"
+        out = self.state_dir / "run" / f"credentials.{rasa_port or self.rasa_port}.yml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(yaml.safe_dump(credentials, sort_keys=False))
         return out
@@ -119,14 +131,14 @@ class Stack:
                  "--host", self.host, "--port", str(self.action_port)],
                 f"{self.action_url}/health",
             ),
-            ServiceSpec(
-                "rasa",
+            *(ServiceSpec(
+                "rasa" if i == 0 else f"rasa-{i + 1}",
                 [python, "-m", "rasa", "run", "--model", str(model_path(self.root)),
-                 "--port", str(self.rasa_port), "--interface", self.host,
-                 "--credentials", str(self.runtime_credentials()),
-                 "--endpoints", str(self.runtime_endpoints())],
-                f"{self.rasa_url}/",
-            ),
+                 "--port", str(port), "--interface", self.host,
+                 "--credentials", str(self.runtime_credentials(port)),
+                 "--endpoints", str(self.runtime_endpoints(port))],
+                f"http://{self.host}:{port}/",
+            ) for i, port in enumerate([self.rasa_port, *self.extra_rasa_ports])),
             ServiceSpec(
                 "desk",
                 [sys.executable, "-m", "parley.bot.desk", "--host", self.host,
@@ -135,27 +147,41 @@ class Stack:
             ),
         ]
 
+    def _environment(self) -> dict[str, str]:
+        return {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url,
+                "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir),
+                TOKEN_ENV: self.action_token}
+
+    def _spawn(self, spec: ServiceSpec) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{spec.name}.log", "ab") as output:
+            self.processes[spec.name] = subprocess.Popen(
+                spec.argv, cwd=self.root, env=self._environment(), stdout=output,
+                stderr=output, start_new_session=True,  # own process group: stopped as a unit
+            )
+
     def start(self, timeout: float = 180.0) -> None:
         """Start every service and wait until each answers its health check."""
         if not model_path(self.root).exists():
             raise FileNotFoundError(
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
-        env = {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url,
-               "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir),
-               TOKEN_ENV: self.action_token}
         storage.create_schema(self.database_url)
         specs = self.specs()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in specs:
-            with open(self.log_dir / f"{spec.name}.log", "ab") as output:
-                self.processes[spec.name] = subprocess.Popen(
-                    spec.argv, cwd=self.root, env=env, stdout=output, stderr=output,
-                    start_new_session=True,  # own process group: stopped as a unit
-                )
+            self._spawn(spec)
         deadline = time.monotonic() + timeout
         for spec in specs:
             self._wait_healthy(spec, deadline)
+
+    def restart(self, name: str, timeout: float = 180.0) -> None:
+        """Start one service again (after a crash, or a fault test's kill -9)."""
+        [spec] = [s for s in self.specs() if s.name == name]
+        old = self.processes.get(name)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self._spawn(spec)
+        self._wait_healthy(spec, time.monotonic() + timeout)
 
     def _wait_healthy(self, spec: ServiceSpec, deadline: float) -> None:
         proc = self.processes[spec.name]
