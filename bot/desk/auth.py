@@ -19,6 +19,7 @@ from sanic.response import HTTPResponse
 
 from parley.bot import agents
 from parley.bot.agents import SessionView
+from parley.bot.storage import off_loop
 
 SESSION_COOKIE = "parley_session"
 LOGIN_CSRF_COOKIE = "parley_login_csrf"
@@ -51,9 +52,9 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def current_session(request: Request) -> SessionView | None:
-    return agents.session_for(request.cookies.get(SESSION_COOKIE),
-                              request.app.ctx.database_url)
+async def current_session(request: Request) -> SessionView | None:
+    return await off_loop(agents.session_for, request.cookies.get(SESSION_COOKIE),
+                          request.app.ctx.database_url)
 
 
 def wants_html(request: Request) -> bool:
@@ -67,7 +68,7 @@ def requires_session(roles: tuple[str, ...] = ("agent", "admin")) -> Callable[[H
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-            session = current_session(request)
+            session = await current_session(request)
             if session is None:
                 if wants_html(request):
                     return response.redirect("/login")

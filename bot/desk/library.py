@@ -8,7 +8,6 @@ published replies (`/shortcut` in the reply box). The same checks as
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -23,6 +22,7 @@ from parley.bot.desk.errors import BadRequest, body_json, text_field
 from parley.bot.responses import checks, conversation_values, placeholders, revisions, variants
 from parley.bot.responses.channels import CHANNELS, LANGUAGES, configured, of_conversation
 from parley.bot.responses.library import Library, library
+from parley.bot.storage import off_loop
 
 NAME = re.compile(r"^utter_[a-z0-9_]{1,100}$")
 WRITERS = ("writer", "admin")
@@ -84,11 +84,11 @@ def refused(exc: revisions.ReviewError) -> HTTPResponse:
 
 async def step(call: Any, *args: Any, database_url: str | None) -> HTTPResponse:
     try:
-        view = await asyncio.to_thread(call, *args, database_url)
+        view = await off_loop(call, *args, database_url)
     except revisions.ReviewError as exc:
         return refused(exc)
     if view.state == "published":  # this process shows it at once; others within 0.5 s
-        await asyncio.to_thread(live(database_url).refresh, True)
+        await off_loop(live(database_url).refresh, True)
     return response.json(view.as_json())
 
 
@@ -101,7 +101,7 @@ def blocking(body: Any, name: str) -> HTTPResponse | None:
 
 
 async def held(revision_id: int, database_url: str | None) -> revisions.RevisionView:
-    view = await asyncio.to_thread(revisions.get, revision_id, database_url)
+    view = await off_loop(revisions.get, revision_id, database_url)
     if view is None:
         raise NotFound("no such revision")
     return view
@@ -138,8 +138,8 @@ async def meta(_request: Request) -> HTTPResponse:
 async def replies(request: Request) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     query = (request.args.get("q") or "").strip().lower()
-    snapshot = await asyncio.to_thread(live(database_url).current)
-    waiting = {r.name for r in await asyncio.to_thread(revisions.in_review, database_url)}
+    snapshot = await off_loop(live(database_url).current)
+    waiting = {r.name for r in await off_loop(revisions.in_review, database_url)}
     out = []
     for name, body in snapshot.replies.items():
         text = next((v.get("text") for v in body if isinstance(v, dict)), "") or ""
@@ -154,14 +154,15 @@ async def replies(request: Request) -> HTTPResponse:
 @requires_session(roles=WRITERS)
 async def reply_detail(request: Request, name: str) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    snapshot = await asyncio.to_thread(live(database_url).current)
-    history = await asyncio.to_thread(revisions.history, _name(name), database_url)
+    snapshot = await off_loop(live(database_url).current)
+    history = await off_loop(revisions.history, _name(name), database_url)
     if name not in snapshot.replies and not history:
         raise NotFound("no such reply")
     me = request.ctx.session.agent.id
     mine = next((r for r in history if r.author_id == me and r.state in
                  revisions.EDITABLE), None)
-    names = {a.id: a.display_name for a in agents.list_agents(database_url)}
+    names = {a.id: a.display_name
+             for a in await off_loop(agents.list_agents, database_url)}
     return response.json({
         "name": name, "live": snapshot.replies.get(name),
         "baseline": snapshot.baseline.get(name),
@@ -189,7 +190,7 @@ async def check(request: Request) -> HTTPResponse:
 async def save(request: Request, name: str) -> HTTPResponse:
     body = _body(body_json(request))
     try:
-        view = await asyncio.to_thread(revisions.save_draft, _name(name), body,
+        view = await off_loop(revisions.save_draft, _name(name), body,
                                        request.ctx.session.agent, request.app.ctx.database_url)
     except revisions.ReviewError as exc:
         return refused(exc)
@@ -240,7 +241,7 @@ async def diff(request: Request, revision_id: int) -> HTTPResponse:
     elif against:
         raise BadRequest("'against' must be a revision id")
     else:
-        before = (await asyncio.to_thread(live(database_url).current)).replies.get(view.name)
+        before = (await off_loop(live(database_url).current)).replies.get(view.name)
     return response.json({"diff": revisions.diff(before, view.body, view.name)})
 
 
@@ -248,8 +249,9 @@ async def diff(request: Request, revision_id: int) -> HTTPResponse:
 @requires_session(roles=WRITERS)
 async def review(request: Request) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    names = {a.id: a.display_name for a in agents.list_agents(database_url)}
-    pending = await asyncio.to_thread(revisions.in_review, database_url)
+    names = {a.id: a.display_name
+             for a in await off_loop(agents.list_agents, database_url)}
+    pending = await off_loop(revisions.in_review, database_url)
     return response.json([r.as_json() | {"author": names.get(r.author_id)}
                           for r in pending])
 
@@ -263,13 +265,13 @@ async def canned(request: Request) -> HTTPResponse:
     ticket_arg = request.args.get("ticket") or ""
     channel, name_of = "", None
     if ticket_arg.isdigit():
-        view = await asyncio.to_thread(handoff.get_ticket, int(ticket_arg), database_url)
+        view = await off_loop(handoff.get_ticket, int(ticket_arg), database_url)
         if view is not None:
             channel = of_conversation(view.conversation_id)
-            names = await asyncio.to_thread(conversations.display_names,
+            names = await off_loop(conversations.display_names,
                                             [view.conversation_id], database_url)
             name_of = names.get(view.conversation_id)
-    snapshot = await asyncio.to_thread(live(database_url).current)
+    snapshot = await off_loop(live(database_url).current)
     values = conversation_values(name_of, channel) | {"agent_name":
                                                       request.ctx.session.agent.display_name}
     out = []

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from parley.bot import events, storage
 from parley.bot.desk.auth import requires_session
+from parley.bot.storage import off_loop
 
 EVENT_POLL_SECONDS = 0.1  # SQLite: no notifications, so poll
 SAFETY_POLL_ENV = "PARLEY_DESK_SAFETY_POLL_SECONDS"
@@ -276,7 +277,7 @@ async def _stop_listener(app: Sanic, _loop: Any) -> None:
     """Let open streams end now rather than hold shutdown for a whole poll."""
     app.ctx.live_stopping = True
     _waker().wake()
-    await asyncio.to_thread(stop_listeners)
+    await off_loop(stop_listeners)
 
 
 @bp.get("/events")
@@ -286,7 +287,7 @@ async def stream(request: Request) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     last_header = request.headers.get("last-event-id")
     last = int(last_header) if last_header and last_header.isdigit() else \
-        await asyncio.to_thread(events.last_event_id, database_url)
+        await off_loop(events.last_event_id, database_url)
     listener = ensure_listener(database_url)
     poll = listener.poll_seconds if listener is not None else EVENT_POLL_SECONDS
     waker = _waker()
@@ -300,7 +301,7 @@ async def stream(request: Request) -> HTTPResponse:
         woken = waker.current  # before the read: see _Waker
         wait = poll
         try:
-            batch = await asyncio.to_thread(events.events_after, last, BATCH, database_url)
+            batch = await off_loop(events.events_after, last, BATCH, database_url)
         except DBAPIError as exc:  # e.g. PostgreSQL restarting: keep the stream, retry
             logger.warning("desk events read failed: %s", type(exc.orig).__name__)
             batch, wait = [], DB_RETRY_SECONDS

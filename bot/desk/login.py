@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -18,6 +16,7 @@ from parley.bot.desk.auth import (
     same,
     set_cookie,
 )
+from parley.bot.storage import off_loop
 
 bp = Blueprint("desk_login")
 
@@ -40,7 +39,7 @@ async def login(request: Request) -> HTTPResponse:
     if not same(form.get("csrf"), request.cookies.get(LOGIN_CSRF_COOKIE)):
         return response.json({"error": "missing or wrong CSRF token; reload the page"},
                              status=403)
-    session = await asyncio.to_thread(
+    session = await off_loop(
         agents.login, form.get("username") or "", form.get("password") or "",
         request.app.ctx.database_url)
     if session is None:
@@ -55,7 +54,7 @@ async def login(request: Request) -> HTTPResponse:
 @bp.post("/logout")
 @requires_session(roles=agents.ROLES)
 async def logout(request: Request) -> HTTPResponse:
-    await asyncio.to_thread(agents.logout, request.ctx.session.token,
+    await off_loop(agents.logout, request.ctx.session.token,
                             request.app.ctx.database_url)
     resp = response.redirect("/login", status=303)
     clear_cookie(resp, SESSION_COOKIE)

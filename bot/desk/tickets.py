@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sanic import Blueprint, response
@@ -14,14 +13,17 @@ from parley.bot import agents, contract, conversations, handoff, responses
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, text_field
 from parley.bot.responses import channels
-from parley.bot.storage import utcnow
+from parley.bot.storage import off_loop, utcnow
 
 bp = Blueprint("desk_tickets")
 
 
-def ticket_json(views: list[handoff.TicketView], database_url: str | None) -> list[dict[str, Any]]:
-    names = conversations.display_names([t.conversation_id for t in views], database_url)
-    agent_names = {a.id: a.display_name for a in agents.list_agents(database_url)}
+async def ticket_json(views: list[handoff.TicketView], database_url: str | None
+                      ) -> list[dict[str, Any]]:
+    names = await off_loop(conversations.display_names, [t.conversation_id for t in views],
+                           database_url)
+    agent_names = {a.id: a.display_name
+                   for a in await off_loop(agents.list_agents, database_url)}
     now = utcnow()
     out = []
     for view in views:
@@ -32,8 +34,8 @@ def ticket_json(views: list[handoff.TicketView], database_url: str | None) -> li
     return out
 
 
-def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
-    view = handoff.get_ticket(ticket_id, database_url)
+async def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
+    view = await off_loop(handoff.get_ticket, ticket_id, database_url)
     if view is None:
         raise NotFound("no such ticket")
     return view
@@ -42,9 +44,9 @@ def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
 async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str,
                         database_url: str | None) -> None:
     """A writer-owned notice pushed to the customer's channel."""
-    text = responses.render(reply, channels.of_conversation(view.conversation_id),
-                            database_url=database_url, agent_name=agent_name)["text"]
-    await asyncio.to_thread(handoff.push_notice, view.conversation_id, text, view.id,
+    text = (await off_loop(responses.render, reply, channels.of_conversation(
+        view.conversation_id), database_url=database_url, agent_name=agent_name))["text"]
+    await off_loop(handoff.push_notice, view.conversation_id, text, view.id,
                             None, database_url)
 
 
@@ -52,8 +54,8 @@ async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
     """Replies and notes take the same input and differ only in where the text goes."""
     database_url = request.app.ctx.database_url
     text = text_field(body_json(request), "text", 4096)
-    held(ticket_id, database_url)
-    message_id = await asyncio.to_thread(write, ticket_id, request.ctx.session.agent.id,
+    await held(ticket_id, database_url)
+    message_id = await off_loop(write, ticket_id, request.ctx.session.agent.id,
                                          text, database_url)
     return response.json({"id": message_id}, status=201)
 
@@ -66,17 +68,17 @@ async def tickets(request: Request) -> HTTPResponse:
     statuses = {"open": handoff.OPEN, "closed": ("resolved", "abandoned")}.get(which)
     if statuses is None:
         raise BadRequest("status must be 'open' or 'closed'")
-    views = await asyncio.to_thread(handoff.list_tickets, statuses, 200, database_url)
-    return response.json(ticket_json(views, database_url))
+    views = await off_loop(handoff.list_tickets, statuses, 200, database_url)
+    return response.json(await ticket_json(views, database_url))
 
 
 @bp.get("/api/tickets/<ticket_id:int>")
 @requires_session()
 async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    view = held(ticket_id, database_url)
-    lines = await asyncio.to_thread(conversations.transcript, view.conversation_id, database_url)
-    return response.json({"ticket": ticket_json([view], database_url)[0],
+    view = await held(ticket_id, database_url)
+    lines = await off_loop(conversations.transcript, view.conversation_id, database_url)
+    return response.json({"ticket": (await ticket_json([view], database_url))[0],
                           "transcript": [line.as_json() for line in lines]})
 
 
@@ -84,14 +86,14 @@ async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
 @requires_session()
 async def claim(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    held(ticket_id, database_url)
+    await held(ticket_id, database_url)
     agent = request.ctx.session.agent
-    view = await asyncio.to_thread(handoff.claim_ticket, ticket_id, agent.id, database_url)
+    view = await off_loop(handoff.claim_ticket, ticket_id, agent.id, database_url)
     if view is None:
         return response.json({"error": "someone else already took this conversation"},
                              status=409)
     await tell_customer(view, contract.AGENT_JOINED, agent.display_name, database_url)
-    return response.json(ticket_json([view], database_url)[0])
+    return response.json((await ticket_json([view], database_url))[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/reply")
@@ -113,9 +115,9 @@ async def tags(request: Request, ticket_id: int) -> HTTPResponse:
     value = body_json(request).get("tags")
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise BadRequest("'tags' must be a list of strings")
-    held(ticket_id, database_url)
-    view = await asyncio.to_thread(handoff.set_tags, ticket_id, value[:20], database_url)
-    return response.json(ticket_json([view], database_url)[0])
+    await held(ticket_id, database_url)
+    view = await off_loop(handoff.set_tags, ticket_id, value[:20], database_url)
+    return response.json((await ticket_json([view], database_url))[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/transfer")
@@ -124,23 +126,24 @@ async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     to_agent = body_json(request).get("agent_id")
     if not isinstance(to_agent, int) or to_agent not in {
-            a.id for a in agents.list_agents(database_url) if a.role in agents.DESK_ROLES}:
+            a.id for a in await off_loop(agents.list_agents, database_url)
+            if a.role in agents.DESK_ROLES}:
         raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
-    held(ticket_id, database_url)
-    view = await asyncio.to_thread(handoff.transfer, ticket_id,
+    await held(ticket_id, database_url)
+    view = await off_loop(handoff.transfer, ticket_id,
                                    request.ctx.session.agent.id, to_agent, database_url)
-    return response.json(ticket_json([view], database_url)[0])
+    return response.json((await ticket_json([view], database_url))[0])
 
 
 @bp.post("/api/tickets/<ticket_id:int>/resolve")
 @requires_session()
 async def resolve(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    held(ticket_id, database_url)
+    await held(ticket_id, database_url)
     agent = request.ctx.session.agent
-    view = await asyncio.to_thread(handoff.resolve, ticket_id, agent.id, database_url)
+    view = await off_loop(handoff.resolve, ticket_id, agent.id, database_url)
     await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name, database_url)
-    return response.json(ticket_json([view], database_url)[0])
+    return response.json((await ticket_json([view], database_url))[0])
 
 
 @bp.post("/api/tickets/dismiss")
@@ -149,7 +152,7 @@ async def dismiss(request: Request) -> HTTPResponse:
     ids = body_json(request).get("ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
         raise BadRequest("'ids' must be a non-empty list of ticket ids")
-    closed = await asyncio.to_thread(handoff.dismiss, ids[:500],
+    closed = await off_loop(handoff.dismiss, ids[:500],
                                      request.ctx.session.agent.id,
                                      request.app.ctx.database_url)
     return response.json({"dismissed": closed})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -11,6 +9,7 @@ from sanic.response import HTTPResponse
 from parley.bot import agents
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.storage import off_loop
 
 bp = Blueprint("desk_users")
 
@@ -29,16 +28,16 @@ async def me(request: Request) -> HTTPResponse:
 async def agent_list(request: Request) -> HTTPResponse:
     """Only those who answer customers: the transfer targets."""
     return response.json([{"id": a.id, "display_name": a.display_name, "role": a.role}
-                          for a in agents.list_agents(request.app.ctx.database_url)
+                          for a in await off_loop(agents.list_agents, request.app.ctx.database_url)
                           if a.role in agents.DESK_ROLES])
 
 
 @bp.get("/api/users")
 @requires_session(roles=("admin",))
 async def users(request: Request) -> HTTPResponse:
+    everyone = await off_loop(agents.list_agents, request.app.ctx.database_url)
     return response.json([{"id": a.id, "username": a.username,
-                           "display_name": a.display_name, "role": a.role}
-                          for a in agents.list_agents(request.app.ctx.database_url)])
+                           "display_name": a.display_name, "role": a.role} for a in everyone])
 
 
 @bp.post("/api/users")
@@ -52,7 +51,7 @@ async def add_user(request: Request) -> HTTPResponse:
     if display_name is not None and not isinstance(display_name, str):
         raise BadRequest("'display_name' must be text")
     try:
-        user = await asyncio.to_thread(agents.create_user, username, password, str(role),
+        user = await off_loop(agents.create_user, username, password, str(role),
                                        display_name, request.app.ctx.database_url)
     except agents.DuplicateUser as exc:
         raise BadRequest(str(exc), 409) from None
