@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley.bot import contract
+from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.project import Project, component_names
 from parley.bot.settings import PROJECT_FILE, Settings, load_settings
 
@@ -105,6 +106,12 @@ def _config(project: Project) -> list[Problem]:
     return problems
 
 
+# Rasa's built-in input channels: each hands messages to Rasa directly.
+BYPASSING_CHANNELS = ("rest", "socketio", "callback", "rasa", "telegram", "facebook",
+                      "slack", "twilio", "botframework", "mattermost", "rocketchat",
+                      "webexteams", "hangouts", "twilio_voice", "audiocodes_vac")
+
+
 def _endpoints(project: Project) -> list[Problem]:
     data = project.endpoints().data or {}
     problems = []
@@ -118,13 +125,24 @@ def _endpoints(project: Project) -> list[Problem]:
     if not (data.get("action_endpoint") or {}).get("url"):
         problems.append(Problem("endpoints.yml", "add `action_endpoint: {url: "
                                                  "http://localhost:5055/webhook}`"))
+    headers = (data.get("action_endpoint") or {}).get("headers") or {}
+    if headers.get(TOKEN_HEADER) != f"${{{TOKEN_ENV}}}":
+        problems.append(Problem("endpoints.yml", f"add `headers: {{{TOKEN_HEADER}: "
+                                                 f"${{{TOKEN_ENV}}}}}` (unquoted) under "
+                                                 "`action_endpoint:`: the action server "
+                                                 "refuses calls without it"))
     return problems
 
 
 def _credentials(project: Project) -> list[Problem]:
     data = project.credentials().data or {}
-    if any(str(key).startswith("parley.connectors.") for key in data):
-        return []
-    return [Problem("credentials.yml", f"add `{contract.WEBCHAT_CHANNEL}:` (or a platform's "
-                                       "connector): only Parley's channels pass the "
-                                       "ownership gate")]
+    problems = [Problem("credentials.yml", f"remove `{key}:`: Rasa's own channel reaches the "
+                                           "bot around Parley's inbox and ownership gate "
+                                           "(use parley.connectors.script.ScriptInput "
+                                           "for scripts)")
+                for key in data if str(key) in BYPASSING_CHANNELS]
+    if not any(str(key).startswith("parley.connectors.") for key in data):
+        problems.append(Problem("credentials.yml", f"add `{contract.WEBCHAT_CHANNEL}:` (or a "
+                                                   "platform's connector): only Parley's "
+                                                   "channels pass the ownership gate"))
+    return problems

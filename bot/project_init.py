@@ -17,6 +17,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.scalarstring import LiteralScalarString
 
 from parley.bot import contract
+from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.project import ACTIONS_IMPORT, Project, YamlFile, component_names, names, seq
 from parley.bot.project_check import MIN_EXAMPLES, NLU_FILE, RULES_FILE
 from parley.bot.settings import PROJECT_FILE, Settings, load_settings
@@ -211,6 +212,14 @@ class Init:
         if not (data.get("action_endpoint") or {}).get("url"):
             data["action_endpoint"] = CommentedMap([("url", "http://localhost:5055/webhook")])
             self.note("endpoints.yml: added the action server endpoint")
+            changed = True
+        action = data["action_endpoint"]
+        if TOKEN_HEADER not in (action.get("headers") or {}):
+            headers = action.get("headers") or CommentedMap()
+            headers[TOKEN_HEADER] = f"${{{TOKEN_ENV}}}"  # plain: Rasa expands it
+            action["headers"] = headers
+            self.note(f"endpoints.yml: the action server call carries {TOKEN_HEADER} "
+                      f"(${TOKEN_ENV}); Parley's action server refuses calls without it")
             changed = True
         if not changed:
             self._dirty.pop(path)

@@ -135,6 +135,27 @@ def test_init_adds_only_whats_missing_and_twice_changes_nothing(tmp_path: Path) 
     assert domain["slots"]["handoff_reason"]["mappings"] == [{"type": "custom"}]
     endpoints = yaml.safe_load((root / "endpoints.yml").read_text())
     assert endpoints["nlg"] == {"type": contract.NLG_CLASS}
+    # the action server's secret, as Rasa will read it (expanded from the environment)
+    from rasa.core.utils import read_endpoint_config
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PARLEY_ACTION_TOKEN", "s3cret-token")
+        action = read_endpoint_config(str(root / "endpoints.yml"), "action_endpoint")
+    assert action is not None and action.headers == {"X-Parley-Action-Token": "s3cret-token"}
+
+
+def test_check_names_channels_that_go_around_the_gate(tmp_path: Path) -> None:
+    root = minimal(tmp_path)
+    project_init.init(load_settings(env={}, root=root))
+    credentials = root / "credentials.yml"
+    credentials.write_text(credentials.read_text() + "rest:\nsocketio:\n")
+    endpoints = root / "endpoints.yml"
+    endpoints.write_text(endpoints.read_text().replace("X-Parley-Action-Token", "X-Other"))
+    found = problems(root)
+    assert [p.split(":", 2)[1].strip() for p in found if "around Parley's inbox" in p] == [
+        "remove `rest", "remove `socketio"]
+    assert any(p.startswith("endpoints.yml: add `headers: {X-Parley-Action-Token: "
+                            "${PARLEY_ACTION_TOKEN}}`") for p in found)
 
 
 def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None:
