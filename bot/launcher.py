@@ -28,6 +28,8 @@ from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.model_freshness import model_path
 from parley.bot.settings import Settings
 
+SQL_TRACKER_STORES = ("SQL", "sql", "parley.bot.tracker_store.SQLTrackerStore")
+
 
 @dataclass
 class ServiceSpec:
@@ -105,7 +107,7 @@ class Stack:
         action["headers"] = {**(action.get("headers") or {}), TOKEN_HEADER: f"${{{TOKEN_ENV}}}"}
         endpoints["action_endpoint"] = action
         tracker = endpoints.get("tracker_store") or {}
-        if tracker.get("type") == "SQL" and tracker.get("dialect") == "sqlite":
+        if tracker.get("type") in SQL_TRACKER_STORES and tracker.get("dialect") == "sqlite":
             tracker["db"] = str(self.state_dir / "tracker.db")
         endpoints.update(self.endpoint_overrides)
         out = self.state_dir / "run" / f"endpoints.{rasa_port or self.rasa_port}.yml"

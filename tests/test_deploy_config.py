@@ -122,7 +122,7 @@ def test_rasa_replicas_mount_the_replica_endpoints() -> None:
 def test_replica_endpoints_use_postgres_and_redis() -> None:
     endpoints = yaml.safe_load(ENDPOINTS.read_text())
     root = yaml.safe_load((REPO_ROOT / "endpoints.yml").read_text())
-    assert endpoints["tracker_store"]["type"] == "SQL"
+    assert endpoints["tracker_store"]["type"] == "parley.bot.tracker_store.SQLTrackerStore"
     assert endpoints["tracker_store"]["dialect"] == "postgresql"
     assert endpoints["lock_store"]["type"] == "redis"
     assert endpoints["nlg"] == root["nlg"]
@@ -250,7 +250,7 @@ def test_rasa_reads_the_replica_endpoints(monkeypatch: pytest.MonkeyPatch) -> No
     assert endpoints.nlg.type == "parley.bot.responses.nlg.LibraryNLG"
     assert endpoints.lock_store.type == "redis" and endpoints.lock_store.url == REDIS_HOST
     tracker = endpoints.tracker_store
-    assert tracker.type == "SQL"
+    assert tracker.type == "parley.bot.tracker_store.SQLTrackerStore"
     kwargs = {k: v for k, v in tracker.kwargs.items() if k != "login_db"}
     url = SQLTrackerStore.get_db_url(host=tracker.url, **kwargs)
     assert url.get_backend_name() == "postgresql"
