@@ -354,3 +354,19 @@ def test_images_are_sent_as_photos() -> None:
         assert [c.params["photo"] for c in fake.sent("sendPhoto")] == ["https://x.example/p.jpg"]
     finally:
         stop(server)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(tg: TelegramStack) -> None:
+    """413 from the Content-Length alone: the server does not wait for 50 MB."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(tg.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall((f"POST {url.path} HTTP/1.1\r\nHost: {url.hostname}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 50000000\r\n"
+                      f"X-Telegram-Bot-Api-Secret-Token: {SECRET}\r\n\r\n").encode())
+        head = sock.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413")
+    assert "the limit is" in head
+    assert tg.post(text_update(next(_chat_ids), "hi")).status_code == 200  # still serving

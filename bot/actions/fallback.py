@@ -7,7 +7,6 @@ an intent without one (greet, affirm, …) is never offered.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -21,6 +20,7 @@ from parley.bot.actions.handoff import hand_off
 from parley.bot.responses import render
 from parley.bot.responses.channels import language_code
 from parley.bot.responses.library import library
+from parley.bot.storage import off_loop
 
 
 def consecutive_fallbacks(events: Iterable[dict[str, Any]]) -> int:
@@ -65,7 +65,7 @@ class ActionFallback(Action):
             dispatcher.utter_message(response=contract.FALLBACK_HANDOFF)
             return await hand_off(dispatcher, tracker, "low_confidence")
         metadata = tracker.latest_message.get("metadata") or {}
-        buttons = await asyncio.to_thread(
+        buttons = await off_loop(
             topic_buttons, tracker.latest_message.get("intent_ranking") or [],
             tracker.get_latest_input_channel() or "", language_code(metadata.get("language")))
         dispatcher.utter_message(response=contract.ASK_REPHRASE, buttons=buttons)

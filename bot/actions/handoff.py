@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -13,6 +12,7 @@ from rasa_sdk.types import DomainDict
 
 from parley.bot import agents, contract, handoff
 from parley.bot.queue_messages import handoff_reply
+from parley.bot.storage import off_loop
 
 AGENT_KEYWORD = re.compile(r"(?<!\w)agent(?!\w)", re.IGNORECASE)
 ANGRY_WORDS = re.compile(
@@ -82,7 +82,7 @@ def _escalate(tracker: Tracker, reason: str) -> handoff.QueuePlace:
 async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker,
                    reason: str) -> list[EventType]:
     """Queue the conversation and tell the customer their place (or the hours)."""
-    place = await asyncio.to_thread(_escalate, tracker, reason)  # off the event loop
+    place = await off_loop(_escalate, tracker, reason)  # off the event loop
     response, values = handoff_reply(place)
     dispatcher.utter_message(response=response, **values)
     return [SlotSet(contract.REASON_SLOT, reason)]

@@ -11,7 +11,6 @@ writers never need a retrain or a restart.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from rasa.core.nlg.response import TemplatedNaturalLanguageGenerator
@@ -22,6 +21,7 @@ from rasa.utils.endpoints import EndpointConfig
 from parley.bot.responses import conversation_values, variants
 from parley.bot.responses.channels import language_code
 from parley.bot.responses.library import Library, library
+from parley.bot.storage import off_loop
 
 
 class LibraryNLG(TemplatedNaturalLanguageGenerator):
@@ -41,7 +41,7 @@ class LibraryNLG(TemplatedNaturalLanguageGenerator):
     async def generate(self, utter_action: str, tracker: DialogueStateTracker,
                        output_channel: str, **kwargs: Any) -> dict[str, Any] | None:
         if self.library.due():  # one small query at most every REFRESH_SECONDS
-            await asyncio.to_thread(self.library.refresh)
+            await off_loop(self.library.refresh)
         snapshot = self.library.current()
         variations = snapshot.replies.get(utter_action) or self.responses.get(utter_action)
         if not variations:
