@@ -30,7 +30,7 @@ NAME = 99  # a first and a last name make a display name within VARCHAR(200)
 CODE = 64  # chat types, message kinds, language codes
 PAYLOAD = 1000  # button and quick-reply payloads: Meta's own limit
 TEXT = 20_000  # customer text from Meta (bodies are capped at 64 KiB anyway)
-TELEGRAM_TEXT = 4096  # Telegram's limit, in UTF-16 units: never fewer characters
+TELEGRAM_TEXT = 4096  # Telegram counts UTF-16 units: a valid text has no more characters
 UNIX_TIME = range(0, 253_402_300_800)  # up to 9999-12-31, what datetime holds
 WEBCHAT_SENDER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: no trailing newline
 
@@ -121,7 +121,8 @@ def array(item: Check) -> Check:
 
 # -- Telegram: what parse() reads, and what python-telegram-bot needs present ----
 
-_USER = obj({"id": integer(), "is_bot": boolean, "first_name": text(NAME),
+# An empty first_name makes PTB's full_name None, and a display name must be text.
+_USER = obj({"id": integer(), "is_bot": boolean, "first_name": text(NAME, min_length=1),
              "last_name": text(NAME), "language_code": text(CODE)},
             required=("id", "is_bot", "first_name"))
 _CHAT = obj({"id": integer(), "type": text(CODE)}, required=("id", "type"))

@@ -40,7 +40,7 @@ def conversation_id(sender: str) -> str:
 
 
 def parse_sender(value: object) -> str:
-    if not isinstance(value, str) or not SENDER_ID.match(value):
+    if not isinstance(value, str) or not SENDER_ID.fullmatch(value):
         raise RejectedRequest(
             400, "'sender' must be 1-64 characters of letters, digits, '-' or '_'"
         )
