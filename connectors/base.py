@@ -22,6 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
@@ -51,6 +52,38 @@ class DeliveryFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TurnFailed(Exception):
+    """Rasa finished the turn but an action in it failed (the action server down or
+    refusing): its replies are not the answer, so the message is tried again."""
+
+
+# Rasa logs an exception from a custom action and carries on without its events
+# (processor._run_action); the worker hears it through this, per turn (task).
+_turn_errors: ContextVar[list[str] | None] = ContextVar("parley_turn_errors", default=None)
+
+
+class _ActionFailures(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        errors = _turn_errors.get()
+        if errors is not None and record.exc_info:
+            errors.append(record.getMessage()[:200])
+
+
+logging.getLogger("rasa.core.processor").addHandler(_ActionFailures(logging.ERROR))
+
+
+async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
+    """One Rasa turn; TurnFailed if Rasa swallowed a failing action on the way."""
+    errors: list[str] = []
+    token = _turn_errors.set(errors)
+    try:
+        await on_new_message(message)
+    finally:
+        _turn_errors.reset(token)
+    if errors:
+        raise TurnFailed(errors[0])
 
 
 class Collector(CollectingOutputChannel):
@@ -252,7 +285,7 @@ class ChannelWorkers:
                 await self.channel.before_turn(pending)
                 collector = Collector(self.name)
                 async with self.turns:
-                    await self.on_new_message(UserMessage(
+                    await rasa_turn(self.on_new_message, UserMessage(
                         pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                         input_channel=self.name,
                         metadata={"display_name": pending.display_name,
