@@ -29,8 +29,12 @@ from parley.bot.settings import load_settings
 Base = declarative_base()
 T = TypeVar("T")
 # Database calls from event loops run here, never on the loop itself (invariant 8).
-# Our own threads, not the loop's default executor, which Rasa and Sanic share.
-_DB_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="parley-db")
+# Our own threads, not the loop's default executor, which Rasa and Sanic share. Few
+# of them: each holds the GIL while it works, and the loop competes for it.
+_DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parley-db")
+# Work that must not queue behind the workers' calls: a webhook's store (the platform
+# waits for our 2xx) and lease heartbeats (late ones hand our work to another process).
+_URGENT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parley-db-urgent")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -134,3 +138,10 @@ async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking storage function without holding up the event loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_DB_THREADS, functools.partial(fn, *args, **kwargs))
+
+
+async def off_loop_urgent(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`off_loop` on threads of their own, for the calls someone is waiting on."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_URGENT_THREADS,
+                                      functools.partial(fn, *args, **kwargs))

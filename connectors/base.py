@@ -34,7 +34,7 @@ from parley.bot import inbox, outbox, supervision
 from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.settings import load_settings
-from parley.bot.storage import off_loop
+from parley.bot.storage import off_loop, off_loop_urgent
 from parley.connectors import gate
 from parley.connectors.outbound import Retryable
 from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
@@ -42,7 +42,7 @@ from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_j
 logger = logging.getLogger(__name__)
 # This process, as lease owner: unique across replicas and restarts.
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-MAX_CONVERSATIONS = 64  # conversations one channel's worker holds at once
+CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 
 
@@ -163,7 +163,7 @@ class ParleyInput(InputChannel):
     # -- shared --------------------------------------------------------------------
     async def store(self, items: list[gate.Inbound]) -> list[int | None]:
         """Commit each message to the inbox and wake this process's worker."""
-        ids = [await off_loop(inbox.store, item.conversation_id, item.text,
+        ids = [await off_loop_urgent(inbox.store, item.conversation_id, item.text,
                               platform_message_id=item.platform_message_id,
                               display_name=item.display_name, metadata=item.metadata or None)
                for item in items]
@@ -242,12 +242,13 @@ class ChannelWorkers:
                                                idle=lease / 3))
 
     async def _heartbeat(self) -> bool:
-        await off_loop(inbox.heartbeat, OWNER, self.settings.lease_seconds)
+        await off_loop_urgent(inbox.heartbeat, OWNER, self.settings.lease_seconds)
         return False
 
     # -- inbox ---------------------------------------------------------------------
     async def _inbox_tick(self) -> bool:
-        room = MAX_CONVERSATIONS - len(self.active)
+        # Hold only what can be worked on soon: the rest stays free for other processes.
+        room = CLAIM_FACTOR * self.settings.turns_in_flight - len(self.active)
         if room <= 0:
             return False
         claimed = await off_loop(inbox.claim, self.name, OWNER, self.settings.lease_seconds,
