@@ -93,10 +93,28 @@ def _engine(database_url: str) -> Engine:
         kwargs["max_overflow"] = 20
     else:
         kwargs["pool_pre_ping"] = True
+        if database_url.startswith("postgresql"):
+            # A restarted or unreachable server must end in an error, never a thread
+            # that waits forever (it would hold a worker's loop; see docs/reliability.md).
+            kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1,
+                                      "keepalives_idle": 10, "keepalives_interval": 5,
+                                      "keepalives_count": 3}
     engine = create_engine(database_url, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif database_url.startswith("postgresql"):
+        event.listen(engine, "connect", _postgresql_timeouts)
     return engine
+
+
+def _postgresql_timeouts(dbapi_connection: Any, _record: Any) -> None:
+    """Our statements are short: one that waits this long on a lock or a dead peer is
+    stuck, and an error (retried by its loop) beats a thread lost for good."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET statement_timeout = '30s'; SET lock_timeout = '15s'; "
+                   "SET idle_in_transaction_session_timeout = '60s'")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

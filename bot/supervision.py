@@ -19,6 +19,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+STUCK_AFTER = 120.0  # a tick this long is abandoned and counted as a failure
 
 
 @dataclass
@@ -41,7 +42,7 @@ async def supervise(name: str, tick: Callable[[], Awaitable[bool]], *, idle: flo
     failing = 0
     while True:
         try:
-            busy = await tick()
+            busy = await asyncio.wait_for(tick(), STUCK_AFTER)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # (the point: nothing ends the loop)

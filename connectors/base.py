@@ -29,6 +29,8 @@ from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, Us
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from parley.bot import inbox, outbox, supervision
 from parley.bot.inbox import Pending
@@ -204,7 +206,13 @@ class ParleyInput(InputChannel):
                 items = await self.inbound(payload)
             except RejectedRequest as rejected:
                 return rejected.as_response()
-            return await self.answer(request, items)
+            try:
+                return await self.answer(request, items)
+            except (DBAPIError, SQLAlchemyTimeoutError) as exc:  # nothing was stored
+                logger.warning("%s webhook: storage unavailable (%s); the platform will "
+                               "retry", self.name(), exc.__class__.__name__)
+                return response.json({"error": "storage unavailable; retry later"},
+                                     status=503, headers={"Retry-After": "5"})
 
         self.add_routes(hook)
         return hook
