@@ -90,10 +90,31 @@ def person_holds(conversation_id: str, database_url: str | None = None) -> bool:
     """Whether an agent (or someone in the platform's own inbox) holds the
     conversation now: then no bot reply goes out."""
     with session_scope(database_url) as session:
-        return session.execute(
-            select(Ticket.id).where(Ticket.conversation_id == conversation_id,
-                                    Ticket.status == "assigned").limit(1)
-        ).first() is not None
+        return _person_holds(session, conversation_id)
+
+
+def _person_holds(session: Any, conversation_id: str) -> bool:
+    return session.execute(
+        select(Ticket.id).where(Ticket.conversation_id == conversation_id,
+                                Ticket.status == "assigned").limit(1)
+    ).first() is not None
+
+
+def confirm(send: Send, owner: str, lease_seconds: float,
+            database_url: str | None = None) -> str:
+    """Just before a send: "send" if the claim is still ours (renewed for the send),
+    "withhold" for a bot reply after a person took over, "skip" if the claim ran out
+    (another sender has the message: sending too would double it)."""
+    with session_scope(database_url) as session:
+        ours = session.execute(
+            update(Message).where(Message.id == send.id, Message.claimed_by == owner, *_pending())
+            .values(claimed_until=utcnow() + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)).rowcount == 1
+        if not ours:
+            return "skip"
+        if send.author == "bot" and _person_holds(session, send.conversation_id):
+            return "withhold"
+        return "send"
 
 
 def _finish(message_id: int, owner: str, **values: Any) -> Any:

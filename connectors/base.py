@@ -351,8 +351,11 @@ class ChannelWorkers:
             await off_loop(outbox.release, [s.id for s in sends[settled:]], OWNER)
 
     async def _send(self, send: Send) -> bool:
-        """One message; False when it must be retried later."""
-        if send.author == "bot" and await off_loop(outbox.person_holds, send.conversation_id):
+        """One message; False when it must be retried later (or is no longer ours)."""
+        verdict = await off_loop(outbox.confirm, send, OWNER, self.settings.lease_seconds)
+        if verdict == "skip":
+            return False
+        if verdict == "withhold":
             await off_loop(outbox.withhold, send, OWNER)
             return True
         try:

@@ -136,3 +136,20 @@ def test_permanent_failures_are_shown_and_bot_replies_withheld(any_db: str) -> N
         row = session.get(Message, late)
         assert row.sent_at is None and row.delivery_error == outbox.WITHHELD
         assert session.get(Message, m).delivery_error.startswith("Telegram refused")
+
+
+def test_a_sender_whose_claim_ran_out_does_not_send(any_db: str) -> None:
+    """The check just before each send: a claim another sender took over is not sent
+    twice; a bot reply after a person took over is withheld."""
+    stored(any_db, "telegram:7", "hi")
+    [m] = pushes(any_db, "telegram:7", "hello")
+    [stale] = outbox.claim("telegram", "slow", 0.3, database_url=any_db)
+    time.sleep(0.5)
+    [fresh] = outbox.claim("telegram", "fast", 30, database_url=any_db)
+    assert fresh.id == stale.id == m
+    assert outbox.confirm(stale, "slow", 30, any_db) == "skip"
+    assert outbox.confirm(fresh, "fast", 30, any_db) == "send"
+    agent = agents.create_user("ana", "correct horse", database_url=any_db)
+    ticket = handoff.escalate("telegram:7", "intent", database_url=any_db).ticket
+    handoff.claim_ticket(ticket.id, agent.id, any_db)
+    assert outbox.confirm(fresh, "fast", 30, any_db) == "withhold"
