@@ -73,8 +73,9 @@ def write_section(name: str, body: str) -> None:
 
 
 def grouped_bars_png(levels: list[str], series: dict[str, list[float]], path: Path,
-                     title: str, ylabel: str) -> Path:
-    """One group of bars per level (e.g. concurrency), one bar per series."""
+                     title: str, ylabel: str, log: bool = False) -> Path:
+    """One group of bars per level (e.g. concurrency), one bar per series (NaN: no bar);
+    `log` for a logarithmic value axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,4 +88,6 @@ def grouped_bars_png(levels: list[str], series: dict[str, list[float]], path: Pa
         ax.bar(xs, values, width=width, label=label)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
     ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     return _save(fig, ax, path, title)

@@ -3,19 +3,25 @@
 python-telegram-bot is pointed at it through `base_url`. It records every call,
 answers like the Bot API (`{"ok": true, "result": …}`), and can be told to fail
 the next calls with 429 (with `parameters.retry_after`) or 5xx.
+
+A benchmark in another process reads what arrived, and when (`time.monotonic()`,
+one clock for every process on the machine): GET `/_calls` for every message sent
+so far, or GET `/_calls?after=N&wait=S` to long-poll for the calls after the first
+N (a cursor: the answer's `next`), waiting up to S seconds for one.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.http import json_server, stop
 
@@ -40,6 +46,10 @@ class FakeTelegram:
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     pending_updates: list[dict[str, Any]] = field(default_factory=list)  # for getUpdates
     blocked_chats: set[int] = field(default_factory=set)  # users who blocked the bot
+    arrived: threading.Condition = field(init=False, repr=False)  # notified on every call
+
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
 
     def fail_next(self, method: str, count: int, status: int = 429, retry_after: int = 1) -> None:
         with self.lock:
@@ -48,6 +58,15 @@ class FakeTelegram:
     def sent(self, method: str = "sendMessage") -> list[Call]:
         with self.lock:
             return [c for c in self.calls if c.method == method]
+
+    def calls_after(self, after: int, wait: float = 0.0,
+                    method: str = "sendMessage") -> tuple[int, list[Call]]:
+        """The `method` calls among those recorded after the first `after` (waiting up
+        to `wait` seconds for any call to arrive), and the cursor to ask with next."""
+        with self.lock:
+            if wait > 0:
+                self.arrived.wait_for(lambda: len(self.calls) > after, wait)
+            return len(self.calls), [c for c in self.calls[after:] if c.method == method]
 
     def answer(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -61,6 +80,7 @@ class FakeTelegram:
                     return status, {"ok": False, "error_code": status,
                                     "description": "Bad Gateway"}
             self.calls.append(Call(method, params, time.monotonic()))
+            self.arrived.notify_all()
         if method == "getMe":
             return 200, {"ok": True, "result": BOT_USER}
         if method in {"sendMessage", "sendPhoto"}:
@@ -102,17 +122,30 @@ def serve(fake: FakeTelegram) -> tuple[ThreadingHTTPServer, str]:
         prefix = f"/bot{fake.token}/"
         if path == "/_calls":  # not Telegram's: lets a benchmark in another process read them
             return 200, {"calls": [c.__dict__ for c in fake.sent()]}, {}
+        if path.startswith("/_calls?"):  # the same, after a cursor, long-polled
+            query = parse_qs(urlsplit(path).query)
+            after = int(query.get("after", ["0"])[0])
+            wait = min(30.0, float(query.get("wait", ["0"])[0]))
+            cursor, calls = fake.calls_after(after, wait)
+            return 200, {"next": cursor, "calls": [c.__dict__ for c in calls]}, {}
         if not path.startswith(prefix):
             return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}, {}
         status, payload = fake.answer(path[len(prefix):], _params(headers, body))
         return status, payload, {}
 
-    return json_server(route)
+    server, url = json_server(route)
+    report = server.handle_error
+
+    def handle_error(request: Any, client_address: Any) -> None:
+        # A benchmark that stops long-polling hangs up on a pending /_calls: expected.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            report(request, client_address)
+
+    server.handle_error = handle_error  # type: ignore[method-assign]
+    return server, url
 
 
 if __name__ == "__main__":  # its own process, so load on a benchmark's client can't delay it
-    import sys
-
     server, url = serve(FakeTelegram())
     print(url, flush=True)
     sys.stdin.read()  # until the parent closes our stdin
