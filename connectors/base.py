@@ -20,10 +20,11 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
 from sanic import Blueprint, response
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
+T = TypeVar("T")
 
 
 class DeliveryFailed(Exception):
@@ -86,6 +88,33 @@ async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
         _turn_errors.reset(token)
     if errors:
         raise TurnFailed(errors[0])
+
+
+class TurnLoop:
+    """An event loop on a thread of its own where Rasa's turns run. Rasa's NLU and
+    policies compute without yielding; on the server's loop they held up every
+    webhook's acknowledgement for the length of a prediction. Rasa's models run
+    here, the webhooks there (TensorFlow releases the GIL while it computes)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="parley-rasa-turns",
+                                 daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    async def run(self, coroutine: Awaitable[T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._start())  # type: ignore[arg-type]
+        return await asyncio.wrap_future(future)
+
+
+TURNS = TurnLoop()
 
 
 class Collector(CollectingOutputChannel):
@@ -294,11 +323,11 @@ class ChannelWorkers:
                 await self.channel.before_turn(pending)
                 collector = Collector(self.name)
                 async with self.turns:
-                    await rasa_turn(self.on_new_message, UserMessage(
+                    await TURNS.run(rasa_turn(self.on_new_message, UserMessage(
                         pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                         input_channel=self.name,
                         metadata={"display_name": pending.display_name,
-                                  "language": pending.metadata.get("language")}))
+                                  "language": pending.metadata.get("language")})))
                 await off_loop(gate.finish_bot, pending, OWNER, collector.messages, delivery)
         except Exception as exc:
             error = f"{exc.__class__.__name__}: {exc}"
