@@ -103,13 +103,26 @@ def list_agents(database_url: str | None = None) -> list[AgentView]:
                 .scalars()]
 
 
+def _storable(text: str) -> bool:
+    """Text a query can carry: no NUL (PostgreSQL refuses it), valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return "\x00" not in text
+
+
 def login(username: str, password: str, database_url: str | None = None) -> SessionView | None:
+    username = username.strip().lower()
+    # A name no user can have is not looked up, but still costs a verification.
+    possible = 0 < len(username) <= 64 and _storable(username) and _storable(password)
     with session_scope(database_url) as session:
         agent = session.execute(
-            select(Agent).where(Agent.username == username.strip().lower())
-        ).scalar_one_or_none()
+            select(Agent).where(Agent.username == username)
+        ).scalar_one_or_none() if possible else None
         try:
-            _hasher.verify(agent.password_hash if agent else _DUMMY_HASH, password)
+            _hasher.verify(agent.password_hash if agent else _DUMMY_HASH,
+                           password if possible else "")
         except (VerificationError, InvalidHashError):
             return None
         if agent is None:
@@ -125,8 +138,8 @@ def login(username: str, password: str, database_url: str | None = None) -> Sess
 
 
 def session_for(token: str | None, database_url: str | None = None) -> SessionView | None:
-    if not token:
-        return None
+    if not token or len(token) > 64 or not token.isascii() or "\x00" in token:
+        return None  # not a token this module makes (a forged cookie): not looked up
     with session_scope(database_url) as session:
         row = session.get(DeskSession, token)
         now = utcnow()

@@ -45,7 +45,10 @@ def clear_cookie(resp: HTTPResponse, name: str) -> None:
 
 
 def same(a: str | None, b: str | None) -> bool:
-    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+    """Constant-time, and for any text a header or form can carry: compare_digest
+    refuses str with non-ASCII characters, so both sides are compared as bytes."""
+    return bool(a) and bool(b) and hmac.compare_digest(
+        str(a).encode("utf-8", "surrogatepass"), str(b).encode("utf-8", "surrogatepass"))
 
 
 def new_token() -> str:

@@ -18,7 +18,7 @@ from sanic.response import HTTPResponse
 
 from parley.bot import agents, conversations, handoff
 from parley.bot.desk.auth import requires_session
-from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.desk.errors import BadRequest, body_json, row_id, row_id_text, text_field
 from parley.bot.responses import checks, conversation_values, placeholders, revisions, variants
 from parley.bot.responses.channels import CHANNELS, LANGUAGES, configured, of_conversation
 from parley.bot.responses.library import Library, library
@@ -33,7 +33,7 @@ bp = Blueprint("desk_library")
 
 
 def _name(value: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):  # not .match: its $ also matches before a final newline
         raise BadRequest("reply names look like utter_order_shipped (lower case, digits, _)")
     return value
 
@@ -44,6 +44,29 @@ def _body(payload: dict[str, Any]) -> list[dict[str, Any]]:
         raise BadRequest(f"'body' must be a list of 1 to {MAX_VARIATIONS} variations")
     if not all(isinstance(v, dict) for v in body):
         raise BadRequest("each variation must be an object such as {\"text\": \"…\"}")
+    return _readable(body)
+
+
+def _readable(body: Any) -> Any:
+    """The keys that choosing and checking a variation read must have their types:
+    anything else in a variation is for the checks to report, not to trip over."""
+    if not isinstance(body, list):
+        return body
+    for i, v in enumerate(body, 1):
+        if not isinstance(v, dict):
+            continue
+        if v.get("channel") is not None and not isinstance(v["channel"], str):
+            raise BadRequest(f"variation {i}: 'channel' must be a channel's name")
+        buttons = v.get("buttons")
+        if buttons is not None and not (isinstance(buttons, list) and all(
+                isinstance(b, dict) for b in buttons)):
+            raise BadRequest(f"variation {i}: 'buttons' must be a list of objects such as "
+                             "{\"title\": \"Yes\", \"payload\": \"/affirm\"}")
+        condition = v.get("condition")
+        if condition is not None and not (isinstance(condition, list) and all(
+                isinstance(c, dict) and isinstance(c.get("name"), str) for c in condition)):
+            raise BadRequest(f"variation {i}: 'condition' must be a list of objects such as "
+                             "{\"type\": \"slot\", \"name\": \"…\", \"value\": \"…\"}")
     return body
 
 
@@ -101,7 +124,9 @@ def blocking(body: Any, name: str) -> HTTPResponse | None:
 
 
 async def held(revision_id: int, database_url: str | None) -> revisions.RevisionView:
-    view = await off_loop(revisions.get, revision_id, database_url)
+    """The revision of a path's id; an id no row can have (0, -1, 10**30) is not looked up."""
+    view = None if row_id(revision_id) is None else \
+        await off_loop(revisions.get, revision_id, database_url)
     if view is None:
         raise NotFound("no such revision")
     return view
@@ -179,7 +204,7 @@ async def reply_detail(request: Request, name: str) -> HTTPResponse:
 async def check(request: Request) -> HTTPResponse:
     """Problems and a preview per channel and language, as the customer would see it."""
     payload = body_json(request)
-    name, body = _name(str(payload.get("name") or "")), payload.get("body")
+    name, body = _name(str(payload.get("name") or "")), _readable(payload.get("body"))
     samples = payload.get("samples") if isinstance(payload.get("samples"), dict) else {}
     return response.json({"problems": problems(name, body),
                           "previews": previews(body, samples)})
@@ -222,8 +247,8 @@ async def send_back(request: Request, revision_id: int) -> HTTPResponse:
 @bp.post("/api/library/replies/<name:str>/rollback")
 @requires_session(roles=ADMINS)
 async def rollback(request: Request, name: str) -> HTTPResponse:
-    target = body_json(request).get("revision_id")
-    if not isinstance(target, int):
+    target = row_id(body_json(request).get("revision_id"))
+    if target is None:
         raise BadRequest("'revision_id' must be the id of a published revision")
     return await step(revisions.rollback, _name(name), target, request.ctx.session.agent,
                       database_url=request.app.ctx.database_url)
@@ -236,8 +261,8 @@ async def diff(request: Request, revision_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     view = await held(revision_id, database_url)
     against = request.args.get("against")
-    if against and against.isdigit():
-        before = (await held(int(against), database_url)).body
+    if against and (against_id := row_id_text(against)) is not None:
+        before = (await held(against_id, database_url)).body
     elif against:
         raise BadRequest("'against' must be a revision id")
     else:
@@ -262,10 +287,10 @@ async def canned(request: Request) -> HTTPResponse:
     """Published replies for an agent's `/shortcut`, drawn for the ticket's channel."""
     database_url = request.app.ctx.database_url
     query = (request.args.get("q") or "").strip().lower().lstrip("/")
-    ticket_arg = request.args.get("ticket") or ""
+    ticket_id = row_id_text(request.args.get("ticket"))
     channel, name_of = "", None
-    if ticket_arg.isdigit():
-        view = await off_loop(handoff.get_ticket, int(ticket_arg), database_url)
+    if ticket_id is not None:
+        view = await off_loop(handoff.get_ticket, ticket_id, database_url)
         if view is not None:
             channel = of_conversation(view.conversation_id)
             names = await off_loop(conversations.display_names,

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from parley.bot import events, storage
 from parley.bot.desk.auth import requires_session
+from parley.bot.desk.errors import row_id_text
 from parley.bot.storage import off_loop
 
 EVENT_POLL_SECONDS = 0.1  # SQLite: no notifications, so poll
@@ -285,8 +286,8 @@ async def _stop_listener(app: Sanic, _loop: Any) -> None:
 async def stream(request: Request) -> HTTPResponse:
     """Resumes after `Last-Event-ID` when the browser reconnects, so nothing is missed."""
     database_url = request.app.ctx.database_url
-    last_header = request.headers.get("last-event-id")
-    last = int(last_header) if last_header and last_header.isdigit() else \
+    # An id we could have sent (ASCII digits, in range); anything else: start from now.
+    last = row_id_text(request.headers.get("last-event-id")) or \
         await off_loop(events.last_event_id, database_url)
     listener = ensure_listener(database_url)
     poll = listener.poll_seconds if listener is not None else EVENT_POLL_SECONDS

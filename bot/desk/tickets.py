@@ -11,7 +11,7 @@ from sanic.response import HTTPResponse
 
 from parley.bot import agents, contract, conversations, handoff, responses
 from parley.bot.desk.auth import requires_session
-from parley.bot.desk.errors import BadRequest, body_json, text_field
+from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
 from parley.bot.responses import channels
 from parley.bot.storage import off_loop, utcnow
 
@@ -35,7 +35,9 @@ async def ticket_json(views: list[handoff.TicketView], database_url: str | None
 
 
 async def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
-    view = await off_loop(handoff.get_ticket, ticket_id, database_url)
+    """The ticket of a path's id; an id no row can have (0, -1, 10**30) is not looked up."""
+    view = None if row_id(ticket_id) is None else \
+        await off_loop(handoff.get_ticket, ticket_id, database_url)
     if view is None:
         raise NotFound("no such ticket")
     return view
@@ -124,8 +126,8 @@ async def tags(request: Request, ticket_id: int) -> HTTPResponse:
 @requires_session()
 async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
-    to_agent = body_json(request).get("agent_id")
-    if not isinstance(to_agent, int) or to_agent not in {
+    to_agent = row_id(body_json(request).get("agent_id"))
+    if to_agent is None or to_agent not in {
             a.id for a in await off_loop(agents.list_agents, database_url)
             if a.role in agents.DESK_ROLES}:
         raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
@@ -150,7 +152,7 @@ async def resolve(request: Request, ticket_id: int) -> HTTPResponse:
 @requires_session()
 async def dismiss(request: Request) -> HTTPResponse:
     ids = body_json(request).get("ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+    if not isinstance(ids, list) or not ids or any(row_id(i) is None for i in ids):
         raise BadRequest("'ids' must be a non-empty list of ticket ids")
     closed = await off_loop(handoff.dismiss, ids[:500],
                                      request.ctx.session.agent.id,

@@ -50,6 +50,9 @@ async def add_user(request: Request) -> HTTPResponse:
     display_name = payload.get("display_name")
     if display_name is not None and not isinstance(display_name, str):
         raise BadRequest("'display_name' must be text")
+    if display_name is not None and len(display_name) > 120:
+        raise BadRequest(f"'display_name' is {len(display_name)} characters; the limit is 120",
+                         413)
     try:
         user = await off_loop(agents.create_user, username, password, str(role),
                                        display_name, request.app.ctx.database_url)
