@@ -28,6 +28,8 @@ from parley.bot.settings import load_settings
 
 Base = declarative_base()
 T = TypeVar("T")
+POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                           "keepalives_interval": 5, "keepalives_count": 3}
 # Database calls from event loops run here, never on the loop itself (invariant 8).
 # Our own threads, not the loop's default executor, which Rasa and Sanic share. Few
 # of them: each holds the GIL while it works, and the loop competes for it.
@@ -96,18 +98,16 @@ def _engine(database_url: str) -> Engine:
         if database_url.startswith("postgresql"):
             # A restarted or unreachable server must end in an error, never a thread
             # that waits forever (it would hold a worker's loop; see docs/reliability.md).
-            kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1,
-                                      "keepalives_idle": 10, "keepalives_interval": 5,
-                                      "keepalives_count": 3}
+            kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS
     engine = create_engine(database_url, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     elif database_url.startswith("postgresql"):
-        event.listen(engine, "connect", _postgresql_timeouts)
+        event.listen(engine, "connect", postgresql_timeouts)
     return engine
 
 
-def _postgresql_timeouts(dbapi_connection: Any, _record: Any) -> None:
+def postgresql_timeouts(dbapi_connection: Any, _record: Any) -> None:
     """Our statements are short: one that waits this long on a lock or a dead peer is
     stuck, and an error (retried by its loop) beats a thread lost for good."""
     cursor = dbapi_connection.cursor()

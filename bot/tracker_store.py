@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 from rasa.core.tracker_store import SQLTrackerStore as RasaSQLTrackerStore
 from rasa.shared.core.trackers import DialogueStateTracker
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import sessionmaker
 
-from parley.bot.storage import off_loop
+from parley.bot.storage import POSTGRESQL_CONNECT_ARGS, off_loop, postgresql_timeouts
 
 T = TypeVar("T")
 
@@ -33,6 +35,17 @@ async def _in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class SQLTrackerStore(RasaSQLTrackerStore):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.engine.dialect.name == "postgresql":
+            # Rasa's engine has no timeouts: after a database restart a call could wait
+            # for ever, and every turn behind it. The same limits as Parley's own engine.
+            self.engine.dispose()
+            self.engine = create_engine(self.engine.url, pool_pre_ping=True,
+                                        connect_args=POSTGRESQL_CONNECT_ARGS)
+            event.listen(self.engine, "connect", postgresql_timeouts)
+            self.sessionmaker = sessionmaker(bind=self.engine)
+
     async def keys(self) -> Iterable[str]:
         return await _in_thread(super().keys())
 

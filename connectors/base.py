@@ -45,6 +45,7 @@ from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_j
 logger = logging.getLogger(__name__)
 # This process, as lease owner: unique across replicas and restarts.
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+TURN_TIMEOUT = 90.0  # seconds: a Rasa turn taking longer is abandoned and retried
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 T = TypeVar("T")
@@ -109,9 +110,14 @@ class TurnLoop:
                 self._loop = loop
             return self._loop
 
-    async def run(self, coroutine: Awaitable[T]) -> T:
+    async def run(self, timeout: float, coroutine: Awaitable[T]) -> T:
+        """The turn's result; TimeoutError (and the turn cancelled) after `timeout`:
+        a stuck turn is retried, not waited on for ever."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self._start())  # type: ignore[arg-type]
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        finally:
+            future.cancel()
 
 
 TURNS = TurnLoop()
@@ -323,7 +329,7 @@ class ChannelWorkers:
                 await self.channel.before_turn(pending)
                 collector = Collector(self.name)
                 async with self.turns:
-                    await TURNS.run(rasa_turn(self.on_new_message, UserMessage(
+                    await TURNS.run(TURN_TIMEOUT, rasa_turn(self.on_new_message, UserMessage(
                         pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                         input_channel=self.name,
                         metadata={"display_name": pending.display_name,
