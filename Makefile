@@ -5,12 +5,15 @@ BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test install train validate parley-check replies-check test-stories pytest browser lint dist clean
+.PHONY: run test test-full install train validate parley-check replies-check test-stories pytest browser lint dist clean
 
 run: train  ## start the bot, the action server and the demo web chat
 	@$(BIN)/parley run
 
 test: train validate parley-check replies-check test-stories pytest  ## everything CI runs
+
+test-full: train  ## fault tests (tests/faults: kill -9, restarts under load; results/faults/) and every other test marked `faults`
+	$(BIN)/pytest -m faults tests
 
 install: $(STAMP)
 

@@ -57,11 +57,11 @@ def _notes(data: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    head = ["fault", *COLUMNS, "seconds", "notes", "command"]
+    head = ["fault", *COLUMNS, "seconds", "notes", "code", "command"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, data in results.items():
         row = [FAULTS.get(name, name), *(str(data.get(c, "")) for c in COLUMNS),
-               f"{data.get('seconds', 0):.0f}", _notes(data),
+               f"{data.get('seconds', 0):.0f}", _notes(data), data.get("code", ""),
                f"`{data.get('command', 'make test-full')}`"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ arrives: never a 5xx, never a stack trace, and a refused request stores nothing.
 Each webhook gets its own thread sending one request at a time, so the customer
 rows of its channel counted before and after a refusal tell whether it stored any.
 
-PARLEY_HOSTILE_BODIES sets the generated bodies per webhook (default 1000).
+PARLEY_HOSTILE_BODIES sets the generated bodies per webhook (default 500).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from tests.test_shapes import (
 pytestmark = [pytest.mark.servers, pytest.mark.faults]
 SECRET = "hostile-webhook-secret"
 APP_SECRET = "hostile-app-secret"
-BODIES = int(os.environ.get("PARLEY_HOSTILE_BODIES", "1000"))  # per webhook
+BODIES = int(os.environ.get("PARLEY_HOSTILE_BODIES", "500"))  # per webhook
 RAW_BODIES = max(50, BODIES // 8)  # barely-JSON bodies per webhook, on top
 OVER_LIMIT = 64 * 1024 + 1
 
