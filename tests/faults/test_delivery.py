@@ -379,8 +379,8 @@ def test_desk_killed_while_agents_reply(replicas: Replicas) -> None:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "open (issue 11 note): after the restart the workers hold live leases but stop "
-    "making progress; the cause is not found yet"))
+    "open (issue 11, docs/reliability.md 'Known open'): a lease whose release failed "
+    "while the database was down is renewed by the heartbeat for good"))
 def test_postgres_restarted_mid_load(replicas: Replicas) -> None:
     """`pg_ctlcluster … restart` mid-load: every connection of every process is cut
     and the database is away for a moment. Webhooks refused meanwhile are redelivered
