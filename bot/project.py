@@ -63,11 +63,17 @@ class YamlFile:
         yaml.indent(mapping=mapping, sequence=max(sequence, offset + 2), offset=offset)
         out = io.StringIO()
         yaml.dump(self.data, out)
-        return out.getvalue()
+        # Environment references stay plain, as Rasa expands only plain `${VAR}`: once
+        # Rasa is imported, its resolver on ruamel's loader makes the dumper quote them.
+        return ENV_REFERENCE_QUOTED.sub(r"\1", out.getvalue())
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(self.text(), encoding="utf-8")
+
+
+ENV_REFERENCE_QUOTED = re.compile(r"""(?<=: )['"](\$\{[A-Za-z_][A-Za-z0-9_]*\})['"](?=\s*$)""",
+                                  re.MULTILINE)
 
 
 def _yaml() -> YAML:

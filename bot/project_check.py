@@ -126,7 +126,9 @@ def _endpoints(project: Project) -> list[Problem]:
         problems.append(Problem("endpoints.yml", "add `action_endpoint: {url: "
                                                  "http://localhost:5055/webhook}`"))
     headers = (data.get("action_endpoint") or {}).get("headers") or {}
-    if headers.get(TOKEN_HEADER) != f"${{{TOKEN_ENV}}}":
+    # Present is enough: once Rasa is imported its YAML loader expands `${...}` in
+    # every file read, ours included, so the value may already be the secret.
+    if not headers.get(TOKEN_HEADER):
         problems.append(Problem("endpoints.yml", f"add `headers: {{{TOKEN_HEADER}: "
                                                  f"${{{TOKEN_ENV}}}}}` (unquoted) under "
                                                  "`action_endpoint:`: the action server "

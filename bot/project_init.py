@@ -216,7 +216,7 @@ class Init:
         action = data["action_endpoint"]
         if TOKEN_HEADER not in (action.get("headers") or {}):
             headers = action.get("headers") or CommentedMap()
-            headers[TOKEN_HEADER] = f"${{{TOKEN_ENV}}}"  # plain: Rasa expands it
+            headers[TOKEN_HEADER] = f"${{{TOKEN_ENV}}}"  # written plain (project.py)
             action["headers"] = headers
             self.note(f"endpoints.yml: the action server call carries {TOKEN_HEADER} "
                       f"(${TOKEN_ENV}); Parley's action server refuses calls without it")
