@@ -155,3 +155,12 @@ SLOTS: dict[str, dict[str, Any]] = {REASON_SLOT: {
 # project's own classifiers: FallbackClassifier, then the keyword override last).
 FALLBACK_SETTINGS: dict[str, Any] = {"threshold": 0.6, "ambiguity_threshold": 0.1}
 KEYWORD_SETTINGS: dict[str, Any] = {"keywords": {"agent": HANDOFF_INTENT}}
+
+
+# Rasa's built-in input channels: each hands messages to Rasa directly, around Parley's
+# inbox and ownership gate. `parley init` removes the generic ones (rest, socketio,
+# callback) and names the platform ones, which need Parley's connector instead.
+BYPASSING_CHANNELS = ("rest", "socketio", "callback", "rasa", "telegram", "facebook",
+                      "slack", "twilio", "botframework", "mattermost", "rocketchat",
+                      "webexteams", "hangouts", "twilio_voice", "audiocodes_vac")
+REMOVABLE_CHANNELS = ("rest", "socketio", "callback")

@@ -106,12 +106,6 @@ def _config(project: Project) -> list[Problem]:
     return problems
 
 
-# Rasa's built-in input channels: each hands messages to Rasa directly.
-BYPASSING_CHANNELS = ("rest", "socketio", "callback", "rasa", "telegram", "facebook",
-                      "slack", "twilio", "botframework", "mattermost", "rocketchat",
-                      "webexteams", "hangouts", "twilio_voice", "audiocodes_vac")
-
-
 def _endpoints(project: Project) -> list[Problem]:
     data = project.endpoints().data or {}
     problems = []
@@ -142,7 +136,7 @@ def _credentials(project: Project) -> list[Problem]:
                                            "bot around Parley's inbox and ownership gate "
                                            "(use parley.connectors.script.ScriptInput "
                                            "for scripts)")
-                for key in data if str(key) in BYPASSING_CHANNELS]
+                for key in data if str(key) in contract.BYPASSING_CHANNELS]
     if not any(str(key).startswith("parley.connectors.") for key in data):
         problems.append(Problem("credentials.yml", f"add `{contract.WEBCHAT_CHANNEL}:` (or a "
                                                    "platform's connector): only Parley's "

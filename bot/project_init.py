@@ -227,8 +227,20 @@ class Init:
     def credentials(self) -> None:
         path = self.project.root / "credentials.yml"
         data = self.file(path).mapping()
+        before = len(self.changes)
+        for key in [k for k in data if str(k) in contract.BYPASSING_CHANNELS]:
+            if str(key) in contract.REMOVABLE_CHANNELS:
+                del data[key]
+                self.note(f"credentials.yml: removed `{key}:` (Rasa's own channel reaches "
+                          "the bot around Parley's inbox and ownership gate; "
+                          "parley.connectors.script.ScriptInput is the scripting channel)")
+            else:
+                self.leave(f"credentials.yml: `{key}:` is Rasa's own connector and goes "
+                           "around Parley's gate; replace it with Parley's (README, "
+                           "\"Adding a channel's credentials\")")
         if any(str(key).startswith("parley.connectors.") for key in data):
-            self._dirty.pop(path)
+            if len(self.changes) == before:
+                self._dirty.pop(path)
             return
         data[contract.WEBCHAT_CHANNEL] = None
         self.note(f"credentials.yml: added {contract.WEBCHAT_CHANNEL} (the web chat at "

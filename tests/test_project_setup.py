@@ -156,6 +156,10 @@ def test_check_names_channels_that_go_around_the_gate(tmp_path: Path) -> None:
         "remove `rest", "remove `socketio"]
     assert any(p.startswith("endpoints.yml: add `headers: {X-Parley-Action-Token: "
                             "${PARLEY_ACTION_TOKEN}}`") for p in found)
+    again = project_init.init(load_settings(env={}, root=root))
+    assert sum("credentials.yml: removed `" in c for c in again.changes) == 2
+    assert problems(root) == []
+    assert "rest" not in (yaml.safe_load(credentials.read_text()) or {})
 
 
 def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None:
