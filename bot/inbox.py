@@ -12,6 +12,7 @@ LOCKED` on PostgreSQL, a guarded UPDATE on SQLite (invariant 3).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -159,18 +160,34 @@ def try_failed(message_id: int, error: str, database_url: str | None = None) -> 
         return False
 
 
-def heartbeat(owner: str, lease_seconds: float, database_url: str | None = None) -> int:
-    """Keep this worker's leases alive (conversations and outbox sends); returns how
-    many it holds."""
+def heartbeat(owner: str, lease_seconds: float, conversations: Iterable[str],
+              sends: Iterable[int], database_url: str | None = None) -> int:
+    """Keep alive the leases of what this process is working on now: these
+    conversations and outbox sends; returns how many it renewed.
+
+    Only those: a lease this process no longer uses (one whose release failed while
+    the database was down, say) runs out and another process takes the work over.
+    Rows another transaction holds are skipped, never waited for (that transaction
+    is ours and renews them itself), so a heartbeat cannot deadlock with a claim.
+    """
     until = utcnow() + timedelta(seconds=lease_seconds)
-    with session_scope(database_url) as session:
-        held = session.execute(
-            update(Conversation).where(Conversation.lease_owner == owner)
-            .values(lease_until=until).execution_options(synchronize_session=False)).rowcount
-        held += session.execute(
-            update(Message).where(Message.claimed_by == owner)
-            .values(claimed_until=until).execution_options(synchronize_session=False)).rowcount
-        return int(held)
+    held = 0
+    for model, key, claimant, expiry, ids in (
+            (Conversation, Conversation.id, Conversation.lease_owner,
+             "lease_until", sorted(set(conversations))),
+            (Message, Message.id, Message.claimed_by, "claimed_until", sorted(set(sends)))):
+        if not ids:
+            continue
+        with session_scope(database_url) as session:
+            mine = session.execute(
+                select(key).where(key.in_(ids), claimant == owner).order_by(key)
+                .with_for_update(skip_locked=True)).scalars().all()
+            if mine:
+                held += session.execute(
+                    update(model).where(key.in_(mine), claimant == owner)
+                    .values({expiry: until})
+                    .execution_options(synchronize_session=False)).rowcount
+    return int(held)
 
 
 def state_of(message_id: int, database_url: str | None = None) -> str | None:

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
 from sanic import Blueprint, response
@@ -256,6 +256,14 @@ class ParleyInput(InputChannel):
 _heartbeat_started = False
 
 
+class Held:
+    """What this process works on now, over all its channels: the lease heartbeat
+    renews these leases and no others."""
+
+    conversations: ClassVar[set[str]] = set()
+    sends: ClassVar[set[int]] = set()
+
+
 class ChannelWorkers:
     """The background side of one channel in one process: the inbox worker, the
     outbox sender, and (once per process) the lease heartbeat."""
@@ -285,7 +293,8 @@ class ChannelWorkers:
                                                idle=lease / 3))
 
     async def _heartbeat(self) -> bool:
-        await off_loop_urgent(inbox.heartbeat, OWNER, self.settings.lease_seconds)
+        await off_loop_urgent(inbox.heartbeat, OWNER, self.settings.lease_seconds,
+                              list(Held.conversations), list(Held.sends))
         return False
 
     # -- inbox ---------------------------------------------------------------------
@@ -298,6 +307,7 @@ class ChannelWorkers:
                                  room)
         for conversation_id in claimed:
             self.active.add(conversation_id)
+            Held.conversations.add(conversation_id)
             asyncio.get_running_loop().create_task(self._conversation(conversation_id))
         return bool(claimed)
 
@@ -314,6 +324,7 @@ class ChannelWorkers:
             logger.exception("worker stopped on %s", conversation_id)
         finally:
             self.active.discard(conversation_id)
+            Held.conversations.discard(conversation_id)
             try:
                 await off_loop(inbox.release, conversation_id, OWNER)
             except Exception:
@@ -368,6 +379,7 @@ class ChannelWorkers:
     # -- outbox --------------------------------------------------------------------
     async def _outbox_tick(self) -> bool:
         sends = await off_loop(outbox.claim, self.name, OWNER, self.settings.lease_seconds)
+        Held.sends.update(s.id for s in sends)
         by_conversation: dict[str, list[Send]] = {}
         for send in sends:
             by_conversation.setdefault(send.conversation_id, []).append(send)
@@ -383,6 +395,7 @@ class ChannelWorkers:
                 if retry:
                     return  # the rest waits behind it
         finally:  # the rest, and one a database error interrupted: give them back
+            Held.sends.difference_update(s.id for s in sends)
             await off_loop(outbox.release, [s.id for s in sends[settled:]], OWNER)
 
     async def _send(self, send: Send) -> bool:
@@ -395,6 +408,8 @@ class ChannelWorkers:
             return True
         try:
             await self.channel.deliver(send)
+        except (DBAPIError, SQLAlchemyTimeoutError):
+            raise  # our storage failed (a window check, say), not the platform: released
         except Retryable as exc:
             logger.info("%s send to %s will be retried: %s", self.name, send.conversation_id,
                         exc)

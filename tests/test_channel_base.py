@@ -7,8 +7,12 @@ import logging
 
 import pytest
 from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+from sqlalchemy.exc import OperationalError
 
-from parley.connectors.base import TurnFailed, rasa_turn
+from parley.bot.conversations import Message, add_message, ensure_conversation
+from parley.bot.outbox import Send
+from parley.bot.storage import session_scope
+from parley.connectors.base import ChannelWorkers, Held, ParleyInput, TurnFailed, rasa_turn
 
 
 def message() -> UserMessage:
@@ -49,3 +53,45 @@ def test_a_clean_turn_and_other_turns_errors_do_not_count() -> None:
     asyncio.run(both())
     assert done == ["where is my order", "where is my order"]
     logging.getLogger("rasa.core.processor").error("outside any turn", exc_info=ValueError())
+
+
+class FlakyStorageChannel(ParleyInput):
+    """A platform module whose own database read fails once (Meta's window check
+    during a storage outage), then delivers."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.failures = 1
+
+    @classmethod
+    def name(cls) -> str:
+        return "telegram"
+
+    async def deliver(self, send: Send) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("SELECT last_customer_at", {}, Exception("server closed"))
+        self.delivered.append(send.text)
+
+
+def test_a_storage_error_while_sending_is_not_a_platform_refusal(db_url: str) -> None:
+    """The message stays pending (not failed with a made-up platform reason), goes
+    out on the next tick, and no lease is kept for it."""
+    with session_scope(db_url) as session:
+        ensure_conversation(session, "telegram:7")
+        reply = add_message(session, "telegram:7", "bot", "hello", delivery="push").id
+    channel = FlakyStorageChannel()
+    workers = ChannelWorkers(channel, on_new_message=None)  # type: ignore[arg-type]
+
+    async def two_ticks() -> None:
+        with pytest.raises(OperationalError):
+            await workers._outbox_tick()
+        assert Held.sends == set()
+        await workers._outbox_tick()
+
+    asyncio.run(two_ticks())
+    assert channel.delivered == ["hello"]
+    with session_scope(db_url) as session:
+        sent = session.get(Message, reply)
+        assert sent.sent_at is not None and sent.delivery_error is None
+        assert sent.claimed_by is None

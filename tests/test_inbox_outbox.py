@@ -54,8 +54,22 @@ def test_heartbeat_keeps_a_live_workers_lease(any_db: str) -> None:
     assert inbox.claim("telegram", "w", 0.5, 10, any_db) == ["telegram:2"]
     for _ in range(3):
         time.sleep(0.3)
-        assert inbox.heartbeat("w", 0.5, any_db) == 1
+        assert inbox.heartbeat("w", 0.5, ["telegram:2"], [], any_db) == 1
     assert inbox.claim("telegram", "other", 30, 10, any_db) == []
+
+
+def test_a_lease_the_worker_no_longer_uses_runs_out(any_db: str) -> None:
+    """A release that failed (database down) must not leave the lease renewed for
+    good: the heartbeat keeps only what the process works on."""
+    stored(any_db, "telegram:20", "hi")
+    stored(any_db, "telegram:21", "hi")
+    assert sorted(inbox.claim("telegram", "w", 0.5, 10, any_db)) == \
+        ["telegram:20", "telegram:21"]
+    for _ in range(3):
+        time.sleep(0.3)
+        assert inbox.heartbeat("w", 0.5, ["telegram:21"], [], any_db) == 1
+    assert inbox.claim("telegram", "other", 30, 10, any_db) == ["telegram:20"]
+    assert inbox.heartbeat("other", 30, [], [], any_db) == 0
 
 
 def test_a_failing_turn_is_retried_then_handed_to_a_person(any_db: str) -> None:
