@@ -49,6 +49,11 @@ class Conversation(Base):
     # and until when; a dead worker's lease runs out and another takes over.
     lease_owner = Column(String(120), nullable=True)
     lease_until = Column(UTCDateTime, nullable=True)
+    # The language replies are chosen in ("pt"), and who said so: "platform" (its
+    # locale), "detected" (the first messages) or "agent" (the desk); None until one
+    # did, and the default language meanwhile. The rules: `parley.bot.language`.
+    language = Column(String(16), nullable=True)
+    language_source = Column(String(16), nullable=True)
 
 
 class Message(Base):

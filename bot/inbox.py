@@ -39,6 +39,9 @@ class Pending:
     metadata: dict[str, Any]
     attempts: int
     display_name: str = ""
+    # The conversation's stored language and its source, as `parley.bot.language` reads them.
+    language: str | None = None
+    language_source: str | None = None
 
 
 def store(conversation_id: str, text: str, *, platform_message_id: str | None = None,
@@ -122,7 +125,8 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
         message.inbox_state = "processing"
         message.attempts = (message.attempts or 0) + 1
         return Pending(message.id, conversation_id, message.text, dict(message.payload or {}),
-                       message.attempts, conversation.display_name or "")
+                       message.attempts, conversation.display_name or "",
+                       conversation.language, conversation.language_source)
 
 
 def holds(session: Any, conversation_id: str, owner: str) -> bool:

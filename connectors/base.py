@@ -5,7 +5,7 @@ verified, the payload's shape, parsing into `Inbound`, and one send.
     webhook: size limit (413, before the body is read) -> verify (401/403) -> JSON
              and shape (400, with a reason) -> parse -> store (inbox) -> 2xx
     inbox worker: claim conversations (leases) -> per conversation, in order:
-             gate -> Rasa when the bot owns it -> replies into the outbox
+             language -> gate -> Rasa when the bot owns it -> replies into the outbox
     outbox sender: claim in order -> owner check for bot replies -> send ->
              marked sent once the platform accepted (retry, or fail with a reason)
 
@@ -33,7 +33,7 @@ from sanic.response import HTTPResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from parley.bot import inbox, outbox, supervision
+from parley.bot import inbox, language, outbox, supervision
 from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.settings import load_settings
@@ -335,6 +335,8 @@ class ChannelWorkers:
     async def _process(self, pending: Pending) -> None:
         delivery = self.channel.delivery
         try:
+            # The conversation's language first: the gate's notices and the turn use it.
+            spoken = await off_loop(language.for_turn, pending)
             decision = await off_loop(gate.route, pending, OWNER, delivery)
             if decision.route == "bot":
                 await self.channel.before_turn(pending)
@@ -344,7 +346,7 @@ class ChannelWorkers:
                         pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                         input_channel=self.name,
                         metadata={"display_name": pending.display_name,
-                                  "language": pending.metadata.get("language")})))
+                                  "language": spoken})))
                 await off_loop(gate.finish_bot, pending, OWNER, collector.messages, delivery)
         except Exception as exc:
             error = f"{exc.__class__.__name__}: {exc}"

@@ -49,10 +49,13 @@ class Decision:
 def _say(session: Session, conversation_id: str, name: str, delivery: str, reply_to: int,
          ticket_id: int | None = None, database_url: str | None = None,
          **values: Any) -> None:
-    """Render a writer-owned reply for this channel and put it in the transcript,
-    to be sent as the channel sends (`delivery`)."""
+    """Render a writer-owned reply for this channel, in the conversation's language
+    (`parley.bot.language`), and put it in the transcript, to be sent as the channel
+    sends (`delivery`)."""
     conversation = conversations.get_conversation(session, conversation_id)
     rendered = responses.render(name, channels.of_conversation(conversation_id),
+                                channels.language_code(conversation.language if conversation
+                                                       else None),
                                 database_url=database_url,
                                 display_name=conversation.display_name if conversation
                                 else None, **values)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from parley.bot import agents, conversations, handoff, storage
+from parley.bot import agents, conversations, events, handoff, language, storage
 from tests import REPO_ROOT as PROJECT_ROOT
 from tests.fakes.stack import free_port
 
@@ -37,6 +37,7 @@ ROUTES = {
     ("POST", "/api/tickets/<ticket_id:int>/reply"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/note"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/tags"): "session",
+    ("POST", "/api/tickets/<ticket_id:int>/language"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/transfer"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/resolve"): "session",
     ("POST", "/api/tickets/dismiss"): "session",
@@ -228,6 +229,40 @@ def test_reply_note_tags_transfer_resolve(desk: Desk) -> None:
                    headers={"X-CSRF-Token": bo_csrf})
     assert done.json()["status"] == "resolved"
     assert "handed you back" in conversations.pushed_after(conv, 0, desk.db)[-1].text
+
+
+def test_an_agent_sets_the_conversations_language(desk: Desk) -> None:
+    """Shown with where it came from; changed only by an agent or admin with the
+    session's CSRF token and a language we have replies in; published live."""
+    conv = "telegram:lang"
+    ticket = handoff.escalate(conv, "keyword", database_url=desk.db).ticket
+    ana, csrf = desk.login("ana", "ana-password")
+    shown = ana.get(f"/api/tickets/{ticket.id}").json()
+    assert (shown["ticket"]["language"], shown["ticket"]["language_source"]) == ("en", None)
+    assert [c["code"] for c in shown["languages"]] == ["en", "pt"]
+    after = events.last_event_id(desk.db)
+    path = f"/api/tickets/{ticket.id}/language"
+    for body in ({"language": "xx"}, {"language": "PT"}, {"language": ["pt"]}, {}):
+        bad = ana.post(path, json=body, headers={"X-CSRF-Token": csrf})
+        assert bad.status_code == 400 and "one of en, pt" in bad.json()["error"]
+    assert ana.post(path, json={"language": "pt"}).status_code == 403  # no CSRF token
+    wes, wes_csrf = desk.login("wes", "wes-password")
+    refused = wes.post(path, json={"language": "pt"}, headers={"X-CSRF-Token": wes_csrf})
+    assert refused.status_code == 403 and "role" in refused.json()["error"]
+    assert language.of_conversations([conv], desk.db)[conv].source is None  # nothing changed
+    assert events.events_after(after, database_url=desk.db) == []
+    done = ana.post(path, json={"language": "pt"}, headers={"X-CSRF-Token": csrf})
+    assert done.status_code == 200
+    assert (done.json()["language"], done.json()["language_source"]) == ("pt", "agent")
+    listed = next(t for t in ana.get("/api/tickets").json() if t["id"] == ticket.id)
+    assert (listed["language"], listed["language_source"]) == ("pt", "agent")
+    [event] = events.events_after(after, database_url=desk.db)
+    assert (event.kind, event.ticket_id, event.payload) == (
+        "ticket_updated", ticket.id, {"language": "pt", "language_source": "agent"})
+    transcript = ana.get(f"/api/tickets/{ticket.id}").json()["transcript"]
+    assert transcript[-1]["text"] == "Language set to Portuguese by Ana"
+    assert ana.post("/api/tickets/99999/language", json={"language": "pt"},
+                    headers={"X-CSRF-Token": csrf}).status_code == 404
 
 
 def test_bulk_dismiss(desk: Desk) -> None:

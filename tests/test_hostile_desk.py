@@ -66,6 +66,7 @@ EXAMPLES = {
     ("POST", "/api/tickets/<ticket_id:int>/note"): 100,
     ("POST", "/api/tickets/<ticket_id:int>/tags"): 120,
     ("POST", "/api/tickets/<ticket_id:int>/transfer"): 100,
+    ("POST", "/api/tickets/<ticket_id:int>/language"): 80,
     ("POST", "/api/tickets/dismiss"): 100,
     ("POST", "/api/library/check"): 200,
     ("POST", "/api/library/replies/<name:str>/draft"): 200,
@@ -434,6 +435,8 @@ def valid_payload(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]
                          for _ in range(draw(st.integers(0, 3)))]}
     if path.endswith("/transfer"):
         return {"agent_id": pick(draw, sorted(desk.user_ids.values()))}
+    if path.endswith("/language"):
+        return {"language": pick(draw, ["en", "pt"])}
     if path.endswith("/dismiss"):
         return {"ids": [pick(draw, desk.recent_tickets())
                         for _ in range(draw(st.integers(1, 2)))]}

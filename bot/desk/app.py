@@ -18,6 +18,7 @@ from sanic.response import HTTPResponse
 from parley.bot import contract, handoff, responses, supervision
 from parley.bot.desk import library, live, login, pages, tickets, users
 from parley.bot.desk.errors import BadRequest
+from parley.bot.responses.channels import LANGUAGES
 from parley.bot.storage import off_loop
 
 MAX_BODY = 64 * 1024
@@ -66,10 +67,11 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
 
     async def follow_up_tick() -> bool:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off). The text is
-        rendered each round, so published edits apply."""
-        text = (await off_loop(responses.render, contract.FOLLOW_UP, "", "",
-                               database_url))["text"]
-        await off_loop(handoff.send_follow_ups, timedelta(hours=follow_up_hours), text, None,
+        rendered each round, so published edits apply, once per language: each
+        conversation is checked on in its own."""
+        texts = {language: (await off_loop(responses.render, contract.FOLLOW_UP, "", language,
+                                           database_url))["text"] for language in LANGUAGES}
+        await off_loop(handoff.send_follow_ups, timedelta(hours=follow_up_hours), texts, None,
                        database_url)
         return False
 

@@ -9,7 +9,7 @@ from sanic.exceptions import NotFound
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.bot import agents, contract, conversations, handoff, responses
+from parley.bot import agents, contract, conversations, handoff, language, responses
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
 from parley.bot.responses import channels
@@ -20,8 +20,9 @@ bp = Blueprint("desk_tickets")
 
 async def ticket_json(views: list[handoff.TicketView], database_url: str | None
                       ) -> list[dict[str, Any]]:
-    names = await off_loop(conversations.display_names, [t.conversation_id for t in views],
-                           database_url)
+    ids = [t.conversation_id for t in views]
+    names = await off_loop(conversations.display_names, ids, database_url)
+    spoken = await off_loop(language.of_conversations, ids, database_url)
     agent_names = {a.id: a.display_name
                    for a in await off_loop(agents.list_agents, database_url)}
     now = utcnow()
@@ -30,6 +31,7 @@ async def ticket_json(views: list[handoff.TicketView], database_url: str | None
         item = view.as_json(now)
         item["display_name"] = names.get(view.conversation_id, view.conversation_id)
         item["agent_name"] = agent_names.get(view.assigned_agent_id or -1)
+        item.update(spoken[view.conversation_id].as_json())
         out.append(item)
     return out
 
@@ -43,11 +45,18 @@ async def held(ticket_id: int, database_url: str | None) -> handoff.TicketView:
     return view
 
 
+def _notice(view: handoff.TicketView, reply: str, agent_name: str,
+            database_url: str | None) -> str:
+    """The notice's text for this channel, in the conversation's language."""
+    spoken = language.of_conversation(view.conversation_id, database_url)
+    return responses.render(reply, channels.of_conversation(view.conversation_id), spoken,
+                            database_url=database_url, agent_name=agent_name)["text"]
+
+
 async def tell_customer(view: handoff.TicketView, reply: str, agent_name: str,
                         database_url: str | None) -> None:
     """A writer-owned notice pushed to the customer's channel."""
-    text = (await off_loop(responses.render, reply, channels.of_conversation(
-        view.conversation_id), database_url=database_url, agent_name=agent_name))["text"]
+    text = await off_loop(_notice, view, reply, agent_name, database_url)
     await off_loop(handoff.push_notice, view.conversation_id, text, view.id,
                             None, database_url)
 
@@ -81,7 +90,8 @@ async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
     view = await held(ticket_id, database_url)
     lines = await off_loop(conversations.transcript, view.conversation_id, database_url)
     return response.json({"ticket": (await ticket_json([view], database_url))[0],
-                          "transcript": [line.as_json() for line in lines]})
+                          "transcript": [line.as_json() for line in lines],
+                          "languages": language.choices()})
 
 
 @bp.post("/api/tickets/<ticket_id:int>/claim")
@@ -119,6 +129,22 @@ async def tags(request: Request, ticket_id: int) -> HTTPResponse:
         raise BadRequest("'tags' must be a list of strings")
     await held(ticket_id, database_url)
     view = await off_loop(handoff.set_tags, ticket_id, value[:20], database_url)
+    return response.json((await ticket_json([view], database_url))[0])
+
+
+@bp.post("/api/tickets/<ticket_id:int>/language")
+@requires_session()
+async def set_language(request: Request, ticket_id: int) -> HTTPResponse:
+    """The agent's choice of the conversation's language: the bot's next reply and
+    every notice use it, and no detection or platform locale overrides it."""
+    database_url = request.app.ctx.database_url
+    value = body_json(request).get("language")
+    if not isinstance(value, str) or value not in channels.LANGUAGES:
+        raise BadRequest(f"'language' must be one of {', '.join(channels.LANGUAGES)}")
+    view = await held(ticket_id, database_url)
+    agent = request.ctx.session.agent
+    await off_loop(language.choose, view.conversation_id, value, agent.id, agent.display_name,
+                   view.id, database_url)
     return response.json((await ticket_json([view], database_url))[0])
 
 

@@ -1,7 +1,9 @@
 // Parley desk. All customer-provided text is written with textContent, never as HTML.
 "use strict";
 
-const state = { me: null, tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true };
+const state = { me: null, tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true, languages: [] };
+// Where a conversation's language came from (bot/language.py); none: nothing has said yet.
+const LANGUAGE_SOURCES = { platform: "from the platform", detected: "detected", agent: "set by an agent" };
 function waited(seconds) {
   if (seconds < 60) return seconds + "s";
   const m = Math.floor(seconds / 60);
@@ -61,12 +63,29 @@ async function loadQueue() {
   renderQueue();
 }
 
+function languageName(code) {
+  const known = state.languages.find((l) => l.code === code);
+  return known ? known.name : code;
+}
+
+function renderLanguage(ticket) {
+  const select = $("language");
+  select.replaceChildren();
+  for (const l of state.languages) {
+    const opt = el("option", l.name);
+    opt.value = l.code;
+    select.appendChild(opt);
+  }
+  select.value = ticket.language;
+}
+
 function renderContext(ticket) {
   const dl = $("context");
   dl.replaceChildren();
   const rows = [["reason", ticket.reason.replace("_", " ")], ["channel", ticket.channel],
     ["customer", ticket.display_name], ["priority", ticket.priority > 0 ? "high" : "normal"],
-    ["waiting", waited(ticket.waiting_seconds)]];
+    ["waiting", waited(ticket.waiting_seconds)],
+    ["language", languageName(ticket.language) + " (" + (LANGUAGE_SOURCES[ticket.language_source] || "default") + ")"]];
   for (const i of (ticket.context.intents || [])) rows.push(["said", i.text + "  → " + i.intent + " (" + Math.round(i.confidence * 100) + "%)"]);
   for (const [k, v] of Object.entries(ticket.context.slots || {})) rows.push([k, JSON.stringify(v)]);
   for (const [k, v] of rows) dl.append(el("dt", k), el("dd", v));
@@ -97,7 +116,9 @@ async function openTicket(id) {
   $("claim").disabled = t.status !== "waiting";
   for (const id2 of ["resolve", "transfer", "transfer-to"]) $(id2).disabled = !mine;
   $("send").disabled = !(mine || $("as-note").checked);
+  state.languages = data.languages || [];
   renderContext(t);
+  renderLanguage(t);
   renderTranscript(data.transcript);
   renderQueue();
 }
@@ -197,6 +218,14 @@ async function main() {
     e.preventDefault();
     const tags = $("tags").value.split(",").map((s) => s.trim()).filter(Boolean);
     act(() => api("/api/tickets/" + state.current + "/tags", { body: { tags } }));
+  });
+  $("language-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const language = $("language").value;
+    act(async () => {
+      await api("/api/tickets/" + state.current + "/language", { body: { language } });
+      await openTicket(state.current);
+    });
   });
   $("dismiss").addEventListener("click", () => act(async () => {
     const ids = [...document.querySelectorAll(".pick:checked")].map((b) => Number(b.value));
