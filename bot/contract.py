@@ -44,6 +44,7 @@ REASONS = ("keyword", "intent", "low_confidence", "complaint", "external", "bot_
 
 FALLBACK_CLASSIFIER = "FallbackClassifier"
 KEYWORD_COMPONENT = "parley.bot.nlu.keywords.KeywordIntentOverride"
+SENTENCE_CLASSIFIER = "parley.bot.nlu.classifier.SentenceIntentClassifier"
 NLG_CLASS = "parley.bot.responses.nlg.LibraryNLG"
 WEBCHAT_CHANNEL = "parley.connectors.webchat.WebChatInput"
 ACTIONS_MODULE = "parley.bot.actions"

