@@ -91,7 +91,7 @@ def nlu_yaml(rows: Iterable[tuple[str, str]]) -> str:
     for text, intent in rows:
         by_intent.setdefault(intent, []).append(text)
     return yaml.safe_dump({"version": "3.1", "nlu": [
-        {"intent": intent, "examples": "".join(f"- {json.dumps(t)[1:-1]}\n"
+        {"intent": intent, "examples": "".join(f"- {' '.join(t.split())}\n"
                                                 for t in dict.fromkeys(texts))}
         for intent, texts in by_intent.items()]}, allow_unicode=True, sort_keys=False)
 
@@ -164,13 +164,16 @@ def outcome(parsed: list[Parsed], threshold: float, ambiguity: float) -> list[st
             or p.confidence - p.second < ambiguity else p.intent for p in parsed]
 
 
-def scores(predicted: list[str], truth: list[str]) -> dict[str, float]:
+def scores(predicted: list[str], truth: list[str]) -> dict[str, float | None]:
     ins = [(p, t) for p, t in zip(predicted, truth, strict=True) if t != OUT_OF_SCOPE]
     oos = [p for p, t in zip(predicted, truth, strict=True) if t == OUT_OF_SCOPE]
     called_oos = sum(p == FALLBACK for p in predicted)
     right_oos = sum(p == FALLBACK for p in oos)
     accuracy = sum(p == t for p, t in ins) / max(1, len(ins))
-    recall = right_oos / len(oos) if oos else 0.0
+    if not oos:  # nothing out of scope to find: no figure, rather than a 0 that looks measured
+        return {"in_scope_accuracy": accuracy, "oos_recall": None, "oos_precision": None,
+                "oos_f1": None}
+    recall = right_oos / len(oos)
     precision = right_oos / called_oos if called_oos else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"in_scope_accuracy": accuracy, "oos_recall": recall, "oos_precision": precision,
@@ -186,7 +189,7 @@ def tune(parsed: list[Parsed], truth: list[str]) -> tuple[float, float]:
     for ambiguity in (0.0, 0.02, 0.05, 0.1):
         for threshold in candidates:
             s = scores(outcome(parsed, float(threshold), ambiguity), truth)
-            value = s["in_scope_accuracy"] + (s["oos_recall"] if OUT_OF_SCOPE in truth else 0)
+            value = float(s["in_scope_accuracy"] or 0) + float(s["oos_recall"] or 0)
             if value > best[0]:
                 best = (value, float(threshold), ambiguity)
     return best[1], best[2]
@@ -257,7 +260,7 @@ def chart(result: dict[str, Any], path: Path = CHART) -> None:
     width = 0.8 / len(pipelines)
     for n, (label, scores) in enumerate(pipelines):
         xs = [i + n * width for i in range(len(names))]
-        bars = ax.bar(xs, [scores[k] for k in names], width, label=label)
+        bars = ax.bar(xs, [scores[k] or 0 for k in names], width, label=label)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     for i, name in enumerate(names):
         if name in TARGETS:

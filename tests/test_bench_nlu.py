@@ -80,6 +80,17 @@ def test_scores_count_a_fallback_as_wrong_in_scope() -> None:
                  "oos_f1": 0.5}
 
 
+def test_no_out_of_scope_examples_give_no_out_of_scope_figures() -> None:
+    s = nlu.scores(["a", "b"], ["a", "a"])
+    assert s == {"in_scope_accuracy": 0.5, "oos_recall": None, "oos_precision": None,
+                 "oos_f1": None}
+
+
+def test_training_text_reaches_rasa_as_written() -> None:
+    written = nlu.nlu_yaml([("até logo 👋", "goodbye"), ('say "hi"\\ now', "greet")])
+    assert "até logo 👋" in written and 'say "hi"\\ now' in written
+
+
 @pytest.mark.parametrize("broken, message", [
     ({"train": None}, "has no train split"),
     ({"val": [["only text"]]}, r"is not \[text, intent\]"),

@@ -98,7 +98,8 @@ def test_a_retrain_embeds_only_new_examples(tmp_path: Path) -> None:
     more = again.embed_all(["where is my order", "thanks a lot"])
     assert again.added == 1  # only the new sentence went to the encoder
     assert np.allclose(more[0], vectors[0])
-    (cache_dir / "original.npz").write_bytes(b"torn")  # a crash mid-write: start again
+    [stored] = cache_dir.glob("original-*.npz")  # keyed by the encoder's version too
+    stored.write_bytes(b"torn")  # a crash mid-write: start again
     assert encoder.EmbeddingCache("original", cache_dir).vectors == {}
 
 

