@@ -16,6 +16,7 @@ pytestmark = pytest.mark.servers
 TIMEOUT = 15_000
 QUESTION = "what payment methods do you accept"
 NEW_TEXT = "We take cards, PayPal, Apple Pay and Klarna. Hi {first_name}!"
+NEW_TEXT_PT = "Aceitamos cartões, PayPal, Apple Pay e Klarna. Olá {first_name}!"
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +56,20 @@ def test_writer_edits_admin_approves_customer_gets_it(
 
     # Too long for Messenger: the preview counts it and the check names the fix.
     writer.fill(".v-text", "x" * 2001)
-    expect(writer.locator(".phone[data-channel=messenger] .counter")).to_have_text(
-        "2001 / 2000 characters")
-    expect(writer.locator(".phone[data-channel=messenger] .counter")).to_have_class(
-        "counter over")
+    counter = writer.locator(".phone[data-channel=messenger][data-language=en] .counter")
+    expect(counter).to_have_text("2001 / 2000 characters")
+    expect(counter).to_have_class("counter over")
     expect(writer.locator("#problems")).to_contain_text("Messenger shows at most 2000")
     expect(writer.locator("#submit")).to_be_disabled()
 
     writer.fill(".v-text", NEW_TEXT)
+    # A placeholder new in the English text must reach the Portuguese variant too.
+    expect(writer.locator("#problems")).to_contain_text("(pt): leaves out {first_name}")
+    writer.locator(".v-text").nth(1).fill(NEW_TEXT_PT)
     expect(writer.locator("#problems")).to_contain_text("No problems on any channel")
     sample = writer.locator("#samples label", has_text="{first_name}").locator("input")
     sample.fill("Marta")
-    expect(writer.locator(".phone[data-channel=telegram] .bubble")).to_have_text(
+    expect(writer.locator(".phone[data-channel=telegram][data-language=en] .bubble")).to_have_text(
         NEW_TEXT.replace("{first_name}", "Marta"))
     writer.click("#submit")
     expect(writer.locator("#toast")).to_contain_text("Submitted for review")

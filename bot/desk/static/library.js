@@ -105,6 +105,7 @@ function drawPreviews(previews) {
   for (const p of previews) {
     const phone = el("div", null, "phone " + p.channel);
     phone.dataset.channel = p.channel;
+    phone.dataset.language = p.language;
     phone.appendChild(el("h4", p.label + (p.language !== "en" ? " · " + p.language : "")
       + (p.variants > 1 ? " · 1 of " + p.variants + " at random" : "")));
     if (p.image) phone.appendChild(el("div", "🖼 " + p.image, "bubble"));
