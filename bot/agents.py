@@ -17,8 +17,10 @@ from sqlalchemy.exc import IntegrityError
 
 from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
-ROLES = ("agent", "admin", "writer")
+ROLES = ("agent", "admin", "writer", "manager")
 DESK_ROLES = ("agent", "admin")  # who answers customers; writers edit replies only
+# Who reads the numbers (analytics, alerts history); managers see no transcripts.
+ANALYTICS_ROLES = ("manager", "admin")
 SESSION_LIFETIME = timedelta(hours=12)
 ONLINE_WINDOW = timedelta(minutes=2)
 _hasher = PasswordHasher()

@@ -83,6 +83,9 @@ class Message(Base):
     retry_at = Column(UTCDateTime, nullable=True)  # not before: after a failed try
     claimed_by = Column(String(120), nullable=True)  # outbox: the sender holding it
     claimed_until = Column(UTCDateTime, nullable=True)
+    # The writer-owned reply this message was rendered from (`utter_…`): the bot's
+    # replies, and an agent's when they picked a canned reply (analytics).
+    reply_name = Column(String(100), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,8 @@ def message_values(conversation_id: str, author: str, text: str, *,
                    ticket_id: int | None = None, agent_id: int | None = None,
                    payload: dict[str, Any] | None = None, delivery: str = "sync",
                    platform_message_id: str | None = None, inbox_state: str | None = None,
-                   reply_to: int | None = None, delivery_error: str | None = None
-                   ) -> dict[str, Any]:
+                   reply_to: int | None = None, delivery_error: str | None = None,
+                   reply_name: str | None = None) -> dict[str, Any]:
     if author not in AUTHORS:
         raise ValueError(f"unknown author {author!r}")
     if delivery not in DELIVERIES:
@@ -145,7 +148,8 @@ def message_values(conversation_id: str, author: str, text: str, *,
             "ticket_id": ticket_id, "agent_id": agent_id, "payload": payload,
             "delivery": delivery, "platform_message_id": platform_message_id,
             "inbox_state": inbox_state, "reply_to": reply_to, "attempts": 0,
-            "delivery_error": delivery_error, "created_at": utcnow()}
+            "delivery_error": delivery_error, "reply_name": reply_name,
+            "created_at": utcnow()}
 
 
 def add_message(session: Session, conversation_id: str, author: str, text: str,

@@ -31,7 +31,10 @@ KEYS = {
     "actions": "your Rasa SDK action package (default actions)",
     "database_url": "Parley's database (default SQLite in the var dir)",
     "var_dir": "local state: SQLite files, logs, run files (default var)",
+    "survey": "questions after a resolved conversation: [answer, time, agent, improve] or off",
+    "alerts": "inbound spike alerts: {factor: 3, minimum: 20, webhook: https://…}",
 }
+SURVEY_QUESTIONS = ("answer", "time", "agent", "improve")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class Settings:
     lease_seconds: float  # how long a dead worker's conversations and sends stay taken
     turns_in_flight: int  # Rasa turns one process runs at once (keeps webhook acks fast)
     request_max_bytes: int  # Sanic refuses larger bodies before reading them
+    survey: tuple[str, ...] = SURVEY_QUESTIONS  # in order; () turns the survey off
+    spike_factor: float = 3.0  # inbound this many times the usual for the hour of week
+    spike_minimum: int = 20  # and at least this many messages in 10 minutes
+    alert_webhook: str | None = None  # called (HMAC-SHA256 signed) when a spike starts
+    alert_secret: str | None = None  # PARLEY_ALERT_SECRET only: never in the project file
 
     @property
     def settings_file(self) -> Path:
@@ -146,6 +154,37 @@ def _placeholders(raw: dict[str, Any], where: Path) -> dict[str, Placeholder]:
     return out
 
 
+def _survey(raw: dict[str, Any], where: Path) -> tuple[str, ...]:
+    value = raw.get("survey", list(SURVEY_QUESTIONS))
+    if value in (False, "off", None, []):
+        return ()
+    if not isinstance(value, list) or not all(q in SURVEY_QUESTIONS for q in value) \
+            or len(set(value)) != len(value):
+        raise ValueError(f"{where}: `survey` must be off or a list of distinct questions "
+                         f"from {', '.join(SURVEY_QUESTIONS)}")
+    return tuple(value)
+
+
+def _alerts(raw: dict[str, Any], env: Mapping[str, str], where: Path
+            ) -> tuple[float, int, str | None]:
+    alerts = _mapping(raw, "alerts", where)
+    unknown = sorted(set(alerts) - {"factor", "minimum", "webhook"})
+    if unknown:
+        raise ValueError(f"{where}: unknown `alerts` key(s) {', '.join(unknown)}; "
+                         "known: factor, minimum, webhook")
+    factor, minimum = alerts.get("factor", 3.0), alerts.get("minimum", 20)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise ValueError(f"{where}: `alerts.factor` must be a number above 1, got {factor!r}")
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise ValueError(f"{where}: `alerts.minimum` must be a whole number of at least 1, "
+                         f"got {minimum!r}")
+    webhook = env.get("PARLEY_ALERT_WEBHOOK") or alerts.get("webhook") or None
+    if webhook is not None and (not isinstance(webhook, str)
+                                or not webhook.startswith(("http://", "https://"))):
+        raise ValueError(f"{where}: `alerts.webhook` must be an http(s) URL, got {webhook!r}")
+    return float(factor), minimum, webhook
+
+
 def _sqlite_relative_to(url: str, root: Path) -> str:
     """`sqlite:///var/x.db` in a settings file means var/x.db in the project."""
     prefix = "sqlite:///"
@@ -196,6 +235,7 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
     database_url = env.get("PARLEY_DATABASE_URL") or (
         _sqlite_relative_to(str(raw["database_url"]), root) if raw.get("database_url")
         else f"sqlite:///{var_dir / 'parley.db'}")
+    spike_factor, spike_minimum, alert_webhook = _alerts(raw, env, path)
     return Settings(
         project_root=root,
         brand=str(raw.get("brand") or ""),
@@ -217,4 +257,9 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         lease_seconds=_positive(env, "PARLEY_LEASE_SECONDS", 30.0),
         turns_in_flight=int(_positive(env, "PARLEY_TURNS_IN_FLIGHT", 4)),
         request_max_bytes=int(_positive(env, "PARLEY_REQUEST_MAX_BYTES", 1024 * 1024)),
+        survey=_survey(raw, path),
+        spike_factor=spike_factor,
+        spike_minimum=spike_minimum,
+        alert_webhook=alert_webhook,
+        alert_secret=env.get("PARLEY_ALERT_SECRET") or None,
     )

@@ -134,6 +134,16 @@ class Collector(CollectingOutputChannel):
     def name(self) -> str:  # type: ignore[override]
         return self._channel
 
+    async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
+        """Keep which writer-owned reply each message came from (Rasa passes it in
+        the message's metadata, then drops it), for the transcript and analytics."""
+        first = len(self.messages)
+        reply_name = message.get("utter_action")
+        await super().send_response(recipient_id, message)
+        if isinstance(reply_name, str):
+            for collected in self.messages[first:]:
+                collected["utter_action"] = reply_name
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body of a streamed route, refused (413) from its Content-Length before

@@ -137,11 +137,14 @@ def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], deli
         ticket = handoff.open_ticket(session, conv_id)
         held = ticket is not None and ticket.status == "assigned"
         for reply in replies:
-            payload = {k: v for k, v in reply.items() if k not in {"text", "recipient_id"}}
+            payload = {k: v for k, v in reply.items()
+                       if k not in {"text", "recipient_id", "utter_action"}}
+            reply_name = reply.get("utter_action")
             add_message(session, conv_id, "bot", reply.get("text") or "",
                         ticket_id=ticket.id if ticket else None, payload=payload or None,
                         delivery="none" if held else delivery, reply_to=message.id,
-                        delivery_error=WITHHELD if held else None)
+                        delivery_error=WITHHELD if held else None,
+                        reply_name=reply_name if isinstance(reply_name, str) else None)
         conversation = session.get(Conversation, conv_id)
         assert conversation is not None
         if replies and ticket is None and conversation.rating_state == "pending":

@@ -15,8 +15,18 @@ from sanic.exceptions import NotFound, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.bot import contract, handoff, responses, supervision
-from parley.bot.desk import library, live, login, pages, tickets, users
+from parley.bot import contract, handoff, metrics, responses, supervision
+from parley.bot.desk import (
+    alerts,
+    analytics,
+    library,
+    live,
+    login,
+    pages,
+    surveys,
+    tickets,
+    users,
+)
 from parley.bot.desk.errors import BadRequest
 from parley.bot.responses.channels import LANGUAGES
 from parley.bot.storage import off_loop
@@ -24,7 +34,7 @@ from parley.bot.storage import off_loop
 MAX_BODY = 64 * 1024
 FOLLOW_UP_CHECK_SECONDS = 60.0
 PAGES = ("login.html", "desk.html", "desk.js", "desk.css", "library.html", "library.js",
-         "common.js")
+         "common.js", "alerts.js")
 
 
 def _page(name: str) -> str:
@@ -62,8 +72,9 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         app.ctx.last_error = repr(exc)  # logged by Sanic; never echoed to the caller
         return response.json({"error": "internal error"}, status=500)
 
-    for module in (pages, login, users, tickets, live, library):
+    for module in (pages, login, users, tickets, live, library, analytics, alerts, surveys):
         app.blueprint(module.bp)
+    metrics.install(app, "desk")
 
     async def follow_up_tick() -> bool:
         """Optional per deployment (PARLEY_FOLLOWUP_HOURS, 0 = off). The text is

@@ -1,0 +1,2 @@
+// Inbound spike banner (placeholder: being built).
+"use strict";

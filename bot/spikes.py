@@ -1,0 +1,3 @@
+"""Inbound spike alerts (placeholder: being built)."""
+
+from __future__ import annotations
