@@ -20,6 +20,26 @@ import yaml
 from parley.bot.settings import Settings, load_settings
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# The words the descriptions use, per reply language (`responses.channels.LANGUAGES`);
+# an unknown language gets English.
+WORDS: dict[str, dict[str, Any]] = {
+    "en": {"days": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+           "months": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                      "Nov", "Dec"),
+           "zone": "({zone} time)", "never": "by appointment", "asap": "as soon as possible",
+           "today": "today at {clock}", "tomorrow": "tomorrow at {clock}",
+           "on": "{day} {date} {month} at {clock}"},
+    "pt": {"days": ("seg", "ter", "qua", "qui", "sex", "sáb", "dom"),
+           "months": ("jan", "fev", "mar", "abr", "mai", "jun", "jul", "ago", "set", "out",
+                      "nov", "dez"),
+           "zone": "(hora de {zone})", "never": "por marcação", "asap": "assim que possível",
+           "today": "hoje às {clock}", "tomorrow": "amanhã às {clock}",
+           "on": "{day} {date} {month} às {clock}"},
+}
+
+
+def words(language: str) -> dict[str, Any]:
+    return WORDS.get(language) or WORDS["en"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +71,10 @@ class SupportHours:
                     return candidate
         return None
 
-    def describe_week(self) -> str:
-        """E.g. 'Mon–Fri 09:00–18:00, Sat 10:00–14:00 (Europe/Lisbon time)'."""
+    def describe_week(self, language: str = "en") -> str:
+        """E.g. 'Mon–Fri 09:00–18:00, Sat 10:00–14:00 (Europe/Lisbon time)', in the
+        reply's language ('seg–sex 09:00–18:00, … (hora de Europe/Lisbon)')."""
+        w = words(language)
         groups: list[tuple[list[int], str]] = []
         for day in range(7):
             hours = ", ".join(f"{a:%H:%M}–{b:%H:%M}" for a, b in sorted(self.weekly.get(day, [])))
@@ -61,24 +83,27 @@ class SupportHours:
             elif hours:
                 groups.append(([day], hours))
         if not groups:
-            return "by appointment"
-        parts = [(DAYS[d[0]].title() if len(d) == 1 else
-                  f"{DAYS[d[0]].title()}–{DAYS[d[-1]].title()}") + f" {hours}"
+            return str(w["never"])
+        days = w["days"]
+        parts = [(days[d[0]] if len(d) == 1 else f"{days[d[0]]}–{days[d[-1]]}") + f" {hours}"
                  for d, hours in groups]
-        return f"{', '.join(parts)} ({self.timezone.key} time)"
+        return f"{', '.join(parts)} " + w["zone"].format(zone=self.timezone.key)
 
-    def describe_opening(self, when: datetime) -> str:
-        """E.g. 'today at 09:00', 'tomorrow at 09:00', 'Mon 27 Apr at 09:00' (local time)."""
+    def describe_opening(self, when: datetime, language: str = "en") -> str:
+        """E.g. 'today at 09:00', 'tomorrow at 09:00', 'Mon 27 Apr at 09:00' (local
+        time), in the reply's language ('amanhã às 09:00')."""
+        w = words(language)
         opening = self.next_opening(when)
         if opening is None:
-            return "as soon as possible"
+            return str(w["asap"])
         today = when.astimezone(self.timezone).date()
         clock = opening.strftime("%H:%M")
         if opening.date() == today:
-            return f"today at {clock}"
+            return str(w["today"]).format(clock=clock)
         if opening.date() == today + timedelta(days=1):
-            return f"tomorrow at {clock}"
-        return f"{opening.strftime('%a %d %b')} at {clock}"
+            return str(w["tomorrow"]).format(clock=clock)
+        return str(w["on"]).format(day=w["days"][opening.weekday()], date=f"{opening.day:02d}",
+                                   month=w["months"][opening.month - 1], clock=clock)
 
 
 def _parse_interval(text: str, where: str) -> tuple[time, time]:

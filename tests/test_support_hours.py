@@ -53,6 +53,20 @@ def test_next_opening_and_how_it_is_said(hours) -> None:
     assert hours.next_opening(utc(2026, 11, 30, 10, 0)) == utc(2026, 11, 30, 10, 0)
 
 
+def test_hours_are_said_in_the_conversations_language(hours) -> None:
+    """A Portuguese reply gets Portuguese days and words, not English inside it."""
+    assert hours.describe_opening(utc(2026, 11, 27, 19, 0), "pt") == "amanhã às 10:00"
+    assert hours.describe_opening(utc(2026, 11, 28, 15, 0), "pt") == "seg 30 nov às 09:00"
+    assert hours.describe_opening(utc(2026, 11, 30, 7, 0), "pt") == "hoje às 09:00"
+    assert hours.describe_week() == ("Mon–Thu 09:00–18:00, Fri 09:00–12:30, 13:30–18:00, "
+                                     "Sat 10:00–14:00 (Europe/Lisbon time)")
+    assert hours.describe_week("pt") == ("seg–qui 09:00–18:00, sex 09:00–12:30, 13:30–18:00, "
+                                         "sáb 10:00–14:00 (hora de Europe/Lisbon)")
+    closed = support_hours.parse({"timezone": "UTC", "weekly": {}})
+    assert closed.describe_week("pt") == "por marcação"
+    assert closed.describe_opening(utc(2026, 1, 1), "pt") == "assim que possível"
+
+
 def test_never_open_has_no_next_opening() -> None:
     closed = support_hours.parse({"timezone": "UTC", "weekly": {}})
     assert closed.next_opening(utc(2026, 1, 1)) is None
@@ -81,3 +95,14 @@ def test_the_demo_projects_hours_load_with_its_contact_channels() -> None:
     shipped = support_hours.current(load_settings(env={}, root=PROJECT_ROOT))
     assert {"email", "phone", "webchat"} <= set(shipped.channels)
     assert shipped.weekly
+
+
+def test_a_portuguese_reply_gets_its_hours_in_portuguese(db_url: str) -> None:
+    """The library's `{support_hours}` is filled in the reply's own language."""
+    from parley.bot import responses
+
+    english = responses.render("utter_support_hours", "telegram", "en", database_url=db_url)["text"]
+    portuguese = responses.render("utter_support_hours", "telegram", "pt", database_url=db_url)["text"]
+    assert "Mon–Fri" in english and "time)" in english
+    assert "seg–sex" in portuguese and "hora de Europe/Lisbon" in portuguese
+    assert "Mon" not in portuguese and "time)" not in portuguese

@@ -12,6 +12,7 @@ from rasa_sdk.types import DomainDict
 
 from parley.bot import agents, contract, handoff
 from parley.bot.queue_messages import handoff_reply
+from parley.bot.responses.channels import language_code
 from parley.bot.storage import off_loop
 
 AGENT_KEYWORD = re.compile(r"(?<!\w)agent(?!\w)", re.IGNORECASE)
@@ -83,7 +84,9 @@ async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker,
                    reason: str) -> list[EventType]:
     """Queue the conversation and tell the customer their place (or the hours)."""
     place = await off_loop(_escalate, tracker, reason)  # off the event loop
-    response, values = handoff_reply(place)
+    metadata = tracker.latest_message.get("metadata") or {}
+    response, values = handoff_reply(place, language=language_code(
+        metadata.get("language") or tracker.get_slot("language")))
     dispatcher.utter_message(response=response, **values)
     return [SlotSet(contract.REASON_SLOT, reason)]
 

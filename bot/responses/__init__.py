@@ -16,9 +16,9 @@ from typing import Any
 from parley.bot import support_hours
 
 
-def _hours() -> dict[str, str]:
+def _hours(language: str) -> dict[str, str]:
     hours = support_hours.current()
-    return {"support_hours": hours.describe_week(),
+    return {"support_hours": hours.describe_week(language),
             "support_email": hours.channels.get("email", ""),
             "support_phone": hours.channels.get("phone", ""),
             "support_webchat": hours.channels.get("webchat", "")}
@@ -28,10 +28,12 @@ def _hours() -> dict[str, str]:
 ANONYMOUS_CHANNELS = {"webchat", "rest", ""}
 
 
-def conversation_values(display_name: str | None = None, channel: str = "") -> dict[str, str]:
-    """Placeholders any reply may use, whoever sends it."""
+def conversation_values(display_name: str | None = None, channel: str = "",
+                        language: str = "en") -> dict[str, str]:
+    """Placeholders any reply may use, whoever sends it, in the reply's language."""
     first = "" if channel in ANONYMOUS_CHANNELS else (display_name or "").strip().split(" ")[0]
-    return {"first_name": first or "there", **_hours()}
+    return {"first_name": first or ("cliente" if language == "pt" else "there"),
+            **_hours(language)}
 
 
 def render(name: str, channel: str = "", language: str = "", database_url: str | None = None,
@@ -47,5 +49,7 @@ def render(name: str, channel: str = "", language: str = "", database_url: str |
     if not variations:
         raise KeyError(f"no reply named {name!r} in the reply library")
     chosen = variants.choose(variations, channel, language, {},
-                             {**conversation_values(display_name, channel), **values})
+                             {**conversation_values(display_name, channel,
+                                                    language or variants.DEFAULT_LANGUAGE),
+                              **values})
     return chosen or {"text": ""}

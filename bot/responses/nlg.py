@@ -48,8 +48,7 @@ class LibraryNLG(TemplatedNaturalLanguageGenerator):
             return None
         metadata = (tracker.latest_message.metadata if tracker.latest_message else None) or {}
         slots = tracker.current_slot_values()
-        values = {**conversation_values(metadata.get("display_name"), output_channel), **slots,
-                  **{k: v for k, v in kwargs.items() if v is not None}}
-        return variants.choose(variations, output_channel,
-                               language_code(metadata.get("language") or slots.get("language")),
-                               slots, values)
+        language = language_code(metadata.get("language") or slots.get("language"))
+        values = {**conversation_values(metadata.get("display_name"), output_channel, language),
+                  **slots, **{k: v for k, v in kwargs.items() if v is not None}}
+        return variants.choose(variations, output_channel, language, slots, values)
