@@ -3,7 +3,8 @@
 `python -m rasa_sdk` listens on every interface and runs any action for whoever reaches
 its port, and Parley's actions open tickets and read orders. This runs the same Rasa SDK
 app (`rasa_sdk.endpoint.create_app`) on `PARLEY_HOST` only, and answers nothing but
-`GET /health` unless the request carries the secret the Rasa server sends
+`GET /health` and `GET /metrics` (`parley.bot.metrics`: numbers, no data) unless the
+request carries the secret the Rasa server sends
 (`X-Parley-Action-Token`, set through `headers:` under `action_endpoint` in
 endpoints.yml). Without a secret in `PARLEY_ACTION_TOKEN` it does not start at all:
 an open action server must be a choice, not an accident.
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hmac
+import json
 import logging
 import os
 import sys
+import time
 import types
+import zlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # Sanic loads only in the server itself, not in `parley` commands
@@ -27,26 +31,30 @@ if TYPE_CHECKING:  # Sanic loads only in the server itself, not in `parley` comm
 
 TOKEN_ENV = "PARLEY_ACTION_TOKEN"
 TOKEN_HEADER = "X-Parley-Action-Token"
+OPEN_ROUTES = {("GET", "/health"), ("GET", "/metrics")}
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(actions: str | types.ModuleType, token: str,
                cors_origins: str | list[str] | None = None, auto_reload: bool = False) -> Sanic:
-    """Rasa SDK's app with every route but `GET /health` behind the token."""
+    """Rasa SDK's app with every route but `GET /health` and `/metrics` behind the token."""
     if not token.strip():
         raise ValueError(f"{TOKEN_ENV} is empty: refusing to run an open action server")
     from rasa_sdk.endpoint import create_app as sdk_app
     from sanic import response
 
+    from parley.bot import metrics
+
     app = sdk_app(actions, cors_origins=cors_origins, auto_reload=auto_reload)
     expected = token.encode()
 
     async def require_token(request: Request) -> HTTPResponse | None:
-        if request.method == "GET" and request.path == "/health":
+        if (request.method, request.path) in OPEN_ROUTES:
             return None
         given = request.headers.get(TOKEN_HEADER, "").encode()
         if hmac.compare_digest(given, expected):
+            request.ctx.parley_started = time.perf_counter()
             return None
         logger.warning("refused %s %s from %s: missing or wrong %s", request.method,
                        request.path, request.ip, TOKEN_HEADER)
@@ -60,9 +68,34 @@ def create_app(actions: str | types.ModuleType, token: str,
             app.request_middleware.remove(require_token)
         app.request_middleware.appendleft(require_token)
 
+    async def count_action(request: Request, resp: HTTPResponse) -> None:
+        started = getattr(request.ctx, "parley_started", None)  # set for Rasa's calls only
+        if started is not None and request.path == "/webhook":
+            metrics.action_ran(_action_name(request, resp.status), resp.status,
+                               time.perf_counter() - started)
+
     put_first()
     app.register_listener(put_first, "before_server_start")
+    app.register_middleware(count_action, "response")
+    metrics.install(app, "actions")
     return app
+
+
+def _action_name(request: Request, status: int) -> str:
+    """The action Rasa asked for: a label, so only names the server knows (a 404 is
+    "unknown") and never an error. The SDK already parsed a plain body (Sanic keeps
+    it); a compressed one (Rasa's opt-in) is read again."""
+    if status == 404:
+        return "unknown"
+    try:
+        if request.headers.get("Content-Encoding") == "deflate":
+            call = json.loads(zlib.decompress(request.body))
+        else:
+            call = request.json
+        name = call.get("next_action")
+    except Exception:  # (a body the SDK refused too: counted, not named)
+        return "unknown"
+    return name[:100] if isinstance(name, str) and name else "unknown"
 
 
 def _fail(message: str) -> int:

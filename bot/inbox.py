@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from parley.bot import inbox_sql
-from parley.bot.conversations import Conversation, Message, message_values
+from parley.bot import inbox_sql, metrics
+from parley.bot.conversations import Conversation, Message, channel_of, message_values
 from parley.bot.storage import session_scope, utcnow
 
 PENDING = ("received", "processing")
@@ -53,11 +53,13 @@ def store(conversation_id: str, text: str, *, platform_message_id: str | None = 
                          delivery="none", platform_message_id=platform_message_id,
                          inbox_state="received")
     try:
-        return inbox_sql.store_inbound(conversation_id, display_name, row, database_url)
+        message_id = inbox_sql.store_inbound(conversation_id, display_name, row, database_url)
     except IntegrityError:
         if platform_message_id:
             return None
         raise
+    metrics.message_in(channel_of(conversation_id))
+    return message_id
 
 
 def claim(channel: str, owner: str, lease_seconds: float, limit: int,
@@ -207,6 +209,14 @@ def replies_to(message_id: int, database_url: str | None = None) -> list[dict[st
             select(Message).where(Message.reply_to == message_id, Message.delivery == "sync")
             .order_by(Message.id)).scalars()
         return [{"id": m.id, "text": m.text, **(m.payload or {})} for m in rows]
+
+
+def sync_replies(message_id: int, database_url: str | None = None) -> int:
+    """How many messages answer this one in the webhook's response (`/metrics`)."""
+    with session_scope(database_url) as session:
+        return int(session.execute(
+            select(func.count()).select_from(Message)
+            .where(Message.reply_to == message_id, Message.delivery == "sync")).scalar() or 0)
 
 
 def counts(database_url: str | None = None) -> dict[str, int]:

@@ -10,7 +10,8 @@ verified, the payload's shape, parsing into `Inbound`, and one send.
              marked sent once the platform accepted (retry, or fail with a reason)
 
 Every loop is supervised (`parley.bot.supervision`); GET `/webhooks/<channel>/health`
-reports their last good tick. No database call runs on the event loop.
+reports their last good tick. The channels' blueprint also brings the Rasa server its
+GET `/metrics` (`parley.bot.metrics`). No database call runs on the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -33,7 +35,7 @@ from sanic.response import HTTPResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from parley.bot import inbox, language, outbox, supervision
+from parley.bot import inbox, language, metrics, outbox, supervision
 from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.settings import load_settings
@@ -165,6 +167,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return request.body
 
 
+class ChannelBlueprint(Blueprint):
+    """A channel's routes, which also serve GET `/metrics` on the Rasa server: Rasa
+    mounts each channel under /webhooks/<name>/ and has no plug point for a route of
+    the server's own, but registers every channel's blueprint on its app (once per
+    app, whatever the number of channels) before the server starts."""
+
+    def register(self, app: Any, options: dict[str, Any]) -> None:
+        super().register(app, options)
+        metrics.install(app, "rasa")
+
+
 class ParleyInput(InputChannel):
     """A Rasa input channel on Parley's durable path. Subclasses set `name()` and
     implement `verify`, `parse` and (unless `delivery` is "sync") `deliver`."""
@@ -222,8 +235,9 @@ class ParleyInput(InputChannel):
         return response.json({"ok": True})
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
-        hook = Blueprint(f"{self.name()}_webhook", __name__)
+        hook = ChannelBlueprint(f"{self.name()}_webhook", __name__)
         self.workers = ChannelWorkers(self, on_new_message)
+        metrics.prepare_channel(self.name(), sends=self.delivery == "push")
         settings = load_settings()
 
         @hook.listener("before_server_start")
@@ -348,16 +362,24 @@ class ChannelWorkers:
             # The conversation's language first: the gate's notices and the turn use it.
             spoken = await off_loop(language.for_turn, pending)
             decision = await off_loop(gate.route, pending, OWNER, delivery)
+            ours = decision.route != "lost"  # else another worker answers, and counts
             if decision.route == "bot":
                 await self.channel.before_turn(pending)
                 collector = Collector(self.name)
+                message = UserMessage(
+                    pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
+                    input_channel=self.name,
+                    metadata={"display_name": pending.display_name, "language": spoken})
                 async with self.turns:
-                    await TURNS.run(TURN_TIMEOUT, rasa_turn(self.on_new_message, UserMessage(
-                        pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
-                        input_channel=self.name,
-                        metadata={"display_name": pending.display_name,
-                                  "language": spoken})))
-                await off_loop(gate.finish_bot, pending, OWNER, collector.messages, delivery)
+                    started = time.perf_counter()
+                    try:
+                        await TURNS.run(TURN_TIMEOUT, rasa_turn(self.on_new_message, message))
+                    finally:
+                        metrics.turn_took(self.name, time.perf_counter() - started)
+                ours = await off_loop(gate.finish_bot, pending, OWNER, collector.messages,
+                                      delivery)
+            if delivery == "sync" and ours:
+                await self._count_answer(pending)
         except Exception as exc:
             error = f"{exc.__class__.__name__}: {exc}"
             logger.exception("processing message %s of %s failed", pending.id,
@@ -369,6 +391,15 @@ class ChannelWorkers:
             if done is not None:
                 done.set()
             self.outbox_wake.set()
+
+    async def _count_answer(self, pending: Pending) -> None:
+        """Messages out on a channel that answers in the webhook's response (the web
+        chat): what answers this message, counted before the webhook is woken."""
+        try:
+            metrics.messages_out(self.name, await off_loop(inbox.sync_replies, pending.id))
+        except Exception as exc:  # (the message is answered: a count never undoes that)
+            logger.warning("metrics: could not count the answer to %s: %s", pending.id,
+                           exc.__class__.__name__)
 
     async def wait_finished(self, message_id: int, timeout: float) -> bool:
         """Until the message is answered or routed (by this process or another)."""
@@ -425,12 +456,19 @@ class ChannelWorkers:
         except Retryable as exc:
             logger.info("%s send to %s will be retried: %s", self.name, send.conversation_id,
                         exc)
-            await off_loop(outbox.retry_later, send, OWNER, str(exc), exc.retry_after)
+            metrics.send_failed(self.name, "retryable")
+            gave_up = await off_loop(outbox.retry_later, send, OWNER, str(exc), exc.retry_after)
+            if gave_up:
+                metrics.send_failed(self.name, "permanent")
+            else:
+                metrics.send_retried(self.name)
             return False
         except Exception as exc:  # (permanent: shown to agents)
             reason = self.channel.refusal(exc)
             logger.warning("%s send to %s failed: %s", self.name, send.conversation_id, reason)
+            metrics.send_failed(self.name, "permanent")
             await off_loop(outbox.failed, send, OWNER, reason)
             return True
+        metrics.messages_out(self.name)  # before `sent` commits: whoever sees it sent sees this
         await off_loop(outbox.sent, send.id, OWNER)
         return True

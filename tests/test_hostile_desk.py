@@ -515,7 +515,8 @@ def path_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> tu
 
 QUERY_KEYS = {"/api/tickets": ["status"], "/api/canned": ["q", "ticket"],
               "/api/library/replies": ["q"], "/login": ["failed"],
-              "/api/library/revisions/<revision_id:int>/diff": ["against"]}
+              "/api/library/revisions/<revision_id:int>/diff": ["against"],
+              "/api/alerts": ["limit"]}
 
 
 def query_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> str:
