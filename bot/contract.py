@@ -19,8 +19,13 @@ QUEUE_UPDATE_AFTER_HOURS = "utter_queue_update_after_hours"
 BACK_TO_BOT = "utter_back_to_bot"
 AGENT_JOINED = "utter_agent_joined"
 HANDOFF_RESOLVED = "utter_handoff_resolved"
-ASK_RATING = "utter_ask_rating"
-RATING_THANKS = "utter_rating_thanks"
+# The satisfaction survey (`parley.bot.survey`): one reply per question, then thanks.
+SURVEY_ANSWER = "utter_survey_answer"
+SURVEY_TIME = "utter_survey_time"
+SURVEY_AGENT = "utter_survey_agent"
+SURVEY_IMPROVE = "utter_survey_improve"
+SURVEY_THANKS = "utter_survey_thanks"
+SURVEY_SKIP = "skip"  # the payload of the free-text question's skip button
 FOLLOW_UP = "utter_follow_up"
 ASK_REPHRASE = "utter_ask_rephrase"
 FALLBACK_HANDOFF = "utter_fallback_handoff"
@@ -61,7 +66,17 @@ def _text(en: str, pt: str, **extra: Any) -> tuple[dict[str, Any], ...]:
     return ({"text": en, **extra}, {"text": pt, **extra, "metadata": {"language": "pt"}})
 
 
-_RATING_BUTTONS = [{"title": str(n), "payload": str(n)} for n in range(1, 6)]
+def _scale(en: str, pt: str) -> tuple[dict[str, Any], ...]:
+    """A 1-5 survey question: the score is the payload, so typing "4" is the same
+    as pressing it; WhatsApp shows five options as a list."""
+    return ({"text": en, "buttons": _SCALE_EN},
+            {"text": pt, "buttons": _SCALE_PT, "metadata": {"language": "pt"}})
+
+
+_SCALE_EN = [{"title": title, "payload": str(n)} for n, title in enumerate(
+    ("😞 1 Very poor", "🙁 2 Poor", "😐 3 OK", "🙂 4 Good", "😀 5 Excellent"), 1)]
+_SCALE_PT = [{"title": title, "payload": str(n)} for n, title in enumerate(
+    ("😞 1 Muito mau", "🙁 2 Mau", "😐 3 Razoável", "🙂 4 Bom", "😀 5 Excelente"), 1)]
 
 REPLIES: tuple[RequiredReply, ...] = (
     RequiredReply(HANDOFF_QUEUED, "a conversation joins the queue in support hours", _text(
@@ -100,12 +115,25 @@ REPLIES: tuple[RequiredReply, ...] = (
         "a person again.",
         "{agent_name} devolveu a conversa ao assistente. Pergunte o que quiser, ou escreva "
         "AGENT para voltar a falar com uma pessoa.")),
-    RequiredReply(ASK_RATING, "after the bot's first answer following a resolved handoff",
-                  _text("How was your chat with our team? Rate it from 1 (poor) to 5 (great).",
-                        "Como correu a conversa com a nossa equipa? Dê uma nota de 1 (má) "
-                        "a 5 (ótima).", buttons=_RATING_BUTTONS)),
-    RequiredReply(RATING_THANKS, "the customer answered the rating question", _text(
-        "Thank you for rating us {rating}/5! 🙏", "Obrigado pela nota {rating}/5! 🙏")),
+    RequiredReply(SURVEY_ANSWER, "survey: after a resolved conversation, if asked", _scale(
+        "How happy are you with the answer you got? From 1 (very poor) to 5 (excellent).",
+        "Qual a sua satisfação com a resposta que recebeu? De 1 (muito mau) a 5 "
+        "(excelente).")),
+    RequiredReply(SURVEY_TIME, "survey: the time it took, if asked", _scale(
+        "How happy are you with the time it took? From 1 (very poor) to 5 (excellent).",
+        "Qual a sua satisfação com o tempo que demorou? De 1 (muito mau) a 5 (excelente).")),
+    RequiredReply(SURVEY_AGENT, "survey: the agent's help, when a person handled it", _scale(
+        "How well did {agent_name} help you? From 1 (very poor) to 5 (excellent).",
+        "Como avalia a ajuda de {agent_name}? De 1 (muito mau) a 5 (excelente).")),
+    RequiredReply(SURVEY_IMPROVE, "survey: the optional free-text question", (
+        {"text": "What should we improve? Write it in a message, or tap Skip.",
+         "buttons": [{"title": "Skip", "payload": SURVEY_SKIP}]},
+        {"text": "O que devemos melhorar? Escreva numa mensagem ou toque em Saltar.",
+         "buttons": [{"title": "Saltar", "payload": SURVEY_SKIP}],
+         "metadata": {"language": "pt"}})),
+    RequiredReply(SURVEY_THANKS, "survey: the customer answered the last question", _text(
+        "Thank you for your feedback! 🙏 It helps us get better.",
+        "Obrigado pela sua opinião! 🙏 Ajuda-nos a melhorar.")),
     RequiredReply(FOLLOW_UP, "the customer went quiet after an agent's reply", _text(
         "Just checking in: is everything sorted? Reply here if you still need help.",
         "Está tudo resolvido? Responda aqui se ainda precisar de ajuda.")),

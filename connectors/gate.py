@@ -3,8 +3,9 @@
 Runs in the worker that holds the conversation's lease, once per message, in
 order. The bot (Rasa) answers unless a person owns the conversation: in the queue
 the customer gets their place (`BOT` leaves it); with an agent the bot stays
-silent and the desk sees the message. After a resolved handoff it asks for, and
-takes, a rating. Everything it says goes into the transcript as the channel's
+silent and the desk sees the message. While a satisfaction survey is asking
+(`parley.bot.survey`) it takes the answers, and after the bot's goodbye it may
+start one. Everything it says goes into the transcript as the channel's
 outgoing messages (the outbox, or the web chat's answer).
 """
 
@@ -16,7 +17,16 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from parley.bot import agents, contract, conversations, events, handoff, inbox, responses
+from parley.bot import (
+    agents,
+    contract,
+    conversations,
+    events,
+    handoff,
+    inbox,
+    responses,
+    survey,
+)
 from parley.bot.conversations import Conversation, Message, add_message
 from parley.bot.inbox import Pending
 from parley.bot.outbox import WITHHELD
@@ -26,7 +36,6 @@ from parley.bot.storage import session_scope
 
 Route = Literal["bot", "queue", "agent", "handled", "lost"]
 BOT_KEYWORD = re.compile(r"^\W*bot\W*$", re.IGNORECASE)
-RATING = re.compile(r"^\s*([1-5])\s*(/\s*5)?\s*[.!]?\s*$")
 
 
 @dataclass(frozen=True)
@@ -77,10 +86,11 @@ def route(pending: Pending, owner: str, delivery: str,
         assert message is not None and conversation is not None
         ticket = handoff.open_ticket(session, conv_id)
         if ticket is None:
-            if _take_rating(session, conversation, message, delivery, database_url):
+            if survey.take(session, conversation, message, delivery, database_url):
                 message.inbox_state = "answered"
                 return Decision("handled")
             return Decision("bot")
+        survey.stop_open(session, conv_id)  # a person is on it again
         message.ticket_id = ticket.id
         events.publish(session, "message", ticket_id=ticket.id, conversation_id=conv_id,
                        author="customer", message_id=message.id)
@@ -105,29 +115,14 @@ def route(pending: Pending, owner: str, delivery: str,
     return Decision("handled")
 
 
-def _take_rating(session: Session, conversation: Conversation, message: Message,
-                 delivery: str, database_url: str | None) -> bool:
-    """The answer to the rating question, if this is one; any other text ends asking."""
-    if conversation.rating_state != "asked":
-        return False
-    conversation.rating_state = "none"
-    match = RATING.match(message.text)
-    if match is None or conversation.rating_ticket_id is None:
-        return False
-    score = int(match.group(1))
-    handoff.add_rating(session, conversation.rating_ticket_id, score)
-    _say(session, conversation.id, contract.RATING_THANKS, delivery, message.id,
-         database_url=database_url, rating=score)
-    return True
-
-
 def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], delivery: str,
                database_url: str | None = None) -> bool:
     """Record the bot's replies to this message as outgoing, and the message as
-    answered, in one transaction; after a resolved handoff, follow them with the
-    rating question. If a person took the conversation during the turn the
-    replies are kept in the transcript, withheld. False if another worker took the
-    message over meanwhile (it will answer; we record nothing)."""
+    answered, in one transaction; after the bot's goodbye, follow them with a
+    survey's first question when one is due. If a person took the conversation
+    during the turn the replies are kept in the transcript, withheld. False if
+    another worker took the message over meanwhile (it will answer; we record
+    nothing)."""
     conv_id = pending.conversation_id
     with session_scope(database_url) as session:
         message = session.get(Message, pending.id)
@@ -145,12 +140,12 @@ def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], deli
                         delivery="none" if held else delivery, reply_to=message.id,
                         delivery_error=WITHHELD if held else None,
                         reply_name=reply_name if isinstance(reply_name, str) else None)
-        conversation = session.get(Conversation, conv_id)
-        assert conversation is not None
-        if replies and ticket is None and conversation.rating_state == "pending":
-            conversation.rating_state = "asked"
-            _say(session, conv_id, contract.ASK_RATING, delivery, message.id,
-                 conversation.rating_ticket_id, database_url)
+        if ticket is None:
+            names = [r["utter_action"] for r in replies
+                     if isinstance(r.get("utter_action"), str)]
+            survey.after_bot_answer(session, message, names, delivery, database_url)
+        else:
+            survey.stop_open(session, conv_id)
         message.inbox_state = "answered"
         return True
 

@@ -22,12 +22,12 @@ from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
 from parley.bot.storage import off_loop, utcnow
 from parley.connectors import gate, shapes
-from parley.connectors.base import DeliveryFailed
 from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
     MetaInput,
+    outside_window,
     window,
 )
 from parley.connectors.outbound import Limits, Sender
@@ -148,7 +148,7 @@ class Meta:
         last = await off_loop(conversations.last_customer_at, conversation)
         allowed = window(last, utcnow(), human, human_agent_tag=True)
         if not allowed.allowed:
-            raise DeliveryFailed(f"not sent: {allowed.reason}")
+            raise await outside_window(conversation, f"not sent: {allowed.reason}")
         calls = [lambda p=p: self.graph.post(f"/{self.page_id}/messages", p)
                  for p in self.payloads(recipient, message, allowed.tag)]
         await self.sender.send_all(conversation, calls)

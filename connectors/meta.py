@@ -6,7 +6,8 @@ client, and the messaging windows.
   secret; fixed algorithm, constant-time comparison, 401 on mismatch (never 200).
 - Windows: replies are free within 24 h of the customer's last message; Messenger
   and Instagram let a human agent answer until 7 days with the HUMAN_AGENT tag;
-  bot replies never use a tag.
+  bot replies never use a tag. A send refused for a closed window also expires
+  the conversation's satisfaction survey: none of its questions can go out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.connectors.base import ParleyInput
+from parley.bot import survey
+from parley.bot.storage import off_loop
+from parley.connectors.base import DeliveryFailed, ParleyInput
 from parley.connectors.outbound import Retryable
 from parley.connectors.requests import RejectedRequest
 
@@ -79,6 +82,13 @@ def window(last_customer_at: datetime | None, now: datetime, human: bool,
     if human and human_agent_tag:
         return Window(False, reason="more than 7 days since the customer last wrote")
     return Window(False, reason="more than 24 hours since the customer last wrote")
+
+
+async def outside_window(conversation: str, reason: str) -> DeliveryFailed:
+    """The refusal for a send after the window closed; the survey asking in this
+    conversation (if any) expires with it, so no later question is queued either."""
+    await off_loop(survey.expire_open, conversation)
+    return DeliveryFailed(reason)
 
 
 class MetaError(Exception):

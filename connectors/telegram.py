@@ -21,12 +21,12 @@ from typing import Any
 
 import httpx
 from sanic.request import Request
+from sanic.response import HTTPResponse
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import FloodLimit
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
 
-from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
 from parley.connectors import gate, redact, shapes
@@ -170,12 +170,16 @@ class Telegram:
         await self.sender.send_all(conversation, self._calls(chat_of(conversation), message))
 
     async def acknowledge(self, conversation: str, callback_query_id: str) -> None:
-        await self._init()
+        """Answer a button press; a failure is nothing for the customer (a stale
+        press, Telegram unreachable): logged, never raised."""
         try:
+            await self._init()
             await self.sender.send(conversation, lambda: _call(
                 lambda: self.bot.answer_callback_query(callback_query_id)))
-        except TelegramError as exc:  # a stale button press: nothing for the customer
+        except TelegramError as exc:
             logger.debug("callback answer failed: %s", exc.message)
+        except Retryable as exc:
+            logger.info("callback answer gave up: %s", exc)
 
     async def shutdown(self) -> None:
         if self._initialized:
@@ -204,6 +208,7 @@ class TelegramInput(ParleyInput):
                  max_body_bytes: int = DEFAULT_MAX_BODY, paid_broadcast: bool = False) -> None:
         self.telegram = Telegram(token, api_base_url, paid_broadcast)
         self.webhook_secret = webhook_secret
+        self._acknowledging: set[asyncio.Task[None]] = set()  # referenced until done
         self.max_body_bytes = max_body_bytes
 
     def verify(self, request: Request) -> None:
@@ -216,10 +221,19 @@ class TelegramInput(ParleyInput):
     def parse(self, payload: dict[str, Any]) -> list[gate.Inbound]:
         return parse(payload, self.telegram.bot)
 
-    async def before_turn(self, pending: Pending) -> None:
-        if pending.metadata.get("callback_query_id"):
-            await self.telegram.acknowledge(pending.conversation_id,
-                                            pending.metadata["callback_query_id"])
+    async def answer(self, request: Request, items: list[gate.Inbound]) -> HTTPResponse:
+        """Stored, then each button press answered (Telegram's spinner stops) in
+        the background, whoever answers the press: the bot, or the gate (a survey
+        score, a queue update)."""
+        acknowledged = await super().answer(request, items)
+        for item in items:
+            query = item.metadata.get("callback_query_id")
+            if query:
+                task = asyncio.get_running_loop().create_task(
+                    self.telegram.acknowledge(item.conversation_id, str(query)))
+                self._acknowledging.add(task)
+                task.add_done_callback(self._acknowledging.discard)
+        return acknowledged
 
     async def deliver(self, send: Send) -> None:
         await self.telegram.deliver(send.conversation_id, send.message)

@@ -21,12 +21,12 @@ from parley.bot.outbox import Send
 from parley.bot.responses.channels import CHANNELS
 from parley.bot.storage import off_loop, utcnow
 from parley.connectors import gate, shapes
-from parley.connectors.base import DeliveryFailed
 from parley.connectors.meta import (
     DEFAULT_GRAPH,
     GRAPH_VERSION,
     GraphClient,
     MetaInput,
+    outside_window,
     window,
 )
 from parley.connectors.outbound import Limits, Sender
@@ -126,8 +126,8 @@ class WhatsApp:
         last = await off_loop(conversations.last_customer_at, conversation)
         allowed = window(last, utcnow(), human, human_agent_tag=False)
         if not allowed.allowed:
-            raise DeliveryFailed(
-                f"not sent: {allowed.reason}; WhatsApp needs an approved template message")
+            raise await outside_window(conversation, f"not sent: {allowed.reason}; WhatsApp "
+                                                     "needs an approved template message")
         to = conversation.split(":", 1)[1]
         calls = [lambda p=p: self.graph.post(f"/{self.phone_number_id}/messages", p)
                  for p in payloads(to, message)]

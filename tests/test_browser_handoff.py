@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from parley.bot import agents, handoff
+from parley.bot import agents, survey
 from parley.bot.storage import session_scope
 from tests.conftest import RunningBot, desk_login
 
@@ -70,7 +70,7 @@ def wait_for_row(desk: Page, customer: Page, reason: str):
     return row
 
 
-def test_agent_keyword_claim_reply_resolve_and_rating(
+def test_agent_keyword_claim_reply_resolve_and_survey(
         running_bot: RunningBot, customer: Page, desk: Page) -> None:
     say(customer, "AGENT")
     expect(customer.locator(".msg.bot").last).to_contain_text("number 1 in the queue")
@@ -100,14 +100,27 @@ def test_agent_keyword_claim_reply_resolve_and_rating(
     expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
     expect(desk.locator("#tickets tr", has_text=visitor_name(customer))).to_have_count(0)
 
-    say(customer, "how long does shipping take?")
-    expect(customer.locator(".msg.bot", has_text="Standard shipping")).to_be_visible()
-    expect(customer.locator(".msg.bot").last).to_contain_text("Rate it from 1")
-    customer.locator(".buttons button", has_text="5").click()
-    expect(customer.locator(".msg.bot").last).to_contain_text("5/5")
+    # The satisfaction survey follows the hand-back: buttons, then a line of text.
+    expect(customer.locator(".msg.bot").last).to_contain_text("How happy are you with the answer")
+    customer.locator(".buttons button", has_text="5 Excellent").click()
+    expect(customer.locator(".msg.bot").last).to_contain_text("the time it took")
+    customer.locator(".buttons button", has_text="4 Good").click()
+    expect(customer.locator(".msg.bot").last).to_contain_text("How well did Ana help you?")
+    customer.locator(".buttons button", has_text="5 Excellent").click()
+    expect(customer.locator(".msg.bot").last).to_contain_text("What should we improve?")
+    say(customer, "Quicker first replies")
+    expect(customer.locator(".msg.bot").last).to_contain_text("Thank you for your feedback")
+    # The agent sees the answers on the ticket.
+    expect(desk.locator("#survey")).to_contain_text("Quicker first replies")
+    expect(desk.locator("#survey")).to_contain_text("4/5")
     with session_scope(running_bot.database_url) as s:
-        scores = s.execute(select(handoff.Rating.score)).scalars().all()
-    assert 5 in scores
+        answered = s.execute(select(survey.SurveyAnswer.question, survey.SurveyAnswer.score)
+                             .order_by(survey.SurveyAnswer.id)).all()
+    assert [tuple(a) for a in answered][-4:] == [("answer", 5), ("time", 4), ("agent", 5),
+                                                 ("improve", None)]
+
+    say(customer, "how long does shipping take?")  # the bot again, as usual
+    expect(customer.locator(".msg.bot", has_text="Standard shipping")).to_be_visible()
 
 
 def test_two_nonsense_messages_reach_the_desk(running_bot: RunningBot, customer: Page,

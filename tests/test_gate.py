@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from parley.bot import agents, conversations, events, handoff, inbox, support_hours
+from parley.bot import agents, conversations, events, handoff, inbox, support_hours, survey
 from parley.bot.storage import session_scope
 from parley.connectors import gate
 from parley.connectors.gate import Inbound
@@ -65,7 +65,7 @@ def accept(item: Inbound, url: str) -> Routed:
 
 
 def bot_answers(routed: Routed, replies: list[dict], url: str) -> list[dict]:
-    """What a bot turn records; returns the gate's own additions (the rating question)."""
+    """What a bot turn records; returns the gate's own additions (a survey question)."""
     assert routed.pending is not None
     assert gate.finish_bot(routed.pending, OWNER, replies, "sync", url)
     inbox.release(routed.pending.conversation_id, OWNER, url)
@@ -211,35 +211,23 @@ def test_a_worker_that_lost_its_lease_records_nothing(any_db: str, hours_file) -
         "customer", "bot"]
 
 
-def test_rating_is_asked_after_the_next_bot_answer_and_stored(db_url: str,
-                                                              hours_file) -> None:
+def test_a_survey_answer_is_the_gates_and_other_text_the_bots(db_url: str,
+                                                               hours_file) -> None:
+    """After a resolve the gate takes the survey's answers itself; the rest of the
+    survey's flow is in tests/test_survey.py."""
     agent = agents.create_user("ana", "correct horse", database_url=db_url)
     ticket = handoff.escalate("webchat:r1", "intent", database_url=db_url).ticket
     handoff.claim_ticket(ticket.id, agent.id, db_url)
-    handoff.resolve(ticket.id, agent.id, db_url)
-    turn = accept(Inbound("webchat:r1", "how long is shipping"), db_url)
-    assert turn.route == "bot"
-    extra = bot_answers(turn, [{"text": "3-5 days", "recipient_id": "webchat:r1"}], db_url)
-    assert "Rate it from 1" in extra[0]["text"]
-    assert [b["payload"] for b in extra[0]["buttons"]] == ["1", "2", "3", "4", "5"]
-    thanks = accept(Inbound("webchat:r1", "4"), db_url)
-    assert thanks.route == "handled" and "4/5" in thanks.replies[0]["text"]
+    handoff.resolve(ticket.id, agent.id, db_url, agent_name="Ana")
+    answered = accept(Inbound("webchat:r1", "4"), db_url)
+    assert answered.route == "handled" and "the time it took" in answered.replies[0]["text"]
+    assert inbox.state_of(answered.pending.id, db_url) == "answered"
     with session_scope(db_url) as s:
-        assert s.execute(select(handoff.Rating.score)).scalars().all() == [4]
-    again = accept(Inbound("webchat:r1", "5"), db_url)
-    assert again.route == "bot"  # not rated twice
-    assert bot_answers(again, [{"text": "more"}], db_url) == []  # asked once
-
-
-def test_anything_but_a_score_ends_the_rating_question(db_url: str, hours_file) -> None:
-    agent = agents.create_user("ana", "correct horse", database_url=db_url)
-    ticket = handoff.escalate("webchat:r2", "intent", database_url=db_url).ticket
-    handoff.claim_ticket(ticket.id, agent.id, db_url)
-    handoff.resolve(ticket.id, agent.id, db_url)
-    bot_answers(accept(Inbound("webchat:r2", "hi"), db_url), [{"text": "answer"}], db_url)
-    assert accept(Inbound("webchat:r2", "where is my order"), db_url).route == "bot"
-    with session_scope(db_url) as s:
-        assert s.execute(select(handoff.Rating)).first() is None
+        assert s.execute(select(survey.SurveyAnswer.score)).scalars().all() == [4]
+        assert s.execute(select(handoff.Rating)).first() is None  # the old rating: not written
+    moved_on = accept(Inbound("webchat:r1", "where is my order"), db_url)
+    assert moved_on.route == "bot" and moved_on.replies == []
+    assert bot_answers(moved_on, [{"text": "Which one?"}], db_url) == []
 
 
 def test_bot_replies_are_recorded_in_the_transcript(db_url: str, hours_file) -> None:

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from parley.bot import agents, conversations, events, handoff
+from parley.bot import agents, conversations, events, handoff, survey
 from parley.bot.storage import session_scope, utcnow
 
 
@@ -78,7 +78,7 @@ def test_estimate_wait_scales_with_agents() -> None:
     assert handoff.estimate_wait(3, five, 0) == handoff.estimate_wait(3, five, 1)
 
 
-def test_claim_reply_resolve_and_rating(any_db: str) -> None:
+def test_claim_reply_resolve_and_survey(any_db: str) -> None:
     agent = agents.create_user("ana", "correct horse", database_url=any_db)
     ticket = escalate(any_db, "webchat:c").ticket
     claimed = handoff.claim_ticket(ticket.id, agent.id, any_db)
@@ -92,8 +92,10 @@ def test_claim_reply_resolve_and_rating(any_db: str) -> None:
     resolved = handoff.resolve(ticket.id, agent.id, any_db)
     assert resolved.status == "resolved" and resolved.first_reply_at is not None
     assert handoff.owner("webchat:c", any_db) == ("bot", None)
-    with session_scope(any_db) as s:
-        assert s.get(conversations.Conversation, "webchat:c").rating_state == "pending"
+    with session_scope(any_db) as s:  # the satisfaction survey started with the resolve
+        started = s.execute(select(survey.Survey)).scalar_one()
+        assert (started.ticket_id, started.agent_id, started.state) == (
+            ticket.id, agent.id, "asking")
 
 
 def test_illegal_transitions_are_refused(any_db: str) -> None:

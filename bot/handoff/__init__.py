@@ -2,8 +2,9 @@
 
 One module per concept, imported in one direction only:
 `tickets` (tables, states, ownership) <- `queue` (positions, waits) <- `escalation`
-(entering the queue); `commands` (what agents do) and `follow_ups` (check-ins, ratings)
-build on `tickets` alone. Callers keep using `handoff.<name>`: the names are re-exported here.
+(entering the queue); `commands` (what agents do; a resolve starts the survey in
+`parley.bot.survey`) and `follow_ups` (check-ins) build on `tickets`. Callers keep
+using `handoff.<name>`: the names are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from parley.bot.handoff.commands import (
     transfer,
 )
 from parley.bot.handoff.escalation import escalate, hold_externally
-from parley.bot.handoff.follow_ups import add_rating, send_follow_ups
+from parley.bot.handoff.follow_ups import send_follow_ups
 from parley.bot.handoff.queue import (
     DEFAULT_HANDLE_TIME,
     QueuePlace,
@@ -58,7 +59,6 @@ __all__ = [
     "TransitionError",
     "abandon",
     "add_note",
-    "add_rating",
     "agent_reply",
     "claim_ticket",
     "dismiss",

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from parley.bot import events
+from parley.bot import contract, events, responses, survey
 from parley.bot.conversations import Conversation, add_message
 from parley.bot.handoff.tickets import (
     OPEN,
@@ -21,6 +21,7 @@ from parley.bot.handoff.tickets import (
     _held_ticket,
     _transition,
 )
+from parley.bot.responses import channels
 from parley.bot.storage import session_scope, utcnow
 
 
@@ -65,8 +66,12 @@ def transfer(ticket_id: int, from_agent: int, to_agent: int,
         return TicketView.of(ticket)
 
 
-def resolve(ticket_id: int, agent_id: int, database_url: str | None = None) -> TicketView:
-    """Hand back to the bot; the next bot answer is followed by a rating question."""
+def resolve(ticket_id: int, agent_id: int, database_url: str | None = None,
+            agent_name: str | None = None) -> TicketView:
+    """Hand back to the bot and start the satisfaction survey; with `agent_name`,
+    the customer is told first ("Ana has handed you back"). One transaction, so
+    the notice and the survey's first question are queued in that order, or not
+    at all."""
     with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
         if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
@@ -74,9 +79,16 @@ def resolve(ticket_id: int, agent_id: int, database_url: str | None = None) -> T
         _transition(ticket, "resolved")
         ticket.resolved_at = utcnow()
         conversation = session.get(Conversation, ticket.conversation_id)
-        if conversation is not None:
-            conversation.rating_state = "pending"
-            conversation.rating_ticket_id = ticket.id
+        if conversation is not None and agent_name is not None:
+            notice = responses.render(
+                contract.HANDOFF_RESOLVED, channels.of_conversation(conversation.id),
+                channels.language_code(conversation.language), database_url=database_url,
+                display_name=conversation.display_name, agent_name=agent_name)
+            add_message(session, conversation.id, "system", notice.get("text") or "",
+                        ticket_id=ticket.id, delivery="push",
+                        payload={k: v for k, v in notice.items() if k != "text"} or None,
+                        reply_name=contract.HANDOFF_RESOLVED)
+        survey.start_for_ticket(session, ticket, agent_id, database_url)
         events.publish(session, "ticket_resolved", ticket_id=ticket_id,
                        conversation_id=ticket.conversation_id, agent_id=agent_id)
         return TicketView.of(ticket)
@@ -111,7 +123,7 @@ def set_tags(ticket_id: int, tags: list[str], database_url: str | None = None) -
 
 
 def _record(ticket_id: int, agent_id: int, text: str, author: str,
-            database_url: str | None) -> int:
+            database_url: str | None, reply_name: str | None = None) -> int:
     """Replies and notes share a path; only a reply needs the ticket held by its writer."""
     text = text.strip()
     if not text:
@@ -124,16 +136,19 @@ def _record(ticket_id: int, agent_id: int, text: str, author: str,
             ticket.first_reply_at = ticket.first_reply_at or utcnow()
         message = add_message(session, ticket.conversation_id, author, text,
                               ticket_id=ticket_id, agent_id=agent_id,
-                              delivery="push" if author == "agent" else "none")
+                              delivery="push" if author == "agent" else "none",
+                              reply_name=reply_name)
         events.publish(session, "message", ticket_id=ticket_id,
                        conversation_id=ticket.conversation_id, author=author,
                        message_id=message.id)
         return int(message.id)
 
 
-def agent_reply(ticket_id: int, agent_id: int, text: str, database_url: str | None = None) -> int:
-    """Record an agent's reply for the customer's channel to push; returns its id."""
-    return _record(ticket_id, agent_id, text, "agent", database_url)
+def agent_reply(ticket_id: int, agent_id: int, text: str, database_url: str | None = None,
+                reply_name: str | None = None) -> int:
+    """Record an agent's reply for the customer's channel to push; returns its id.
+    `reply_name`: the canned reply it was sent from unchanged (analytics)."""
+    return _record(ticket_id, agent_id, text, "agent", database_url, reply_name)
 
 
 def add_note(ticket_id: int, agent_id: int, text: str, database_url: str | None = None) -> int:

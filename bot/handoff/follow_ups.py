@@ -1,4 +1,8 @@
-"""After an agent has spoken: one check-in when the customer goes quiet, and the rating."""
+"""After an agent has spoken: one check-in when the customer goes quiet.
+
+(The old 1-5 rating is kept in `tickets.Rating` for past data; the satisfaction
+survey, `parley.bot.survey`, replaced it.)
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,10 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from parley.bot import events
 from parley.bot.conversations import Conversation, Message, add_message
-from parley.bot.handoff.tickets import Rating, Ticket
+from parley.bot.handoff.tickets import Ticket
 from parley.bot.responses.channels import language_code
 from parley.bot.storage import session_scope, utcnow
 
@@ -50,10 +53,3 @@ def send_follow_ups(after: timedelta, text: str | Mapping[str, str],
             sent.append(ticket.id)
     return sent
 
-
-def add_rating(session: Session, ticket_id: int, score: int) -> None:
-    """The customer's 1-5 score for a resolved ticket, in the caller's transaction
-    (the gate's, which also records the thanks); anything else skews reports."""
-    if not 1 <= score <= 5:
-        raise ValueError("a rating is 1 to 5")
-    session.add(Rating(ticket_id=ticket_id, score=score, created_at=utcnow()))

@@ -2,7 +2,10 @@
 
 python-telegram-bot is pointed at it through `base_url`. It records every call,
 answers like the Bot API (`{"ok": true, "result": …}`), and can be told to fail
-the next calls with 429 (with `parameters.retry_after`) or 5xx.
+the next calls with 429 (with `parameters.retry_after`) or 5xx. An inline keyboard
+Telegram would refuse (a button without text, `callback_data` outside 1-64 bytes)
+gets Telegram's 400. `press` plays the customer tapping an inline button of a
+message it sent: the `callback_query` update Telegram would POST to the webhook.
 
 A benchmark in another process reads what arrived, and when (`time.monotonic()`,
 one clock for every process on the machine): GET `/_calls` for every message sent
@@ -35,6 +38,22 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float
+    message_id: int | None = None  # what a sendMessage answered with
+
+
+def _bad_keyboard(params: dict[str, Any]) -> str | None:
+    """Telegram's refusal of an inline keyboard, as its 400 describes it, or None."""
+    markup = params.get("reply_markup")
+    if isinstance(markup, str):
+        markup = json.loads(markup)
+    for row in (markup or {}).get("inline_keyboard") or []:
+        for button in row:
+            if not button.get("text"):
+                return "Bad Request: text buttons are unallowed in the inline keyboard"
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                return "Bad Request: BUTTON_DATA_INVALID"
+    return None
 
 
 @dataclass
@@ -68,6 +87,34 @@ class FakeTelegram:
                 self.arrived.wait_for(lambda: len(self.calls) > after, wait)
             return len(self.calls), [c for c in self.calls[after:] if c.method == method]
 
+    def keyboard(self, chat: int) -> tuple[Call, list[dict[str, Any]]]:
+        """The last message sent to `chat` that has an inline keyboard, and its buttons."""
+        for call in reversed(self.sent()):
+            markup = call.params.get("reply_markup")
+            if int(call.params["chat_id"]) == chat and markup:
+                markup = json.loads(markup) if isinstance(markup, str) else markup
+                return call, [b for row in markup["inline_keyboard"] for b in row]
+        raise AssertionError(f"no message with buttons was sent to chat {chat}")
+
+    def press(self, chat: int, title: str, update_id: int) -> dict[str, Any]:
+        """The update Telegram POSTs when the customer taps the button whose text
+        contains `title` on the last keyboard sent to them: a `callback_query`
+        carrying that button's `callback_data` and the message it belongs to."""
+        call, buttons = self.keyboard(chat)
+        button = next((b for b in buttons if title in b["text"]), None)
+        if button is None:
+            raise AssertionError(f"no button {title!r} in {[b['text'] for b in buttons]}")
+        user = {"id": chat, "is_bot": False, "first_name": "Maria"}
+        markup = call.params["reply_markup"]
+        return {"update_id": update_id, "callback_query": {
+            "id": f"{chat}{update_id}", "from": user, "chat_instance": f"ci{chat}",
+            "data": button["callback_data"],
+            "message": {"message_id": call.message_id, "date": int(time.time()),
+                        "chat": {"id": chat, "type": "private", "first_name": "Maria"},
+                        "from": BOT_USER, "text": call.params.get("text", ""),
+                        "reply_markup": json.loads(markup) if isinstance(markup, str)
+                        else markup}}}
+
     def answer(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
             for i, (m, status, retry_after) in enumerate(self.failures):
@@ -79,8 +126,13 @@ class FakeTelegram:
                                      "parameters": {"retry_after": retry_after}}
                     return status, {"ok": False, "error_code": status,
                                     "description": "Bad Gateway"}
-            self.calls.append(Call(method, params, time.monotonic()))
-            self.arrived.notify_all()
+            refused = _bad_keyboard(params) if method == "sendMessage" else None
+            message_id = next(self._ids) if method in {"sendMessage", "sendPhoto"} else None
+            if refused is None:
+                self.calls.append(Call(method, params, time.monotonic(), message_id))
+                self.arrived.notify_all()
+        if refused is not None:
+            return 400, {"ok": False, "error_code": 400, "description": refused}
         if method == "getMe":
             return 200, {"ok": True, "result": BOT_USER}
         if method in {"sendMessage", "sendPhoto"}:
@@ -89,7 +141,7 @@ class FakeTelegram:
                 return 403, {"ok": False, "error_code": 403,
                              "description": "Forbidden: bot was blocked by the user"}
             return 200, {"ok": True, "result": {
-                "message_id": next(self._ids), "date": int(time.time()),
+                "message_id": message_id, "date": int(time.time()),
                 "chat": {"id": chat, "type": "private"}, "from": BOT_USER,
                 **({"text": params.get("text", "")} if method == "sendMessage" else {})}}
         if method in {"answerCallbackQuery", "setWebhook", "deleteWebhook"}:
