@@ -39,8 +39,8 @@ class Conversation(Base):
     id = Column(String(200), primary_key=True)  # "<channel>:<platform id>"
     channel = Column(String(32), nullable=False)
     display_name = Column(String(200), nullable=False, default="")
-    # After a resolved handoff: "pending" (ask after the next bot answer),
-    # "asked" (waiting for 1-5), or "none".
+    # The 1-5 rating before the survey (`parley.bot.survey`) replaced it: kept for
+    # old data, no longer written.
     rating_state = Column(String(16), nullable=False, default="none")
     rating_ticket_id = Column(Integer, nullable=True)
     created_at = Column(UTCDateTime, nullable=False, default=utcnow)
@@ -59,7 +59,9 @@ class Conversation(Base):
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (UniqueConstraint("conversation_id", "platform_message_id"),
-                      Index("ix_messages_outbox", "delivery", "sent_at"))
+                      Index("ix_messages_outbox", "delivery", "sent_at"),
+                      # inbound counts by time (spike alerts)
+                      Index("ix_messages_author_created_at", "author", "created_at"))
 
     id = Column(Integer, primary_key=True, autoincrement=True)
     conversation_id = Column(String(200), ForeignKey("conversations.id"), nullable=False,

@@ -99,7 +99,8 @@ def route(pending: Pending, owner: str, delivery: str,
             return Decision("agent", ticket.id)
         if not BOT_KEYWORD.match(message.text):
             place = handoff.place_of(session, ticket, agents.agents_online(database_url))
-            name, values = update_reply(place)
+            name, values = update_reply(place, language=channels.language_code(
+                conversation.language))
             _say(session, conv_id, name, delivery, message.id, ticket.id, database_url,
                  **values)
             message.inbox_state = "routed"

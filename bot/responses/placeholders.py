@@ -27,7 +27,6 @@ FRAMEWORK: dict[str, tuple[str, str]] = {
     "support_phone": ("`contact: phone` in parley.yml", "+1 555 0100"),
     "support_webchat": ("`contact: webchat` in parley.yml", "example.com/chat"),
     "agent_name": ("the agent who joined or handed back", "Rita"),
-    "rating": ("the score the customer gave", "5"),
 }
 
 
