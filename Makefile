@@ -5,7 +5,7 @@ BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test test-full install train validate parley-check replies-check test-stories pytest browser lint dist clean bench-nlu
+.PHONY: run test test-full install train validate parley-check replies-check test-stories pytest browser lint dist clean bench-nlu bench-analytics
 
 run: train  ## start the bot, the action server and the demo web chat
 	@$(BIN)/parley run
@@ -52,6 +52,9 @@ DATASET ?= ../shared/datasets/clinc150/data_full.json
 BASELINE ?= 1
 bench-nlu: install  ## intent accuracy and out-of-scope detection on DATASET (CLINC150's JSON); BASELINE=0 skips Rasa's default
 	$(PY) -m bench.nlu $(DATASET) --baseline $(BASELINE)
+
+bench-analytics: install  ## each analytics chart's data call over 100,000 seeded messages, SQLite and PostgreSQL
+	$(PY) -m bench.analytics
 
 lint: install
 	$(BIN)/ruff check .

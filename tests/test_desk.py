@@ -27,6 +27,7 @@ ROUTES = {
     ("POST", "/logout"): "any",
     ("GET", "/"): "any",
     ("GET", "/health"): "public",
+    ("GET", "/metrics"): "public",
     ("GET", "/api/me"): "any",
     ("GET", "/api/agents"): "session",
     ("GET", "/api/users"): "admin",
@@ -40,9 +41,15 @@ ROUTES = {
     ("POST", "/api/tickets/<ticket_id:int>/language"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/transfer"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/resolve"): "session",
+    ("GET", "/api/tickets/<ticket_id:int>/survey"): "session",
     ("POST", "/api/tickets/dismiss"): "session",
     ("GET", "/events"): "session",
     ("GET", "/api/canned"): "session",
+    ("GET", "/api/alerts/active"): "any",
+    ("GET", "/api/alerts"): "analytics",
+    ("GET", "/analytics"): "analytics",
+    ("GET", "/api/analytics"): "analytics",
+    ("GET", "/api/analytics/<chart:str>"): "analytics",
     ("GET", "/library"): "writer",
     ("GET", "/api/library/meta"): "writer",
     ("GET", "/api/library/replies"): "writer",
@@ -57,7 +64,8 @@ ROUTES = {
     ("GET", "/api/library/review"): "writer",
 }
 ALLOWED = {"any": {"agent", "writer", "admin"}, "session": {"agent", "admin"},
-           "writer": {"writer", "admin"}, "admin": {"admin"}}
+           "writer": {"writer", "admin"}, "admin": {"admin"},
+           "analytics": {"manager", "admin"}}
 USERS = {"agent": ("ana", "ana-password"), "writer": ("wes", "wes-password"),
          "admin": ("root", "root-password")}
 
@@ -228,7 +236,9 @@ def test_reply_note_tags_transfer_resolve(desk: Desk) -> None:
     done = bo.post(f"/api/tickets/{ticket.id}/resolve", json={},
                    headers={"X-CSRF-Token": bo_csrf})
     assert done.json()["status"] == "resolved"
-    assert "handed you back" in conversations.pushed_after(conv, 0, desk.db)[-1].text
+    notice, question = conversations.pushed_after(conv, 0, desk.db)[-2:]
+    assert "Bo has handed you back" in notice.text  # then the survey, in that order
+    assert question.text.startswith("How happy are you with the answer")
 
 
 def test_an_agent_sets_the_conversations_language(desk: Desk) -> None:

@@ -15,7 +15,7 @@ from sanic.exceptions import NotFound, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from parley.bot import contract, handoff, metrics, responses, supervision
+from parley.bot import alert_webhook, contract, handoff, metrics, responses, spikes, supervision
 from parley.bot.desk import (
     alerts,
     analytics,
@@ -33,8 +33,10 @@ from parley.bot.storage import off_loop
 
 MAX_BODY = 64 * 1024
 FOLLOW_UP_CHECK_SECONDS = 60.0
+SPIKE_CHECK_SECONDS = 60.0
 PAGES = ("login.html", "desk.html", "desk.js", "desk.css", "library.html", "library.js",
-         "common.js", "alerts.js")
+         "common.js", "alerts.js", "analytics.html", "analytics.js", "analytics.css",
+         "chart.umd.js")
 
 
 def _page(name: str) -> str:
@@ -42,7 +44,9 @@ def _page(name: str) -> str:
 
 
 def create_app(database_url: str | None = None, secure_cookies: bool = False,
-               follow_up_hours: float = 0.0) -> Sanic:
+               follow_up_hours: float = 0.0, spike_rule: spikes.Rule | None = None,
+               alert_target: alert_webhook.Target | None = None,
+               spike_check_seconds: float = SPIKE_CHECK_SECONDS) -> Sanic:
     app = Sanic("parley_desk")
     app.config.REQUEST_MAX_SIZE = MAX_BODY
     app.config.FORWARDED_SECRET = None
@@ -90,10 +94,19 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         app.add_task(supervision.supervise("follow-ups", follow_up_tick,
                                            idle=FOLLOW_UP_CHECK_SECONDS))
 
+    async def spike_alerts(_app: Sanic) -> None:
+        """Inbound spikes: the banner and the optional webhook (`parley.bot.spikes`).
+        Started with the server (a function, so an app never run leaves no coroutine)."""
+        await supervision.supervise("spike alerts", alerts.spike_check(
+            spike_rule or spikes.Rule(), alert_target, database_url), idle=spike_check_seconds)
+
+    app.add_task(spike_alerts)
+
     @app.get("/health")
     async def health(_request: Request) -> HTTPResponse:
         """Each background loop's last good tick (no session needed: no data in it)."""
-        report = supervision.report(stale_after=FOLLOW_UP_CHECK_SECONDS * 3)
+        report = supervision.report(
+            stale_after=max(FOLLOW_UP_CHECK_SECONDS, spike_check_seconds) * 3)
         listener = live.listener_health()
         report["loops"]["desk live listener"] = listener.as_json()
         if not listener.ok():

@@ -33,6 +33,9 @@ async def static(request: Request, name: str) -> HTTPResponse:
 @bp.get("/")
 @requires_session(roles=agents.ROLES)
 async def desk(request: Request) -> HTTPResponse:
-    if request.ctx.session.agent.role not in agents.DESK_ROLES:
+    role = request.ctx.session.agent.role
+    if role == "manager":
+        return response.redirect("/analytics")  # managers read the numbers
+    if role not in agents.DESK_ROLES:
         return response.redirect("/library")  # writers work in the reply library
     return response.html(request.app.ctx.pages["desk.html"])

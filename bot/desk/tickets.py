@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from functools import partial
 from typing import Any
 
 from sanic import Blueprint, response
@@ -13,9 +15,11 @@ from parley.bot import agents, contract, conversations, handoff, language, respo
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
 from parley.bot.responses import channels
+from parley.bot.responses.library import library
 from parley.bot.storage import off_loop, utcnow
 
 bp = Blueprint("desk_tickets")
+REPLY_NAME = re.compile(r"utter_[a-z0-9_]{1,94}")  # fits messages.reply_name (100)
 
 
 async def ticket_json(views: list[handoff.TicketView], database_url: str | None
@@ -108,10 +112,23 @@ async def claim(request: Request, ticket_id: int) -> HTTPResponse:
     return response.json((await ticket_json([view], database_url))[0])
 
 
+async def canned_name(request: Request) -> str | None:
+    """The body's optional `reply_name`: the published reply the agent picked and sent
+    unchanged (counted in the analytics)."""
+    name = body_json(request).get("reply_name")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not REPLY_NAME.fullmatch(name) or name not in (
+            await off_loop(library(database_url=request.app.ctx.database_url).current)).replies:
+        raise BadRequest("'reply_name' must name a published reply, such as utter_greet")
+    return name
+
+
 @bp.post("/api/tickets/<ticket_id:int>/reply")
 @requires_session()
 async def reply(request: Request, ticket_id: int) -> HTTPResponse:
-    return await record(request, ticket_id, handoff.agent_reply)
+    name = await canned_name(request)
+    return await record(request, ticket_id, partial(handoff.agent_reply, reply_name=name))
 
 
 @bp.post("/api/tickets/<ticket_id:int>/note")
@@ -169,8 +186,9 @@ async def resolve(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     await held(ticket_id, database_url)
     agent = request.ctx.session.agent
-    view = await off_loop(handoff.resolve, ticket_id, agent.id, database_url)
-    await tell_customer(view, contract.HANDOFF_RESOLVED, agent.display_name, database_url)
+    # The "handed back" notice and the survey's first question, in one transaction.
+    view = await off_loop(handoff.resolve, ticket_id, agent.id, database_url,
+                          agent.display_name)
     return response.json((await ticket_json([view], database_url))[0])
 
 

@@ -46,6 +46,9 @@ class Ticket(Base):
               sqlite_where=text("status IN ('waiting', 'assigned')"),
               postgresql_where=text("status IN ('waiting', 'assigned')")),
         Index("queue_order", "status", "priority", "created_at"),
+        # Analytics: tickets by time, and a conversation's tickets after a reply.
+        Index("ix_tickets_created_at", "created_at"),
+        Index("ix_tickets_conversation_created", "conversation_id", "created_at"),
     )
 
     id = Column(Integer, primary_key=True, autoincrement=True)

@@ -106,6 +106,32 @@ function renderTranscript(lines) {
   list.scrollTop = list.scrollHeight;
 }
 
+// Satisfaction survey (bot/survey.py): what the customer answered about this ticket.
+const SURVEY_QUESTIONS = { answer: "The answer", time: "Time it took", agent: "Agent's help", improve: "To improve" };
+const SURVEY_STATES = { asking: "waiting for answers", done: "finished", expired: "not sent: the platform's window closed", stopped: "stopped: the customer moved on" };
+async function loadSurvey(id) {
+  let box = $("survey");
+  if (!box) {
+    box = el("section", null, "survey");
+    box.id = "survey";
+    document.querySelector("#conversation .context").appendChild(box);
+  }
+  const data = await api("/api/tickets/" + id + "/survey");
+  if (state.current !== id) return;  // another ticket opened meanwhile
+  box.replaceChildren(el("h3", "Survey"));
+  if (!data.surveys.length) { box.append(el("p", "No survey for this ticket.", "muted")); return; }
+  for (const s of data.surveys) {
+    box.append(el("p", SURVEY_STATES[s.state] || s.state, "state"));
+    const dl = el("dl");
+    for (const a of s.answers) {
+      const value = a.score !== null ? el("dd", "★".repeat(a.score) + "☆".repeat(5 - a.score) + " " + a.score + "/5", "score") : el("dd", a.text);
+      dl.append(el("dt", SURVEY_QUESTIONS[a.question] || a.question), value);
+    }
+    if (!s.answers.length) box.append(el("p", "No answers.", "muted"));
+    else box.append(dl);
+  }
+}
+
 async function openTicket(id) {
   state.current = id;
   const data = await api("/api/tickets/" + id);
@@ -120,6 +146,7 @@ async function openTicket(id) {
   renderContext(t);
   renderLanguage(t);
   renderTranscript(data.transcript);
+  act(() => loadSurvey(id));
   renderQueue();
 }
 
@@ -153,14 +180,17 @@ async function showCanned() {
   for (const r of found) {
     const item = el("li");
     item.append(el("span", r.shortcut, "shortcut"), el("span", r.text));
-    item.addEventListener("mousedown", (e) => { e.preventDefault(); useCanned(r.text); });
+    item.dataset.name = r.name;
+    item.addEventListener("mousedown", (e) => { e.preventDefault(); useCanned(r.text, r.name); });
     box.appendChild(item);
   }
   box.hidden = !found.length;
   if (found.length) box.firstChild.classList.add("active");
 }
 
-function useCanned(text) {
+// The picked reply's name goes with the reply if it is sent as picked (analytics).
+function useCanned(text, name) {
+  state.canned = { text, name };
   $("reply").value = text;
   $("canned").hidden = true;
   $("reply").focus();
@@ -172,6 +202,7 @@ async function main() {
   auth.csrf = me.csrf;
   $("logout-csrf").value = me.csrf;
   $("me").textContent = me.display_name + " (" + me.role + ")";
+  $("to-analytics").hidden = me.role !== "admin";
   state.agents = await api("/api/agents");
   const select = $("transfer-to");
   for (const a of state.agents.filter((x) => x.id !== me.id)) {
@@ -197,7 +228,7 @@ async function main() {
     const active = document.querySelector("#canned li.active");
     if (e.key === "Enter" && !$("canned").hidden && active) {
       e.preventDefault();
-      useCanned(active.lastChild.textContent);
+      useCanned(active.lastChild.textContent, active.dataset.name);
     } else if (e.key === "Escape") {
       $("canned").hidden = true;
     }
@@ -208,8 +239,10 @@ async function main() {
     const text = $("reply").value.trim();
     if (!text) return;
     const kind = $("as-note").checked ? "note" : "reply";
+    const picked = kind === "reply" && state.canned && state.canned.text.trim() === text ? state.canned.name : null;
     act(async () => {
-      await api("/api/tickets/" + state.current + "/" + kind, { body: { text } });
+      await api("/api/tickets/" + state.current + "/" + kind, { body: picked ? { text, reply_name: picked } : { text } });
+      state.canned = null;
       $("reply").value = "";
       await openTicket(state.current);
     });

@@ -304,6 +304,10 @@ async function main() {
     await refresh();
   }));
   await refresh();
+  // A link from elsewhere (the analytics) opens one reply: /library?reply=utter_x or #utter_x.
+  let wanted = new URLSearchParams(location.search).get("reply");
+  if (!wanted) try { wanted = decodeURIComponent(location.hash.slice(1)); } catch (err) { wanted = ""; }
+  if (/^utter_[a-z0-9_]{1,100}$/.test(wanted)) await act(() => openReply(wanted));
 }
 
 main();
