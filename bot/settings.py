@@ -33,7 +33,9 @@ KEYS = {
     "var_dir": "local state: SQLite files, logs, run files (default var)",
     "survey": "questions after a resolved conversation: [answer, time, agent, improve] or off",
     "alerts": "inbound spike alerts: {factor: 3, minimum: 20, webhook: https://…}",
+    "personal_data": "{mask: [card, iban, email, phone] or off, retention_days: 365}",
 }
+MASKABLE = ("card", "iban", "email", "phone")
 SURVEY_QUESTIONS = ("answer", "time", "agent", "improve")
 
 
@@ -69,6 +71,8 @@ class Settings:
     spike_minimum: int = 20  # and at least this many messages in 10 minutes
     alert_webhook: str | None = None  # called (HMAC-SHA256 signed) when a spike starts
     alert_secret: str | None = None  # PARLEY_ALERT_SECRET only: never in the project file
+    mask: tuple[str, ...] = MASKABLE  # personal data masked before anything is stored
+    retention_days: int | None = None  # transcripts older than this are erased; None: kept
 
     @property
     def settings_file(self) -> Path:
@@ -185,6 +189,25 @@ def _alerts(raw: dict[str, Any], env: Mapping[str, str], where: Path
     return float(factor), minimum, webhook
 
 
+def _personal_data(raw: dict[str, Any], where: Path) -> tuple[tuple[str, ...], int | None]:
+    section = _mapping(raw, "personal_data", where)
+    unknown = sorted(set(section) - {"mask", "retention_days"})
+    if unknown:
+        raise ValueError(f"{where}: unknown `personal_data` key(s) {', '.join(unknown)}; "
+                         "known: mask, retention_days")
+    mask = section.get("mask", list(MASKABLE))
+    if mask in (False, "off", None, []):
+        mask = []
+    if not isinstance(mask, list) or not all(kind in MASKABLE for kind in mask):
+        raise ValueError(f"{where}: `personal_data.mask` must be off or a list from "
+                         f"{', '.join(MASKABLE)}")
+    days = section.get("retention_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+        raise ValueError(f"{where}: `personal_data.retention_days` must be a whole number of "
+                         f"days (at least 1), got {days!r}")
+    return tuple(dict.fromkeys(mask)), days
+
+
 def _sqlite_relative_to(url: str, root: Path) -> str:
     """`sqlite:///var/x.db` in a settings file means var/x.db in the project."""
     prefix = "sqlite:///"
@@ -236,6 +259,7 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         _sqlite_relative_to(str(raw["database_url"]), root) if raw.get("database_url")
         else f"sqlite:///{var_dir / 'parley.db'}")
     spike_factor, spike_minimum, alert_webhook = _alerts(raw, env, path)
+    mask, retention_days = _personal_data(raw, path)
     return Settings(
         project_root=root,
         brand=str(raw.get("brand") or ""),
@@ -262,4 +286,6 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         spike_minimum=spike_minimum,
         alert_webhook=alert_webhook,
         alert_secret=env.get("PARLEY_ALERT_SECRET") or None,
+        mask=mask,
+        retention_days=retention_days,
     )

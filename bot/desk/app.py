@@ -23,6 +23,7 @@ from parley.bot.desk import (
     live,
     login,
     pages,
+    privacy,
     surveys,
     tickets,
     users,
@@ -76,7 +77,8 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         app.ctx.last_error = repr(exc)  # logged by Sanic; never echoed to the caller
         return response.json({"error": "internal error"}, status=500)
 
-    for module in (pages, login, users, tickets, live, library, analytics, alerts, surveys):
+    for module in (pages, login, users, tickets, live, library, analytics, alerts, surveys,
+                   privacy):
         app.blueprint(module.bp)
     metrics.install(app, "desk")
 
