@@ -106,6 +106,7 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from parley.bot.settings import load_settings
 
+    os.umask(0o077)  # anything it writes (logs): the owner's only
     argv = sys.argv[1:] if argv is None else argv
     token = os.environ.get(TOKEN_ENV, "")
     if not token.strip() and not {"-h", "--help"} & set(argv):  # before loading anything heavy

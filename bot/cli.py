@@ -141,6 +141,62 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _customer_ids(values: list[str]) -> list[str]:
+    from parley.bot import privacy
+
+    return privacy.parse_ids(values)  # ValueError: main() prints it, exit 2
+
+
+def cmd_export_customer(args: argparse.Namespace) -> int:
+    """Everything stored about the conversations named, as JSON (the audit trail
+    records it, actor `cli`)."""
+    import json
+
+    from parley.bot import audit, privacy
+
+    ids = _customer_ids(args.ids)
+    storage.create_schema()
+    data = privacy.export(ids, audit.CLI)
+    if not data["conversations"]:
+        print(f"nothing is stored for {', '.join(ids)}", file=sys.stderr)
+        return 1
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        launcher.write_private(args.out, text)  # personal data: the owner's only
+        print(f"wrote {args.out} ({_summary(data['counts'])})", file=sys.stderr)
+    for missing in data["not_found"]:
+        print(f"nothing stored for {missing}", file=sys.stderr)
+    return 0
+
+
+def _summary(counts: dict[str, int | None]) -> str:
+    return ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in counts.items())
+
+
+def cmd_erase_customer(args: argparse.Namespace) -> int:
+    """Delete everything stored about the conversations named, Rasa's tracker too.
+    Without --yes, only says what would go."""
+    from parley.bot import audit, privacy
+
+    ids = _customer_ids(args.ids)
+    storage.create_schema()
+    if not args.yes:
+        print(f"would erase {_summary(privacy.preview(ids))} for {', '.join(ids)}; "
+              "nothing erased: add --yes to erase (it cannot be undone)", file=sys.stderr)
+        return 1
+    try:
+        result = privacy.erase(ids, audit.CLI)
+    except (privacy.NotErased, privacy.TrackerNotErased) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"erased {_summary(result['erased'])} for {', '.join(ids)}")
+    for missing in result["not_found"]:
+        print(f"nothing was stored for {missing}", file=sys.stderr)
+    return 0
+
+
 def _telegram_env() -> tuple[str, str]:
     token = os.environ.get("TELEGRAM_TOKEN", "")
     secret = os.environ.get("TELEGRAM_WEBHOOK_SECRET", "")
@@ -214,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="add what Parley needs to this Rasa project (safe to "
-                   "repeat: adds only what is missing)").set_defaults(func=cmd_init)
+                   "repeat: adds only what is missing)").set_defaults(func=cmd_init,
+                                                                     project_files=True)
     sub.add_parser("check", help="check the project has what Parley needs, one line per "
                    "problem").set_defaults(func=cmd_check)
     train = sub.add_parser("train", help="train the model if its inputs changed")
@@ -248,17 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check what is live (the YAML plus published revisions)")
     check.set_defaults(func=cmd_replies_check)
     export = replies.add_parser("export", help="write the published replies back to the YAML")
-    export.set_defaults(func=cmd_replies_export)
+    export.set_defaults(func=cmd_replies_export, project_files=True)
     for command in (check, export):
         command.add_argument("--file", type=Path, default=None,
                              help="the writer-owned YAML (default: `replies:` in parley.yml)")
     replies.add_parser("placeholders", help="list the {placeholders} replies may use"
                        ).set_defaults(func=cmd_replies_placeholders)
+    customer = sub.add_parser("export-customer", help="write everything stored about a "
+                              "customer's conversations as JSON (recorded in the audit trail)")
+    customer.add_argument("ids", nargs="+", metavar="ID",
+                          help="conversation ids, one per channel: telegram:123 whatsapp:351…")
+    customer.add_argument("--out", type=Path, default=None,
+                          help="write to this file (mode 0600) instead of standard output")
+    customer.set_defaults(func=cmd_export_customer)
+    erase = sub.add_parser("erase-customer", help="delete everything stored about a "
+                           "customer's conversations, Rasa's tracker included")
+    erase.add_argument("ids", nargs="+", metavar="ID",
+                       help="conversation ids, one per channel: telegram:123 whatsapp:351…")
+    erase.add_argument("--yes", action="store_true",
+                       help="really erase (without it: only say what would be erased)")
+    erase.set_defaults(func=cmd_erase_customer)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "project_files", False):
+        # Databases, logs, exports, and every process `run` starts: the owner's only.
+        # Not for the commands that write the project's own files (init, replies export).
+        os.umask(launcher.PRIVATE_UMASK)
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:

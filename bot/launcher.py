@@ -23,12 +23,29 @@ from typing import Any
 
 import yaml
 
-from parley.bot import storage
+from parley.bot import storage, tracker_events
 from parley.bot.action_server import TOKEN_ENV, TOKEN_HEADER
 from parley.bot.model_freshness import model_path
 from parley.bot.settings import Settings
 
 SQL_TRACKER_STORES = ("SQL", "sql", "parley.bot.tracker_store.SQLTrackerStore")
+# Conversations, logs and the run files (credentials) are the owner's only: every
+# file this creates, and every process it starts, leaves group and others out.
+PRIVATE_UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Created 0600 (and made so if an older run left it readable to others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 @dataclass
@@ -108,20 +125,23 @@ class Stack:
         endpoints["action_endpoint"] = action
         tracker = endpoints.get("tracker_store") or {}
         if tracker.get("type") in SQL_TRACKER_STORES and tracker.get("dialect") == "sqlite":
-            tracker["db"] = str(self.state_dir / "tracker.db")
+            tracker["db"] = str(tracker_events.sqlite_path(self.state_dir))
         endpoints.update(self.endpoint_overrides)
-        out = self.state_dir / "run" / f"endpoints.{rasa_port or self.rasa_port}.yml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(endpoints, sort_keys=False))
+        out = self.endpoints_path(rasa_port)
+        private_dir(out.parent)
+        write_private(out, yaml.safe_dump(endpoints, sort_keys=False))
         return out
+
+    def endpoints_path(self, rasa_port: int | None = None) -> Path:
+        return self.state_dir / "run" / f"endpoints.{rasa_port or self.rasa_port}.yml"
 
     def runtime_credentials(self, rasa_port: int | None = None) -> Path:
         """credentials.yml plus this stack's extra channels (tests add fakes' URLs)."""
         credentials = yaml.safe_load((self.root / "credentials.yml").read_text()) or {}
         credentials.update(self.channels)
         out = self.state_dir / "run" / f"credentials.{rasa_port or self.rasa_port}.yml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(credentials, sort_keys=False))
+        private_dir(out.parent)
+        write_private(out, yaml.safe_dump(credentials, sort_keys=False))
         return out
 
     def specs(self) -> list[ServiceSpec]:
@@ -150,16 +170,22 @@ class Stack:
         ]
 
     def _environment(self) -> dict[str, str]:
+        # PARLEY_ENDPOINTS: the desk finds Rasa's tracker store where Rasa does (erasure).
         return {**os.environ, **self.env, "PARLEY_DATABASE_URL": self.database_url,
                 "PARLEY_PROJECT": str(self.root), "PARLEY_VAR_DIR": str(self.state_dir),
+                tracker_events.ENDPOINTS_ENV: str(self.endpoints_path()),
                 TOKEN_ENV: self.action_token}
 
     def _spawn(self, spec: ServiceSpec) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{spec.name}.log", "ab") as output:
+        private_dir(self.log_dir)
+        log = self.log_dir / f"{spec.name}.log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "ab") as output:
             self.processes[spec.name] = subprocess.Popen(
                 spec.argv, cwd=self.root, env=self._environment(), stdout=output,
                 stderr=output, start_new_session=True,  # own process group: stopped as a unit
+                umask=PRIVATE_UMASK,
             )
 
     def start(self, timeout: float = 180.0) -> None:
@@ -168,6 +194,7 @@ class Stack:
             raise FileNotFoundError(
                 f"no trained model at {model_path(self.root)}: run `make train`"
             )
+        private_dir(self.state_dir)
         storage.create_schema(self.database_url)
         specs = self.specs()
         for spec in specs:

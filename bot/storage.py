@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -66,8 +67,17 @@ class UTCDateTime(TypeDecorator):
 
 
 def _ensure_sqlite_dir(database_url: str) -> None:
-    if database_url.startswith("sqlite:///"):
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """The folder (0700 if made here) and the file, created 0600 whatever the umask:
+    SQLite gives its -wal and -shm files the database file's mode."""
+    if not database_url.startswith("sqlite:///"):
+        return
+    name = database_url.removeprefix("sqlite:///")
+    if not name or name == ":memory:" or name.startswith("file:") or "?" in name:
+        return
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _database_url(database_url: str | None) -> str:

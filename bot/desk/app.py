@@ -35,6 +35,7 @@ from parley.bot.storage import off_loop
 MAX_BODY = 64 * 1024
 FOLLOW_UP_CHECK_SECONDS = 60.0
 SPIKE_CHECK_SECONDS = 60.0
+RETENTION_CHECK_SECONDS = 3600.0  # personal_data.retention_days: hourly
 PAGES = ("login.html", "desk.html", "desk.js", "desk.css", "library.html", "library.js",
          "common.js", "alerts.js", "analytics.html", "analytics.js", "analytics.css",
          "chart.umd.js")
@@ -47,7 +48,9 @@ def _page(name: str) -> str:
 def create_app(database_url: str | None = None, secure_cookies: bool = False,
                follow_up_hours: float = 0.0, spike_rule: spikes.Rule | None = None,
                alert_target: alert_webhook.Target | None = None,
-               spike_check_seconds: float = SPIKE_CHECK_SECONDS) -> Sanic:
+               spike_check_seconds: float = SPIKE_CHECK_SECONDS,
+               retention_days: int | None = None,
+               retention_check_seconds: float = RETENTION_CHECK_SECONDS) -> Sanic:
     app = Sanic("parley_desk")
     app.config.REQUEST_MAX_SIZE = MAX_BODY
     app.config.FORWARDED_SECRET = None
@@ -103,6 +106,15 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
             spike_rule or spikes.Rule(), alert_target, database_url), idle=spike_check_seconds)
 
     app.add_task(spike_alerts)
+
+    async def retention(_app: Sanic) -> None:
+        """Old transcripts deleted (parley.yml `personal_data: retention_days`)."""
+        await supervision.supervise("retention", privacy.retention_tick(
+            retention_days or 0, retention_check_seconds, database_url),
+            idle=min(privacy.RETENTION_IDLE, retention_check_seconds))
+
+    if retention_days:
+        app.add_task(retention)
 
     @app.get("/health")
     async def health(_request: Request) -> HTTPResponse:
