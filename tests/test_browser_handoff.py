@@ -157,3 +157,70 @@ def test_bot_leaves_the_queue(running_bot: RunningBot, customer: Page, desk: Pag
     expect(desk.locator("#tickets tr", has_text=visitor_name(customer))).to_have_count(0)
     say(customer, "what payment methods do you accept")
     expect(customer.locator(".msg.bot").last).to_contain_text("PayPal")
+
+
+def test_account_and_users_panels(running_bot: RunningBot, browser: Browser) -> None:
+    """An admin adds a user, disables and enables them, resets their password (shown
+    once) and changes their own password; the login page shows the throttle message."""
+    db, url = running_bot.database_url, running_bot.desk_url
+    agents.create_user("adele", "adele-password", "admin", "Adele", db)
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.on("dialog", lambda dialog: dialog.accept())  # the "are you sure?" confirms
+    desk_login(page, url, "adele", "adele-password")
+    expect(page.locator("#me")).to_contain_text("Adele")
+
+    page.click("#users-open")
+    users = page.locator("#users")
+    expect(users).to_be_visible()
+    page.fill("#nu-username", "cleo")
+    page.fill("#nu-name", "Cleo")
+    page.select_option("#nu-role", "agent")
+    page.fill("#nu-password", "cleo-password")
+    users.get_by_role("button", name="Add user").click()
+    expect(page.locator("#users-status")).to_contain_text("Added cleo (agent)")
+    row = page.locator("#users-list tr[data-user=cleo]")
+    row.get_by_role("button", name="Disable: cleo").click()
+    expect(row).to_contain_text("disabled")
+    assert [a.disabled for a in agents.list_agents(db) if a.username == "cleo"] == [True]
+    row.get_by_role("button", name="Enable: cleo").click()
+    expect(row).to_contain_text("active")
+    row.get_by_role("button", name="Reset password: cleo").click()
+    expect(page.locator("#users-status")).to_contain_text("New password for cleo")
+    made = page.locator("#users-status .secret").text_content()
+    assert made and len(made) >= agents.PASSWORD_MIN
+    users.get_by_role("button", name="Close").click()
+    expect(users).to_be_hidden()
+
+    other = browser.new_context()
+    cleo = other.new_page()
+    cleo.set_default_timeout(TIMEOUT)
+    desk_login(cleo, url, "cleo", made)
+    expect(cleo.locator("#me")).to_contain_text("Cleo")
+    expect(cleo.locator("#users-open")).to_be_hidden()  # agents have no Users panel
+
+    page.click("#account-open")
+    page.fill("#pw-current", "not-my-password")
+    page.fill("#pw-new", "adele-new-password")
+    page.fill("#pw-again", "adele-new-password")
+    page.locator("#password-form").get_by_role("button", name="Change password").click()
+    expect(page.locator("#pw-status")).to_contain_text("The current password is wrong")
+    page.fill("#pw-current", "adele-password")
+    page.locator("#password-form").get_by_role("button", name="Change password").click()
+    expect(page.locator("#pw-status")).to_contain_text("Password changed")
+    assert agents.login("adele", "adele-new-password", db) is not None
+    context.close()
+
+    cleo.goto(f"{url}/login")
+    for _ in range(5):  # login_throttle.LIMITS["user"]
+        cleo.fill("input[name=username]", "cleo")
+        cleo.fill("input[name=password]", "a-wrong-guess")
+        cleo.click("button[type=submit]")
+        expect(cleo.locator(".error")).to_contain_text("Wrong username or password")
+    cleo.fill("input[name=username]", "cleo")
+    cleo.fill("input[name=password]", made)
+    cleo.click("button[type=submit]")
+    expect(cleo.locator(".error")).to_contain_text(
+        re.compile(r"Too many failed attempts for this user; try again in 1[45] minutes"))
+    other.close()

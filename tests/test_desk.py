@@ -18,7 +18,8 @@ from tests import REPO_ROOT as PROJECT_ROOT
 from tests.fakes.stack import free_port
 
 # Every route the desk serves, and who may use it: "public" (no session), "any"
-# (every role), "session" (agents and admins), "writer" (writers and admins), "admin".
+# (every role), "session" (agents, supervisors and admins: who answers customers),
+# "writer" (writers and admins), "admin", "analytics" (managers and admins).
 ROUTES = {
     ("GET", "/healthz"): "public",
     ("GET", "/static/<name:str>"): "public",
@@ -29,9 +30,14 @@ ROUTES = {
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
     ("GET", "/api/me"): "any",
+    ("POST", "/api/me/password"): "any",
     ("GET", "/api/agents"): "session",
     ("GET", "/api/users"): "admin",
     ("POST", "/api/users"): "admin",
+    ("POST", "/api/users/<user_id:int>/disable"): "admin",
+    ("POST", "/api/users/<user_id:int>/enable"): "admin",
+    ("POST", "/api/users/<user_id:int>/reset-password"): "admin",
+    ("POST", "/api/users/<user_id:int>/end-sessions"): "admin",
     ("GET", "/api/tickets"): "session",
     ("GET", "/api/tickets/<ticket_id:int>"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/claim"): "session",
@@ -62,18 +68,24 @@ ROUTES = {
     ("POST", "/api/library/replies/<name:str>/rollback"): "admin",
     ("GET", "/api/library/revisions/<revision_id:int>/diff"): "writer",
     ("GET", "/api/library/review"): "writer",
+    ("GET", "/api/privacy/export"): "admin",
+    ("POST", "/api/privacy/erase"): "admin",
+    ("GET", "/api/privacy/audit"): "admin",
 }
-ALLOWED = {"any": {"agent", "writer", "admin"}, "session": {"agent", "admin"},
+ALLOWED = {"any": {"agent", "supervisor", "writer", "admin"},
+           "session": {"agent", "supervisor", "admin"},
            "writer": {"writer", "admin"}, "admin": {"admin"},
            "analytics": {"manager", "admin"}}
 USERS = {"agent": ("ana", "ana-password"), "writer": ("wes", "wes-password"),
-         "admin": ("root", "root-password")}
+         "admin": ("root", "root-password"), "supervisor": ("sue", "sue-password")}
 
 
 def concrete(path: str) -> str:
+    """A path to try a route with. The user id is no one's: an admin's request then
+    changes no account (a 404), and anyone else's is refused for the role first."""
     name = "desk.js" if path.startswith("/static/") else "utter_greet"
     return (path.replace("<ticket_id:int>", "1").replace("<revision_id:int>", "1")
-            .replace("<name:str>", name))
+            .replace("<user_id:int>", "99999").replace("<name:str>", name))
 
 
 class Desk:
@@ -110,6 +122,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     agents.create_user("bo", "bo-password", "agent", "Bo", db)
     agents.create_user("root", "root-password", "admin", "Root", db)
     agents.create_user("wes", "wes-password", "writer", "Wes", db)
+    agents.create_user("sue", "sue-password", "supervisor", "Sue", db)
     port = free_port()
     env = {**os.environ, "PARLEY_DATABASE_URL": db}
     log = (state / "desk.log").open("wb")
@@ -323,7 +336,7 @@ def test_admin_can_add_users(desk: Desk) -> None:
                       headers=h)
     assert again.status_code == 409
     weak = root.post("/api/users", json={"username": "dee", "password": "short"}, headers=h)
-    assert weak.status_code == 400 and "8 characters" in weak.json()["error"]
+    assert weak.status_code == 400 and "10 characters" in weak.json()["error"]
     desk.login("cy", "cy-password-1")
 
 

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 
 from parley.bot import agents, handoff, models, storage  # noqa: F401 (models: every table)
 from parley.bot.agents import DeskSession
+from parley.bot.login_throttle import LoginFailure
 from parley.bot.responses import revisions
 from tests import REPO_ROOT as PROJECT_ROOT
 from tests.fakes.stack import free_port
@@ -76,6 +77,9 @@ EXAMPLES = {
     ("GET", "/api/library/revisions/<revision_id:int>/diff"): 80,
     ("GET", "/api/tickets"): 60,
     ("GET", "/api/library/replies"): 60,
+    # Each accepted request hashes a password (Argon2), like /login.
+    ("POST", "/api/me/password"): 40,
+    ("POST", "/api/users/<user_id:int>/reset-password"): 30,
 }
 MIN_REQUESTS = 2000  # on SQLite, in the generated run alone
 MAX_BODY = 64 * 1024
@@ -120,6 +124,7 @@ class Desk:
     process: subprocess.Popen[bytes]
     sessions: dict[str, Login] = field(default_factory=dict)
     user_ids: dict[str, int] = field(default_factory=dict)  # username -> id
+    password_hashes: dict[int, str] = field(default_factory=dict)  # id -> as created
     tickets: list[int] = field(default_factory=list)
     revisions: dict[str, int] = field(default_factory=dict)  # what -> revision id
     last_fingerprint: dict[str, tuple[int, str]] | None = None  # after the last request
@@ -144,10 +149,28 @@ class Desk:
         self.last_fingerprint = None  # changed here, not by a request
         login = Login(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
         with storage.session_scope(self.db) as session:
-            session.add(DeskSession(token=login.token, agent_id=self.user_ids[username],
-                                    csrf_token=login.csrf,
-                                    expires_at=storage.utcnow() + agents.SESSION_LIFETIME))
+            self._store(session, login, self.user_ids[username])
         return login
+
+    @staticmethod
+    def _store(session: Any, login: Login, agent_id: int) -> None:
+        now = storage.utcnow()
+        session.add(DeskSession(token_hash=agents.token_hash(login.token), agent_id=agent_id,
+                                csrf_token=login.csrf, expires_at=now + agents.SESSION_LIFETIME,
+                                last_used_at=now))
+
+    def repair_accounts(self) -> None:
+        """After a request that may have disabled a user, changed a password or
+        ended sessions: every user as created, every role's session back."""
+        self.last_fingerprint = None
+        with storage.session_scope(self.db) as session:
+            for agent_id, password_hash in self.password_hashes.items():
+                session.execute(sa.update(agents.Agent).where(agents.Agent.id == agent_id)
+                                .values(disabled_at=None, password_hash=password_hash))
+            stored = set(session.execute(sa.select(DeskSession.token_hash)).scalars())
+            for role, login in self.sessions.items():
+                if agents.token_hash(login.token) not in stored:
+                    self._store(session, login, self.user_ids[USERS[role][0]])
 
     def add_tickets(self, count: int) -> None:
         """Waiting tickets, a third claimed by the agent and a third by the admin."""
@@ -174,11 +197,14 @@ def start_desk(db: str, state: Path) -> Desk:
     for role, (username, password) in USERS.items():
         agents.create_user(username, password, role, username.title(), db)
     agents.create_user("bo", "bo-password", "agent", "Bo", db)
+    agents.create_user("dee", "dee-password", "admin", "Dee", db)  # for admins to act on
     port = free_port()
     log = state / "desk.log"
     with log.open("wb") as out:
+        # Sessions made at the start serve the whole run: none may go idle meanwhile.
         proc = subprocess.Popen([sys.executable, "-m", "parley.bot.desk", "--port", str(port)],
-                                cwd=PROJECT_ROOT, env={**os.environ, "PARLEY_DATABASE_URL": db},
+                                cwd=PROJECT_ROOT, env={**os.environ, "PARLEY_DATABASE_URL": db,
+                                                       agents.IDLE_ENV: "720"},
                                 stdout=out, stderr=out)
     desk = Desk(f"http://127.0.0.1:{port}", db, log, proc)
     deadline = time.monotonic() + 60
@@ -192,6 +218,9 @@ def start_desk(db: str, state: Path) -> Desk:
         proc.kill()
         pytest.fail(f"desk did not start: {log.read_text()}")
     desk.user_ids = {a.username: a.id for a in agents.list_agents(db)}
+    with storage.session_scope(db) as session:
+        desk.password_hashes = dict(session.execute(
+            sa.select(agents.Agent.id, agents.Agent.password_hash)).all())
     for role, (username, password) in USERS.items():
         desk.sessions[role] = desk.login(username, password)
     desk.add_tickets(30)
@@ -247,16 +276,20 @@ def desk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk]:
 # -- the database's fingerprint ---------------------------------------------------------
 
 # Append-only here (the desk adds rows, never changes them): counted. Every other
-# table is compared row by row, but for when a user was last seen, which any
-# request with a session updates.
+# table is compared row by row, but for when a user was last seen and a session
+# last used, which any request with a session updates, and the failed password
+# checks, recorded whatever the answer (a wrong current password is a 400).
 APPEND_ONLY = {"messages", "desk_events"}
-VOLATILE = {"agents": {"last_seen_at"}}
+VOLATILE = {"agents": {"last_seen_at"}, "desk_sessions": {"last_used_at"}}
+UNCOMPARED = {"login_failures"}
 
 
 def fingerprint(engine: sa.engine.Engine) -> dict[str, tuple[int, str]]:
     out: dict[str, tuple[int, str]] = {}
     with engine.connect() as conn:
         for table in storage.Base.metadata.sorted_tables:
+            if table.name in UNCOMPARED:
+                continue
             if table.name in APPEND_ONLY:
                 count, top = conn.execute(sa.select(sa.func.count(),
                                                     sa.func.max(table.c.id))).one()
@@ -426,8 +459,13 @@ def valid_payload(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]
     if route == ("POST", "/api/users"):
         return {"username": draw(USERNAMES),
                 "password": pick(draw, ["long-enough-1", "short"]),
-                "role": pick(draw, ["agent", "writer", "admin"]),
+                "role": pick(draw, ["agent", "writer", "admin", "supervisor"]),
                 "display_name": pick(draw, ["Cy", "Dee Dee", "{first_name}"])}
+    if route == ("POST", "/api/me/password"):
+        return {"current_password": pick(draw, [p for _, p in USERS.values()]),
+                "new_password": pick(draw, ["a-new-password-1", "short", "ana"])}
+    if path.endswith("/reset-password"):
+        return {"password": pick(draw, [None, "set-by-admin-1", "short"])}
     if path.endswith(("/reply", "/note")):
         return {"text": pick(draw, ["Hello!", "On it.", "x" * 4096])}
     if path.endswith("/tags"):
@@ -450,6 +488,9 @@ def valid_payload(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]
         return {"comment": pick(draw, ["Shorter, please.", "c" * 1000])}
     if path.endswith("/rollback"):
         return {"revision_id": desk.revisions["published"]}
+    if path.endswith("/privacy/erase"):  # no such conversations: erased is nothing
+        return {"conversations": [pick(draw, ["telegram:1", "whatsapp:351912345678"])],
+                "confirm": "ERASE"}
     return None
 
 
@@ -502,6 +543,8 @@ def path_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> tu
             value = pick(draw, desk.recent_tickets())
         elif param == "<revision_id:int>":
             value = pick(draw, sorted(desk.revisions.values()))
+        elif param == "<user_id:int>":
+            value = pick(draw, sorted(desk.user_ids.values()))
         elif param == "<name:str>" and route[1].startswith("/static/"):
             value = pick(draw, ["desk.js", "desk.css", "login.html", "x.js"])
         else:
@@ -516,7 +559,8 @@ def path_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> tu
 QUERY_KEYS = {"/api/tickets": ["status"], "/api/canned": ["q", "ticket"],
               "/api/library/replies": ["q"], "/login": ["failed"],
               "/api/library/revisions/<revision_id:int>/diff": ["against"],
-              "/api/alerts": ["limit"]}
+              "/api/alerts": ["limit"], "/api/privacy/export": ["conversation"],
+              "/api/privacy/audit": ["limit"]}
 
 
 def query_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> str:
@@ -530,6 +574,8 @@ def query_for(route: tuple[str, str], desk: Desk, draw: Callable[..., Any]) -> s
             value = str(pick(draw, desk.recent_tickets()))
         elif key == "against":
             value = str(pick(draw, sorted(desk.revisions.values())))
+        elif key == "conversation":
+            value = pick(draw, ["telegram:1", "webchat:hostile-0,whatsapp:351", "Tg:1"])
         else:
             value = pick(draw, ["open", "closed", "/pay", "1"])
         if draw(st.integers(0, 1)) == 0:
@@ -663,6 +709,8 @@ def fuzz_route(route: tuple[str, str], count: int, desk: Desk, client: httpx.Cli
         client.cookies.clear()  # only what the request itself carries
         send(client, desk, engine, request, outcome)
         sent += 1
+        if route[1].startswith(("/api/users/", "/api/me/")):
+            desk.repair_accounts()
         if sent % 10 == 0 and desk.open_tickets() < 12:
             desk.add_tickets(18)
 
@@ -787,7 +835,11 @@ def test_known_hostile_inputs_get_a_clear_4xx(desk: Desk) -> None:
 
             send(client, desk, engine, Hostile((method, path), what, method, target,
                                                {**headers, **extra}, body), outcome, expect)
-        # The login form: a CSRF field that is not ASCII, and a user name with NUL.
+        # The login form: a CSRF field that is not ASCII, and a user name with NUL
+        # (the fuzzing before may have locked this address: a fresh count first).
+        with storage.session_scope(desk.db) as session:
+            session.execute(sa.delete(LoginFailure))
+        desk.last_fingerprint = None
         token = secrets.token_urlsafe(16)
         form = {"Content-Type": b"application/x-www-form-urlencoded",
                 "Cookie": b"parley_login_csrf=" + token.encode()}

@@ -7,6 +7,7 @@ live, library, pages); they read the settings and the pages loaded here through
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from importlib import resources
 
@@ -45,6 +46,13 @@ def _page(name: str) -> str:
     return resources.files("parley.bot.desk").joinpath("static", name).read_text("utf-8")
 
 
+def _proxies() -> int | None:
+    raw = os.environ.get("PARLEY_DESK_PROXIES", "0")
+    if not raw.isdigit():
+        raise ValueError(f"PARLEY_DESK_PROXIES must be a number of proxies, got {raw!r}")
+    return int(raw) or None
+
+
 def create_app(database_url: str | None = None, secure_cookies: bool = False,
                follow_up_hours: float = 0.0, spike_rule: spikes.Rule | None = None,
                alert_target: alert_webhook.Target | None = None,
@@ -54,6 +62,9 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
     app = Sanic("parley_desk")
     app.config.REQUEST_MAX_SIZE = MAX_BODY
     app.config.FORWARDED_SECRET = None
+    # Behind a proxy (deploy/nginx.conf) the client's address is in X-Forwarded-For:
+    # trust that many proxies, so login throttling per address sees clients, not nginx.
+    app.config.PROXIES_COUNT = _proxies()
     app.ctx.database_url = database_url
     app.ctx.secure_cookies = secure_cookies
     app.ctx.pages = {name: _page(name) for name in PAGES}

@@ -1,8 +1,9 @@
 """Desk login sessions and CSRF checks.
 
-The session token lives in an HttpOnly, SameSite=Strict cookie; each session has
-its own CSRF token, sent back by the page in `X-CSRF-Token` (API) or a `csrf`
-form field, and compared in constant time on every state-changing request.
+The session token lives in an HttpOnly, SameSite=Strict cookie (the database keeps
+only its hash: `parley.bot.agents`); each session has its own CSRF token, sent
+back by the page in `X-CSRF-Token` (API) or a `csrf` form field, and compared in
+constant time on every state-changing request.
 """
 
 from __future__ import annotations
@@ -60,13 +61,22 @@ async def current_session(request: Request) -> SessionView | None:
                           request.app.ctx.database_url)
 
 
+def client_address(request: Request) -> str:
+    """Who is asking, for login throttling: the forwarded address when Sanic is told
+    to trust the proxy in front (PROXIES_COUNT, REAL_IP_HEADER or FORWARDED_SECRET;
+    otherwise `remote_addr` is empty), else the socket's peer."""
+    return request.remote_addr or request.ip or "unknown"
+
+
 def wants_html(request: Request) -> bool:
     return not request.path.startswith("/api/") and request.path != "/events"
 
 
-def requires_session(roles: tuple[str, ...] = ("agent", "admin")) -> Callable[[Handler], Handler]:
+def requires_session(roles: tuple[str, ...] = agents.DESK_ROLES
+                     ) -> Callable[[Handler], Handler]:
     """Every desk route except login goes through this: no session, no access;
-    POSTs must also carry the session's CSRF token."""
+    POSTs must also carry the session's CSRF token. The default: those who answer
+    customers."""
 
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)

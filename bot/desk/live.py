@@ -9,6 +9,14 @@ what differs per database is how a stream learns that there is something new:
   reads the table. A slow poll (`PARLEY_DESK_SAFETY_POLL_SECONDS`, 2 s) stays as
   a safety net for notifications lost while the listener reconnects.
 - SQLite (one machine): a short poll of the table.
+
+A stream lives no longer than its session: it checks the session before sending
+each batch of events, every `PARLEY_DESK_STREAM_CHECK_SECONDS` (15 s: idle and
+absolute expiry), and at once when sessions end (logout, a user disabled, an
+admin ending a user's sessions: `sessions_changed()` in this process, and a
+`pg_notify` with the payload `agents.SESSIONS_NOTICE` from any process). Each
+session may hold MAX_STREAMS_PER_SESSION streams open in a desk process; the next
+one gets 429.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sanic import Blueprint, Sanic
+from sanic import Blueprint, Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 from sqlalchemy.exc import DBAPIError
 
-from parley.bot import events, storage
+from parley.bot import agents, events, storage
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import row_id_text
 from parley.bot.storage import off_loop
@@ -48,6 +56,9 @@ STALE_AFTER_SECONDS = 3 * LISTEN_TICK_SECONDS
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 LISTENER_NAME = "parley-desk-listener"  # application_name, plus ":<pid>"
+SESSION_CHECK_ENV = "PARLEY_DESK_STREAM_CHECK_SECONDS"
+SESSION_CHECK_SECONDS = 15.0
+MAX_STREAMS_PER_SESSION = 3  # a few tabs; more is a leak or an attack
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("desk_live")
@@ -71,6 +82,8 @@ class _Waker:
 _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = \
     weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_sessions_generation = 0  # bumped when sessions end: every stream checks its own
+_open_streams: dict[str, int] = {}  # session token hash -> streams open in this process
 
 
 def _waker() -> _Waker:
@@ -88,15 +101,31 @@ def _wake_all() -> None:
             loop.call_soon_threadsafe(waker.wake)
 
 
-def _safety_poll_seconds() -> float:
-    raw = os.environ.get(SAFETY_POLL_ENV, str(SAFETY_POLL_SECONDS))
+def sessions_changed() -> None:
+    """From any thread: sessions have ended; every stream checks its own now."""
+    global _sessions_generation
+    with _lock:
+        _sessions_generation += 1
+    _wake_all()
+
+
+def _seconds_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, str(default))
     try:
         seconds = float(raw)
     except ValueError:
-        raise ValueError(f"{SAFETY_POLL_ENV} must be a number of seconds, got {raw!r}") from None
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
     if seconds <= 0:
-        raise ValueError(f"{SAFETY_POLL_ENV} must be more than 0, got {raw!r}")
+        raise ValueError(f"{name} must be more than 0, got {raw!r}")
     return seconds
+
+
+def _safety_poll_seconds() -> float:
+    return _seconds_setting(SAFETY_POLL_ENV, SAFETY_POLL_SECONDS)
+
+
+def _session_check_seconds() -> float:
+    return _seconds_setting(SESSION_CHECK_ENV, SESSION_CHECK_SECONDS)
 
 
 class _Listener(threading.Thread):
@@ -178,8 +207,12 @@ class _Listener(threading.Thread):
                     with conn.cursor() as cursor:
                         cursor.execute("SELECT 1")
                 if conn.notifies:
+                    ended = any(n.payload == agents.SESSIONS_NOTICE for n in conn.notifies)
                     conn.notifies.clear()
-                    _wake_all()
+                    if ended:
+                        sessions_changed()
+                    else:
+                        _wake_all()
                 self.last_ok = time.time()
         finally:
             self.connected = False
@@ -269,6 +302,7 @@ def listener_health() -> ListenerHealth:
 async def _start_listener(app: Sanic, _loop: Any) -> None:
     """Listen before the first stream opens, so health is known from the start."""
     app.ctx.live_stopping = False
+    _session_check_seconds()  # a bad setting stops the desk at start
     _waker()
     ensure_listener(app.ctx.database_url)
 
@@ -281,28 +315,58 @@ async def _stop_listener(app: Sanic, _loop: Any) -> None:
     await off_loop(stop_listeners)
 
 
+async def _session_alive(token: str, database_url: str | None) -> bool:
+    """Checked without touching it: an open stream is not a person at the desk, so
+    it never keeps a session from going idle."""
+    return await off_loop(agents.session_for, token, database_url, False) is not None
+
+
 @bp.get("/events")
 @requires_session()
 async def stream(request: Request) -> HTTPResponse:
-    """Resumes after `Last-Event-ID` when the browser reconnects, so nothing is missed."""
+    """Resumes after `Last-Event-ID` when the browser reconnects, so nothing is missed;
+    ends when its session does (the browser's reconnect then gets 401)."""
+    token = request.ctx.session.token
+    key = agents.token_hash(token)
+    if _open_streams.get(key, 0) >= MAX_STREAMS_PER_SESSION:
+        return response.json({"error": f"this session already has {MAX_STREAMS_PER_SESSION} "
+                              "live streams open; close a desk tab"}, status=429)
+    _open_streams[key] = _open_streams.get(key, 0) + 1
+    try:
+        return await _stream(request, token)
+    finally:
+        _open_streams[key] -= 1
+        if not _open_streams[key]:
+            del _open_streams[key]
+
+
+async def _stream(request: Request, token: str) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     # An id we could have sent (ASCII digits, in range); anything else: start from now.
     last = row_id_text(request.headers.get("last-event-id")) or \
         await off_loop(events.last_event_id, database_url)
     listener = ensure_listener(database_url)
     poll = listener.poll_seconds if listener is not None else EVENT_POLL_SECONDS
+    check_every = _session_check_seconds()
     waker = _waker()
     resp = await request.respond(content_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
     await resp.send("retry: 1000\n\n")
     keepalive_due = time.monotonic() + KEEPALIVE_SECONDS
+    check_due = time.monotonic() + check_every
+    generation = _sessions_generation
     while (request.transport is not None and not request.transport.is_closing()
            and not getattr(request.app.ctx, "live_stopping", False)):
         woken = waker.current  # before the read: see _Waker
         wait = poll
         try:
             batch = await off_loop(events.events_after, last, BATCH, database_url)
+            if batch or generation != _sessions_generation or time.monotonic() >= check_due:
+                generation = _sessions_generation
+                check_due = time.monotonic() + check_every
+                if not await _session_alive(token, database_url):
+                    break  # logged out, expired, idle, or the user disabled
         except DBAPIError as exc:  # e.g. PostgreSQL restarting: keep the stream, retry
             logger.warning("desk events read failed: %s", type(exc.orig).__name__)
             batch, wait = [], DB_RETRY_SECONDS
@@ -313,7 +377,8 @@ async def stream(request: Request) -> HTTPResponse:
         if batch:
             keepalive_due = time.monotonic() + KEEPALIVE_SECONDS
             continue
-        timeout = min(wait, max(0.0, keepalive_due - time.monotonic()))
+        timeout = min(wait, max(0.0, keepalive_due - time.monotonic()),
+                      max(0.0, check_due - time.monotonic()))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(woken.wait(), timeout)
         if time.monotonic() >= keepalive_due:

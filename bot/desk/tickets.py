@@ -1,4 +1,9 @@
-"""The ticket API: the queue, a conversation's transcript, and what agents do with a ticket."""
+"""The ticket API: the queue, a conversation's transcript, and what agents do with a ticket.
+
+Who may do what to a ticket another agent holds is decided in one place,
+`parley.bot.handoff.commands` (inside each command's transaction); a refusal
+there is a 403 with its reason here.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from sanic.response import HTTPResponse
 from parley.bot import agents, contract, conversations, handoff, language, responses
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
+from parley.bot.handoff.commands import NotPermitted
 from parley.bot.responses import channels
 from parley.bot.responses.library import library
 from parley.bot.storage import off_loop, utcnow
@@ -172,11 +178,15 @@ async def transfer(request: Request, ticket_id: int) -> HTTPResponse:
     to_agent = row_id(body_json(request).get("agent_id"))
     if to_agent is None or to_agent not in {
             a.id for a in await off_loop(agents.list_agents, database_url)
-            if a.role in agents.DESK_ROLES}:
-        raise BadRequest("'agent_id' must be the id of a desk user who answers customers")
+            if a.role in agents.DESK_ROLES and not a.disabled}:
+        raise BadRequest("'agent_id' must be the id of an active desk user who answers "
+                         "customers")
     await held(ticket_id, database_url)
-    view = await off_loop(handoff.transfer, ticket_id,
-                                   request.ctx.session.agent.id, to_agent, database_url)
+    try:
+        view = await off_loop(handoff.transfer, ticket_id, request.ctx.session.agent.id,
+                              to_agent, database_url)
+    except NotPermitted as exc:
+        raise BadRequest(str(exc), 403) from None
     return response.json((await ticket_json([view], database_url))[0])
 
 
@@ -198,7 +208,9 @@ async def dismiss(request: Request) -> HTTPResponse:
     ids = body_json(request).get("ids")
     if not isinstance(ids, list) or not ids or any(row_id(i) is None for i in ids):
         raise BadRequest("'ids' must be a non-empty list of ticket ids")
-    closed = await off_loop(handoff.dismiss, ids[:500],
-                                     request.ctx.session.agent.id,
-                                     request.app.ctx.database_url)
+    try:
+        closed = await off_loop(handoff.dismiss, ids[:500], request.ctx.session.agent.id,
+                                request.app.ctx.database_url)
+    except NotPermitted as exc:
+        raise BadRequest(str(exc), 403) from None
     return response.json({"dismissed": closed})

@@ -2,6 +2,12 @@
 
 Each command is one transaction that locks the rows it changes, so two agents acting
 on the same ticket at once cannot both succeed.
+
+Who may act on a ticket another agent holds is decided here, in `_may_act_on`,
+inside the command's transaction (the holder read under the row lock): any desk
+user may note and tag any ticket; only its holder may reply to or resolve it;
+dismissing or transferring a ticket another agent holds takes a supervisor or an
+admin (`agents.SUPERVISING_ROLES`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from parley.bot import contract, events, responses, survey
+from parley.bot.agents import SUPERVISING_ROLES, Agent
 from parley.bot.conversations import Conversation, add_message
 from parley.bot.handoff.tickets import (
     OPEN,
@@ -23,6 +30,20 @@ from parley.bot.handoff.tickets import (
 )
 from parley.bot.responses import channels
 from parley.bot.storage import session_scope, utcnow
+
+
+class NotPermitted(PermissionError):
+    """The actor's role does not allow this on a ticket another agent holds."""
+
+
+def _may_act_on(session: Session, ticket: Ticket, agent_id: int, doing: str) -> None:
+    """Waiting tickets and one's own: anyone; another agent's: supervisors and admins."""
+    if ticket.status != "assigned" or ticket.assigned_agent_id in (None, agent_id):
+        return
+    role = session.execute(select(Agent.role).where(Agent.id == agent_id)).scalar()
+    if role not in SUPERVISING_ROLES:
+        raise NotPermitted(f"ticket {ticket.id} is held by another agent; only a supervisor "
+                           f"or an admin may {doing} it")
 
 
 def _assign(session: Session, ticket_id: int, agent_id: int) -> TicketView | None:
@@ -51,18 +72,21 @@ def claim_ticket(ticket_id: int, agent_id: int,
         return _assign(session, ticket_id, agent_id)
 
 
-def transfer(ticket_id: int, from_agent: int, to_agent: int,
+def transfer(ticket_id: int, by_agent: int, to_agent: int,
              database_url: str | None = None) -> TicketView:
-    """Hand a held ticket to another agent; only its current holder may."""
+    """Hand a held ticket to another agent: its holder may, and so may a
+    supervisor or an admin (NotPermitted for anyone else)."""
     with session_scope(database_url) as session:
         ticket = _held_ticket(session, ticket_id)
-        if ticket.status != "assigned" or ticket.assigned_agent_id != from_agent:
-            raise TransitionError(f"ticket {ticket_id} is not held by agent {from_agent}")
+        if ticket.status != "assigned":
+            raise TransitionError(f"ticket {ticket_id} is not held by anyone; claim it first")
+        _may_act_on(session, ticket, by_agent, "transfer")
+        from_agent = ticket.assigned_agent_id
         _transition(ticket, "assigned")
         ticket.assigned_agent_id = to_agent
         events.publish(session, "ticket_transferred", ticket_id=ticket_id,
                        conversation_id=ticket.conversation_id, from_agent=from_agent,
-                       to_agent=to_agent)
+                       to_agent=to_agent, by_agent=by_agent)
         return TicketView.of(ticket)
 
 
@@ -95,13 +119,18 @@ def resolve(ticket_id: int, agent_id: int, database_url: str | None = None,
 
 
 def dismiss(ticket_ids: list[int], agent_id: int, database_url: str | None = None) -> list[int]:
-    """Close tickets that need no reply (spam, "thanks!"); returns those closed."""
+    """Close tickets that need no reply (spam, "thanks!"); returns those closed.
+    All or none: NotPermitted if one is held by another agent and `agent_id` is
+    not a supervisor or an admin."""
     closed: list[int] = []
     with session_scope(database_url) as session:
-        for ticket in session.execute(
+        tickets = list(session.execute(
             select(Ticket).where(Ticket.id.in_(ticket_ids), Ticket.status.in_(OPEN))
-            .with_for_update()
-        ).scalars():
+            .order_by(Ticket.id).with_for_update()
+        ).scalars())
+        for ticket in tickets:
+            _may_act_on(session, ticket, agent_id, "dismiss")
+        for ticket in tickets:
             _transition(ticket, "abandoned")
             ticket.resolved_at = utcnow()
             ticket.assigned_agent_id = ticket.assigned_agent_id or agent_id

@@ -1,6 +1,7 @@
 // Parley desk. All customer-provided text is written with textContent, never as HTML.
 "use strict";
 
+const SUPERVISING = ["supervisor", "admin"];  // agents.SUPERVISING_ROLES
 const state = { me: null, tickets: [], current: null, agents: [], seen: new Set(), firstLoad: true, languages: [] };
 // Where a conversation's language came from (bot/language.py); none: nothing has said yet.
 const LANGUAGE_SOURCES = { platform: "from the platform", detected: "detected", agent: "set by an agent" };
@@ -139,8 +140,11 @@ async function openTicket(id) {
   $("conversation").hidden = false;
   $("conv-title").textContent = t.display_name + " · " + t.channel;
   const mine = t.status === "assigned" && t.assigned_agent_id === state.me.id;
+  // Supervisors and admins may also move a ticket another agent holds (the server decides).
+  const movable = mine || (t.status === "assigned" && SUPERVISING.includes(state.me.role));
   $("claim").disabled = t.status !== "waiting";
-  for (const id2 of ["resolve", "transfer", "transfer-to"]) $(id2).disabled = !mine;
+  $("resolve").disabled = !mine;
+  for (const id2 of ["transfer", "transfer-to"]) $(id2).disabled = !movable;
   $("send").disabled = !(mine || $("as-note").checked);
   state.languages = data.languages || [];
   renderContext(t);
@@ -153,7 +157,17 @@ async function openTicket(id) {
 function connectEvents() {
   const source = new EventSource("/events");
   source.onopen = () => $("live").classList.remove("down");
-  source.onerror = () => $("live").classList.add("down");
+  source.onerror = () => {
+    $("live").classList.add("down");
+    // The stream ends with its session (logout elsewhere, idle, disabled): the
+    // browser's reconnect is refused, so find out why (a 401 goes to the login page).
+    if (source.readyState === EventSource.CLOSED) {
+      act(async () => {
+        await api("/api/me");
+        toast("Live updates stopped (too many desk tabs open?). Reload to resume.");
+      });
+    }
+  };
   const refresh = (e) => {
     const ev = JSON.parse(e.data);
     loadQueue();
@@ -196,6 +210,97 @@ function useCanned(text, name) {
   $("reply").focus();
 }
 
+// Transfer targets: active users who answer customers.
+async function loadAgents() {
+  state.agents = await api("/api/agents");
+  const select = $("transfer-to");
+  select.replaceChildren();
+  for (const a of state.agents.filter((x) => x.id !== state.me.id)) {
+    const opt = el("option", a.display_name);
+    opt.value = a.id;
+    select.appendChild(opt);
+  }
+}
+
+// Admins: the "Users" panel (list, add, disable/enable, reset password, end sessions).
+function lastSeen(iso) { return iso ? new Date(iso).toLocaleString() : "never"; }
+
+async function userAction(user, action, done) {
+  const status = $("users-status");
+  try {
+    const data = await api("/api/users/" + user.id + "/" + action, { body: {} });
+    formStatus(status, done(data), true);
+    await loadUsers();
+    await loadAgents();
+  } catch (err) { formStatus(status, err.message, false); }
+}
+
+function userButton(box, label, user, handler) {
+  const b = el("button", label);
+  b.type = "button";
+  b.setAttribute("aria-label", label + ": " + user.username);
+  b.addEventListener("click", handler);
+  box.appendChild(b);
+}
+
+async function loadUsers() {
+  const users = await api("/api/users");
+  const body = $("users-list");
+  body.replaceChildren();
+  for (const u of users) {
+    const row = el("tr", null, u.disabled ? "disabled" : "");
+    row.dataset.user = u.username;
+    const who = el("td");
+    who.append(el("strong", u.display_name), el("span", " " + u.username, "muted"));
+    const box = el("div", null, "row");
+    const self = u.id === state.me.id;
+    if (!self && u.disabled) {
+      userButton(box, "Enable", u, () => userAction(u, "enable", () => u.username + " can log in again."));
+    } else if (!self) {
+      userButton(box, "Disable", u, () => {
+        if (confirm("Disable " + u.username + "? They are logged out everywhere at once.")) {
+          userAction(u, "disable", () => u.username + " is disabled and logged out.");
+        }
+      });
+    }
+    if (!self) {
+      userButton(box, "Reset password", u, () => {
+        if (!confirm("Make a new password for " + u.username + "? Their sessions end.")) return;
+        userAction(u, "reset-password", (data) => ["New password for " + u.username + ": ",
+          el("span", data.password, "secret"), " (shown only now; give it to them safely)."]);
+      });
+    }
+    userButton(box, "End sessions", u, () => {
+      if (self && !confirm("This logs you out too. Go on?")) return;
+      userAction(u, "end-sessions", (data) => data.ended + " session(s) of " + u.username + " ended.");
+    });
+    const actions = el("td");
+    actions.appendChild(box);
+    row.append(who, el("td", u.role), el("td", u.disabled ? "disabled" : "active"),
+      el("td", lastSeen(u.last_seen_at)), el("td", u.sessions), actions);
+    body.appendChild(row);
+  }
+}
+
+function setupUsers() {
+  $("users-open").hidden = false;
+  modal("users", $("users-open"), () => { formStatus($("users-status"), "", true); return loadUsers(); });
+  $("new-user-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const status = $("users-status");
+    const body = { username: $("nu-username").value.trim(), role: $("nu-role").value,
+      password: $("nu-password").value };
+    if ($("nu-name").value.trim()) body.display_name = $("nu-name").value.trim();
+    try {
+      const made = await api("/api/users", { body });
+      e.target.reset();
+      formStatus(status, "Added " + made.username + " (" + made.role + ").", true);
+      await loadUsers();
+      await loadAgents();
+    } catch (err) { formStatus(status, err.message, false); }
+  });
+}
+
 async function main() {
   const me = await api("/api/me");
   state.me = me;
@@ -203,13 +308,10 @@ async function main() {
   $("logout-csrf").value = me.csrf;
   $("me").textContent = me.display_name + " (" + me.role + ")";
   $("to-analytics").hidden = me.role !== "admin";
-  state.agents = await api("/api/agents");
+  setupAccount(me);
+  if (me.role === "admin") setupUsers();
+  await loadAgents();
   const select = $("transfer-to");
-  for (const a of state.agents.filter((x) => x.id !== me.id)) {
-    const opt = el("option", a.display_name);
-    opt.value = a.id;
-    select.appendChild(opt);
-  }
   $("claim").addEventListener("click", () => act(async () => {
     await api("/api/tickets/" + state.current + "/claim", { body: {} });
     await openTicket(state.current);
