@@ -58,6 +58,7 @@ TOP_INTENTS = 10
 # A handoff this many customer turns after a bot reply counts against the reply.
 HANDOFF_TURNS = 2
 OUT_AUTHORS = ("bot", "agent", "system")
+ANSWER_AUTHORS = ("bot", "agent")
 SCORED_QUESTIONS = ("answer", "time", "agent")  # the 1-5 survey questions
 SATISFIED = 4  # a score this high or higher is a satisfied customer (CSAT)
 FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2999, 12, 31)
@@ -252,31 +253,50 @@ def volume(session: Session, f: Filters) -> dict[str, Any]:
 
 # --- handled --------------------------------------------------------------------------
 
-def _last_sent(f: Filters) -> Any:
-    """Per conversation, the id of its last sent message in or after the range (an
-    answer to a message in range can only come after the range began)."""
-    return (select(M.c.conversation_id, func.max(M.c.id).label("last_id"))
-            .where(_sent(M), M.c.created_at >= f.since)
-            .group_by(M.c.conversation_id).subquery("last_sent"))
+def _answer(table: Any) -> ColumnElement:
+    """An answer to the customer: a sent bot or agent message. The system's notices
+    (queue place, "an agent joined", survey questions) tell, they do not answer."""
+    return and_(table.c.author.in_(ANSWER_AUTHORS), table.c.delivery.in_(("sync", "push")),
+                table.c.delivery_error.is_(None))
+
+
+def _last_answer(since: datetime | None) -> Any:
+    """Per conversation, the id of its last answer (in or after the range, if `since`:
+    an answer to a message in range can only come after the range began)."""
+    query = select(M.c.conversation_id, func.max(M.c.id).label("last_id")).where(_answer(M))
+    if since is not None:
+        query = query.where(M.c.created_at >= since)
+    return query.group_by(M.c.conversation_id).subquery("last_answer")
+
+
+def _handled_parts(last: Any) -> tuple[Any, ColumnElement, ColumnElement]:
+    source = M.outerjoin(last, last.c.conversation_id == M.c.conversation_id) \
+        .join(C, C.c.id == M.c.conversation_id)
+    # The gate finishes some messages itself (a survey answer, BOT in the queue): the
+    # inbox marks them answered.
+    answered = or_(last.c.last_id > M.c.id, M.c.inbox_state == "answered")
+    waiting = and_(or_(last.c.last_id.is_(None), last.c.last_id < M.c.id),
+                   or_(M.c.inbox_state.is_(None), M.c.inbox_state != "answered"))
+    return source, answered, waiting
 
 
 def handled(session: Session, f: Filters) -> dict[str, Any]:
-    """Customer messages in range, per bucket: handled when followed by a sent message
-    (the bot's, an agent's or the system's), not handled otherwise; the oldest message
-    not handled yet, whatever its bucket."""
-    last = _last_sent(f)
-    answered = last.c.last_id > M.c.id
-    waiting = or_(last.c.last_id.is_(None), last.c.last_id < M.c.id)
-    source = M.outerjoin(last, last.c.conversation_id == M.c.conversation_id) \
-        .join(C, C.c.id == M.c.conversation_id)
+    """Customer messages in range, per bucket: handled when the bot or an agent answered
+    after it (a sent bot or agent message later in the conversation), or the gate
+    finished it (a survey answer, BOT in the queue); not handled otherwise (no answer
+    from anyone yet: a queue notice is not an answer). The oldest message not handled
+    yet is searched over all time, not only the range (the filters still apply)."""
+    source, answered, waiting = _handled_parts(_last_answer(f.since))
     where = [M.c.author == "customer", *f.in_range(M.c.created_at), *f.scoped()]
     bucket = _bucket(session, M.c.created_at, f.hourly)
     rows = session.execute(
         select(bucket, _count(answered), _count(waiting)).select_from(source)
         .where(*where).group_by(bucket).order_by(bucket)).all()
+    source, _answered, waiting = _handled_parts(_last_answer(None))
     oldest = session.execute(
         select(M.c.id, M.c.conversation_id, C.c.channel, M.c.created_at).select_from(source)
-        .where(*where, waiting).order_by(M.c.created_at, M.c.id).limit(1)).first()
+        .where(M.c.author == "customer", M.c.created_at < f.until, *f.scoped(), waiting)
+        .order_by(M.c.created_at, M.c.id).limit(1)).first()
     unhandled = None
     if oldest is not None:
         at = oldest.created_at.replace(tzinfo=timezone.utc)
@@ -298,22 +318,33 @@ def _active(f: Filters) -> Any:
 
 
 def containment(session: Session, f: Filters) -> dict[str, Any]:
-    """Conversations with a customer message in range, per channel: contained when no
-    ticket of theirs was created in range (the bot finished without a person),
-    handed off otherwise. Containment = contained / conversations."""
+    """Conversations with a customer message in range, per channel. Handed off: a
+    ticket of theirs was open at some time in the range (created before its end, not
+    resolved or abandoned before its start). Contained (the bot finished without a
+    person): no such ticket, and every customer message of theirs in range answered
+    (inbox state answered). The rest are still open (a message not answered yet).
+    Containment = contained / conversations."""
     active = _active(f)
-    handed = exists(select(T.c.id).where(T.c.conversation_id == active.c.conversation_id,
-                                         *f.in_range(T.c.created_at)))
+    handed = exists(select(T.c.id).where(
+        T.c.conversation_id == active.c.conversation_id, T.c.created_at < f.until,
+        or_(T.c.resolved_at.is_(None), T.c.resolved_at >= f.since)))
+    unanswered = exists(select(M.c.id).where(
+        M.c.conversation_id == active.c.conversation_id, M.c.author == "customer",
+        *f.in_range(M.c.created_at),
+        or_(M.c.inbox_state.is_(None), M.c.inbox_state != "answered")))
     rows = session.execute(
-        select(C.c.channel, func.count(), _count(~handed))
+        select(C.c.channel, func.count(), _count(handed),
+               _count(and_(~handed, ~unanswered)))
         .select_from(active.join(C, C.c.id == active.c.conversation_id))
         .where(*f.scoped()).group_by(C.c.channel).order_by(C.c.channel)).all()
     out = [{"channel": ch, "conversations": int(n), "contained": int(k),
-            "handed_off": int(n) - int(k), "containment": _share(int(k), int(n))}
-           for ch, n, k in rows]
-    total, kept = sum(r["conversations"] for r in out), sum(r["contained"] for r in out)
+            "handed_off": int(h), "open": int(n) - int(h) - int(k),
+            "containment": _share(int(k), int(n))}
+           for ch, n, h, k in rows]
+    total = sum(r["conversations"] for r in out)
+    kept, gave = sum(r["contained"] for r in out), sum(r["handed_off"] for r in out)
     return {"rows": out, "total": {"channel": "all", "conversations": total, "contained": kept,
-                                   "handed_off": total - kept,
+                                   "handed_off": gave, "open": total - kept - gave,
                                    "containment": _share(kept, total)}}
 
 
@@ -425,7 +456,7 @@ def agents(session: Session, f: Filters) -> dict[str, Any]:
     waited for a person) and of handling (claim to resolved, resolved tickets only)."""
     grouped: dict[tuple[str, int], list[Any]] = defaultdict(list)
     for row in _ticket_times(session, f, A.c.display_name):
-        if row[2] is not None:
+        if row[2] is not None and not row[3]:  # held by an agent (not dismissed unclaimed)
             grouped[(row[7] or f"#{row[2]}", row[2])].append(row)
     out = [{"agent": name, **_times(rows),
             "resolved": sum(1 for r in rows if r[0] == "resolved")}
@@ -437,13 +468,14 @@ def agents(session: Session, f: Filters) -> dict[str, Any]:
 def teams(session: Session, f: Filters) -> dict[str, Any]:
     """Tickets created in range, per team: the same medians as per agent, and the
     tickets abandoned while waiting: closed (status abandoned) before any agent claimed
-    them and not dismissed by an agent (the customer typed BOT or left)."""
+    them, the customer never served (they typed BOT, or went quiet and an agent
+    dismissed the ticket from the queue)."""
     grouped: dict[str, list[Any]] = defaultdict(list)
     for row in _ticket_times(session, f):
         grouped[row[1]].append(row)
     out = []
     for team, rows in sorted(grouped.items()):
-        gone = sum(1 for r in rows if r[0] == "abandoned" and r[3] and r[2] is None)
+        gone = sum(1 for r in rows if r[0] == "abandoned" and r[3])
         out.append({"team": team, **_times(rows), "abandoned_waiting": gone,
                     "abandoned_share": _share(gone, len(rows))})
     return {"rows": out}
@@ -575,7 +607,7 @@ CHARTS: dict[str, Chart] = {
         _col("not_handled", "Not handled")]),
     "containment": Chart("Containment", containment.__doc__ or "", containment, [
         _col("channel", "Channel", "label"), _col("conversations", "Conversations"),
-        _col("contained", "Bot only"), _col("handed_off", "Handed off"),
+        _col("contained", "Bot only"), _col("handed_off", "Handed off"), _col("open", "Open"),
         _col("containment", "Containment", "share")]),
     "handoff_reasons": Chart("Handoffs by reason", handoff_reasons.__doc__ or "",
                              handoff_reasons, [

@@ -8,7 +8,7 @@ Three days in range, 2026-03-01 to 2026-03-03, and one conversation before them:
                             confidence); Ana claims (120 s in queue), answers with a canned
                             reply (180 s after the handoff), resolves (480 s of handling);
                             survey 5/4/5 and a rating of 4
-    messenger:3  03-03  -   two messages nobody answered
+    messenger:3  03-03  -   two messages nobody answered (the bot failed, then one waits)
     telegram:4   03-01  pt  four turns, the fourth hands off (keyword); the customer leaves
                             the queue (abandoned while waiting); bot-only survey
     whatsapp:5   03-02  en  a complaint, Bo claims (60 s) and answers (120 s); the bot's reply
@@ -72,6 +72,8 @@ class Writer:
     def message(self, cid: str, author: str, when: datetime, **values: Any) -> int:
         row = {"conversation_id": cid, "author": author, "text": f"{author} says",
                "delivery": "none" if author in ("customer", "note") else "push",
+               # A customer message the bot's turn finished, unless said otherwise.
+               "inbox_state": "answered" if author == "customer" else None,
                "attempts": 0, "created_at": when} | values
         return int(self.conn.execute(insert(Message).values(**row)).inserted_primary_key[0])
 
@@ -133,8 +135,8 @@ def seed(database_url: str) -> Seeded:
         s.tickets["T1"] = t1
         # messenger:3
         w.conversation("messenger:3", None, at(3, "09:00:00"))
-        w.message("messenger:3", "customer", at(3, "09:00:00"))
-        w.message("messenger:3", "customer", at(3, "09:00:30"))
+        w.message("messenger:3", "customer", at(3, "09:00:00"), inbox_state="failed")
+        w.message("messenger:3", "customer", at(3, "09:00:30"), inbox_state="received")
         # telegram:4
         w.conversation("telegram:4", "pt", at(1, "12:00:00"))
         names = ["utter_ask_rephrase", "utter_greet", "utter_greet"]
@@ -160,7 +162,7 @@ def seed(database_url: str) -> Seeded:
                   delivery_error="withheld", reply_name="utter_order_status", ticket_id=t3)
         w.message("whatsapp:5", "agent", at(2, "11:02:01"), ticket_id=t3, agent_id=people["bo"])
         s.messages["oldest_unhandled"] = w.message("whatsapp:5", "customer", at(2, "11:03:00"),
-                                                   ticket_id=t3)
+                                                   ticket_id=t3, inbox_state="routed")
         w.message("whatsapp:5", "note", at(2, "11:03:10"), ticket_id=t3, agent_id=people["bo"])
         s.tickets["T3"] = t3
         # telegram:6, before the range

@@ -67,21 +67,32 @@ def test_handled_and_the_oldest_unhandled_message(seeded: tuple[str, Seeded]) ->
     result = analytics.run("handled", RANGE, url)
     assert result["rows"] == [
         {"bucket": "2026-03-01", "handled": 4, "not_handled": 0},
-        {"bucket": "2026-03-02", "handled": 5, "not_handled": 2},
+        # instagram:7's message was answered by the bot's handoff turn
+        {"bucket": "2026-03-02", "handled": 6, "not_handled": 1},
         {"bucket": "2026-03-03", "handled": 0, "not_handled": 2},
     ]
     oldest = result["oldest_unhandled"]
     assert oldest["message_id"] == data.messages["oldest_unhandled"]
     assert (oldest["conversation_id"], oldest["channel"]) == ("whatsapp:5", "whatsapp")
     assert oldest["created_at"] == at(2, "11:03:00").isoformat()
-    # Answered now: it is handled, and the next oldest is instagram:7's.
+    # The oldest waiting message is found even when the range starts after it.
+    march_3 = Filters(date(2026, 3, 3), date(2026, 3, 3))
+    assert analytics.run("handled", march_3, url)["oldest_unhandled"]["message_id"] == \
+        data.messages["oldest_unhandled"]
+    # A queue notice (the system's) tells, it does not answer: still not handled.
+    with storage.get_engine(url).begin() as conn:
+        conn.execute(insert(Message).values(conversation_id="whatsapp:5", author="system",
+                                            text="You are number 1", delivery="push",
+                                            attempts=0, created_at=at(2, "11:03:01")))
+    assert analytics.run("handled", RANGE, url)["rows"][1]["not_handled"] == 1
+    # Answered now by the agent: handled, and the next oldest is messenger:3's.
     with storage.get_engine(url).begin() as conn:
         conn.execute(insert(Message).values(conversation_id="whatsapp:5", author="agent",
                                             text="sorry", delivery="push", attempts=0,
                                             created_at=at(4, "08:00:00")))
     after = analytics.run("handled", RANGE, url)
-    assert after["rows"][1] == {"bucket": "2026-03-02", "handled": 6, "not_handled": 1}
-    assert after["oldest_unhandled"]["conversation_id"] == "instagram:7"
+    assert after["rows"][1] == {"bucket": "2026-03-02", "handled": 7, "not_handled": 0}
+    assert after["oldest_unhandled"]["conversation_id"] == "messenger:3"
 
 
 def test_containment_and_handoff_reasons(seeded: tuple[str, Seeded]) -> None:
@@ -89,18 +100,19 @@ def test_containment_and_handoff_reasons(seeded: tuple[str, Seeded]) -> None:
     result = analytics.run("containment", RANGE, url)
     assert result["rows"] == [
         {"channel": "instagram", "conversations": 1, "contained": 0, "handed_off": 1,
-         "containment": 0.0},
-        {"channel": "messenger", "conversations": 1, "contained": 1, "handed_off": 0,
-         "containment": 1.0},
+         "open": 0, "containment": 0.0},
+        # messenger:3: nobody answered, so the bot did not finish it: open
+        {"channel": "messenger", "conversations": 1, "contained": 0, "handed_off": 0,
+         "open": 1, "containment": 0.0},
         {"channel": "telegram", "conversations": 2, "contained": 1, "handed_off": 1,
-         "containment": 0.5},
+         "open": 0, "containment": 0.5},
         {"channel": "webchat", "conversations": 1, "contained": 0, "handed_off": 1,
-         "containment": 0.0},
+         "open": 0, "containment": 0.0},
         {"channel": "whatsapp", "conversations": 1, "contained": 0, "handed_off": 1,
-         "containment": 0.0},
+         "open": 0, "containment": 0.0},
     ]
-    assert result["total"] == {"channel": "all", "conversations": 6, "contained": 2,
-                               "handed_off": 4, "containment": 0.3333}
+    assert result["total"] == {"channel": "all", "conversations": 6, "contained": 1,
+                               "handed_off": 4, "open": 1, "containment": 0.1667}
     reasons = analytics.run("handoff_reasons", RANGE, url)
     assert reasons["conversations"] == 6
     assert reasons["rows"] == [
@@ -111,6 +123,16 @@ def test_containment_and_handoff_reasons(seeded: tuple[str, Seeded]) -> None:
         {"reason": "external", "handoffs": 0, "rate": 0.0},  # telegram:6 is out of range
         {"reason": "bot_error", "handoffs": 0, "rate": 0.0},
     ]
+    # telegram:6's ticket from before the range is still waiting: a message the bot
+    # answers in range does not make that conversation the bot's alone.
+    with storage.get_engine(url).begin() as conn:
+        conn.execute(insert(Message).values(conversation_id="telegram:6", author="customer",
+                                            text="hello?", delivery="none", attempts=0,
+                                            inbox_state="answered",
+                                            created_at=at(2, "09:00:00")))
+    telegram = analytics.run("containment", RANGE, url)["rows"][2]
+    assert telegram == {"channel": "telegram", "conversations": 3, "contained": 1,
+                        "handed_off": 2, "open": 0, "containment": 0.3333}
 
 
 def test_top_intents_that_end_in_a_handoff(seeded: tuple[str, Seeded]) -> None:
@@ -137,8 +159,8 @@ def test_time_to_first_answer_bot_and_person(seeded: tuple[str, Seeded]) -> None
 def test_per_agent_and_per_team(seeded: tuple[str, Seeded]) -> None:
     url, _ = seeded
     assert rows("agents", url) == [
-        # T1 (resolved) and T4 (dismissed while waiting: no queue time, no answer)
-        {"agent": "Ana", "tickets": 2, "queue_median": 120.0, "first_answer_median": 180.0,
+        # T1 (resolved); T4, dismissed from the queue, was never hers
+        {"agent": "Ana", "tickets": 1, "queue_median": 120.0, "first_answer_median": 180.0,
          "handle_median": 480.0, "resolved": 1},
         {"agent": "Bo", "tickets": 1, "queue_median": 60.0, "first_answer_median": 120.0,
          "handle_median": None, "resolved": 0},
@@ -146,9 +168,9 @@ def test_per_agent_and_per_team(seeded: tuple[str, Seeded]) -> None:
     assert rows("teams", url) == [
         {"team": "billing", "tickets": 1, "queue_median": 60.0, "first_answer_median": 120.0,
          "handle_median": None, "abandoned_waiting": 0, "abandoned_share": 0.0},
-        # T2: the customer left the queue; T4 was dismissed by an agent, not abandoned
+        # T2: the customer left the queue; T4: dismissed from the queue, never served
         {"team": "support", "tickets": 3, "queue_median": 120.0, "first_answer_median": 180.0,
-         "handle_median": 480.0, "abandoned_waiting": 1, "abandoned_share": 0.3333},
+         "handle_median": 480.0, "abandoned_waiting": 2, "abandoned_share": 0.6667},
     ]
 
 
@@ -190,7 +212,7 @@ def test_channel_and_language_filters(seeded: tuple[str, Seeded]) -> None:
     assert {r["channel"] for r in rows("volume", url, telegram)} == {"telegram"}
     assert rows("containment", url, telegram) == [
         {"channel": "telegram", "conversations": 2, "contained": 1, "handed_off": 1,
-         "containment": 0.5}]
+         "open": 0, "containment": 0.5}]
     reasons = analytics.run("handoff_reasons", telegram, url)
     assert reasons["conversations"] == 2
     assert {r["reason"]: r["handoffs"] for r in reasons["rows"]}["keyword"] == 1
@@ -376,7 +398,7 @@ def test_csv_download(desk: DeskProcess, manager: httpx.Client) -> None:
     assert table == [
         ["Agent", "Tickets", "Median time in queue", "Median time to first answer",
          "Median handle time", "Resolved"],
-        ["Ana", "2", "120.0", "180.0", "480.0", "1"],
+        ["Ana", "1", "120.0", "180.0", "480.0", "1"],
         ["Bo", "1", "60.0", "120.0", "", "0"],
     ]
     links = list(csv.reader(io.StringIO(
@@ -384,7 +406,7 @@ def test_csv_download(desk: DeskProcess, manager: httpx.Client) -> None:
     assert links[0] == ["Reply", "Sent by the bot", "Followed by a handoff", "Share"]
     containment = list(csv.reader(io.StringIO(
         manager.get(f"/api/analytics/containment?{QUERY}&format=csv").text)))
-    assert containment[-1] == ["all", "6", "2", "4", "0.3333"]  # the total row
+    assert containment[-1] == ["all", "6", "1", "4", "1", "0.1667"]  # the total row
 
 
 def test_csv_cells_never_run_as_formulas(desk: DeskProcess, manager: httpx.Client) -> None:

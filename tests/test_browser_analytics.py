@@ -71,7 +71,7 @@ class Database:
             self.conversations = {r["id"]: r for r in q("SELECT id, channel, language "
                                                          "FROM conversations")}
             self.messages = q("SELECT id, conversation_id, author, delivery, delivery_error, "
-                              "created_at, reply_to, reply_name FROM messages ORDER BY id")
+                              "created_at, reply_to, reply_name, inbox_state FROM messages ORDER BY id")
             self.tickets = q("SELECT id, conversation_id, status, team, reason, context, "
                              "assigned_agent_id, created_at, assigned_at, first_reply_at, "
                              "resolved_at FROM tickets")
@@ -141,27 +141,32 @@ def expected(db: Database, view: View) -> dict[str, list[dict]]:
                       "outbound": c["outbound"]} for (b, ch), c in sorted(volume.items())
                      if c["inbound"] or c["outbound"]]
 
-    last_sent: dict[str, int] = {}
+    last_answer: dict[str, int] = {}  # a bot's or agent's sent message; notices do not count
     for m in db.messages:
-        if _sent(m):
-            last_sent[m["conversation_id"]] = m["id"]
+        if _sent(m) and m["author"] in ("bot", "agent"):
+            last_answer[m["conversation_id"]] = m["id"]
     handled: dict[str, Counter] = defaultdict(Counter)
     for m in customer:
-        handled[view.bucket(m["created_at"])][
-            "handled" if last_sent.get(m["conversation_id"], 0) > m["id"] else "not_handled"] += 1
+        done = last_answer.get(m["conversation_id"], 0) > m["id"] \
+            or m["inbox_state"] == "answered"
+        handled[view.bucket(m["created_at"])]["handled" if done else "not_handled"] += 1
     out["handled"] = [{"bucket": b, "handled": c["handled"], "not_handled": c["not_handled"]}
                       for b, c in sorted(handled.items())]
 
     active = {m["conversation_id"] for m in customer}
-    handed = {t["conversation_id"] for t in db.tickets if _in(view, t["created_at"])}
+    handed = {t["conversation_id"] for t in db.tickets  # open at some time in the range
+              if t["created_at"] < view.until
+              and (t["resolved_at"] is None or t["resolved_at"] >= view.since)}
+    unfinished = {m["conversation_id"] for m in customer if m["inbox_state"] != "answered"}
     per_channel: dict[str, Counter] = defaultdict(Counter)
     for cid in active:
         c = per_channel[db.conversations[cid]["channel"]]
         c["conversations"] += 1
-        c["contained"] += cid not in handed
+        c["handed_off"] += cid in handed
+        c["contained"] += cid not in handed and cid not in unfinished
     out["containment"] = [{"channel": ch, "conversations": c["conversations"],
-                           "contained": c["contained"],
-                           "handed_off": c["conversations"] - c["contained"],
+                           "contained": c["contained"], "handed_off": c["handed_off"],
+                           "open": c["conversations"] - c["contained"] - c["handed_off"],
                            "containment": _share(c["contained"], c["conversations"])}
                           for ch, c in sorted(per_channel.items())]
 
@@ -209,7 +214,7 @@ def expected(db: Database, view: View) -> dict[str, list[dict]]:
     by_agent, by_team = defaultdict(list), defaultdict(list)
     for t in tickets:
         by_team[t["team"]].append(t)
-        if t["assigned_agent_id"] is not None:
+        if t["assigned_agent_id"] is not None and t["assigned_at"] is not None:
             by_agent[db.names[t["assigned_agent_id"]]].append(t)
     out["agents"] = sorted(({"agent": a, **times(g),
                              "resolved": sum(t["status"] == "resolved" for t in g)}
@@ -217,8 +222,7 @@ def expected(db: Database, view: View) -> dict[str, list[dict]]:
                            key=lambda r: (-r["tickets"], r["agent"]))
     out["teams"] = []
     for team, group in sorted(by_team.items()):
-        gone = sum(t["status"] == "abandoned" and t["assigned_at"] is None
-                   and t["assigned_agent_id"] is None for t in group)
+        gone = sum(t["status"] == "abandoned" and t["assigned_at"] is None for t in group)
         out["teams"].append({"team": team, **times(group), "abandoned_waiting": gone,
                              "abandoned_share": _share(gone, len(group))})
 
