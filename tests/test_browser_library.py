@@ -94,3 +94,20 @@ def test_writer_edits_admin_approves_customer_gets_it(
             break
     assert seen == expected, f"not live 2 s after approval: {seen!r}"
     expect(admin.locator("#history li").first).to_contain_text("published")
+
+
+def test_a_writer_changes_their_password_from_the_library(
+        browser: Browser, running_bot: RunningBot) -> None:
+    """Every role has "Account", not only those who use the desk page."""
+    agents.create_user("willa", "willa-password", "writer", "Willa", running_bot.database_url)
+    page = next(open_page(browser, running_bot, "willa"))
+    expect(page.locator("h1, strong").first).to_contain_text("Reply library")
+    page.click("#account-open")
+    expect(page.locator("#account-who")).to_contain_text("willa (writer)")
+    page.fill("#pw-current", "willa-password")
+    page.fill("#pw-new", "willa-better-password")
+    page.fill("#pw-again", "willa-better-password")
+    page.locator("#password-form").get_by_role("button", name="Change password").click()
+    expect(page.locator("#pw-status")).to_contain_text("Password changed")
+    assert agents.login("willa", "willa-better-password", running_bot.database_url) is not None
+    assert agents.login("willa", "willa-password", running_bot.database_url) is None

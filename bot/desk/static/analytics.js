@@ -275,6 +275,7 @@ async function main() {
   auth.csrf = an.me.csrf;
   $("logout-csrf").value = an.me.csrf;
   $("me").textContent = an.me.display_name + " (" + an.me.role + ")";
+  setupAccount(an.me);  // every role changes its own password
   $("to-desk").hidden = an.me.role !== "admin";
   $("to-library").hidden = !EDITOR_ROLES.includes(an.me.role);
   an.meta = await loadMeta(location.search.slice(1));

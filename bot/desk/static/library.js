@@ -286,6 +286,7 @@ async function main() {
   auth.csrf = lib.me.csrf;
   $("logout-csrf").value = lib.me.csrf;
   $("me").textContent = lib.me.display_name + " (" + lib.me.role + ")";
+  setupAccount(lib.me);  // every role changes its own password
   $("to-desk").hidden = lib.me.role === "writer";
   lib.meta = await api("/api/library/meta");
   $("new-form").addEventListener("submit", (e) => {
