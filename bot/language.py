@@ -32,6 +32,7 @@ from sqlalchemy import or_, select, update
 from parley.bot import events
 from parley.bot.conversations import Conversation, Message, add_message
 from parley.bot.inbox import Pending
+from parley.bot.personal_data import PLACEHOLDER
 from parley.bot.responses.channels import DEFAULT_LANGUAGE, LANGUAGES, language_code
 from parley.bot.storage import session_scope
 
@@ -124,8 +125,10 @@ def detect(text: str) -> str | None:
 
 
 def opening(texts: Iterable[str]) -> str:
-    """What detection reads: the customer's words, without button payloads or keywords."""
-    return "\n".join(t for t in texts if t.strip() and not _NOT_PROSE.fullmatch(t))
+    """What detection reads: the customer's words, without button payloads, keywords
+    or the placeholders of masked personal data ("[email]" is no English word)."""
+    words = (PLACEHOLDER.sub(" ", t) for t in texts if not _NOT_PROSE.fullmatch(t))
+    return "\n".join(t for t in words if t.strip())
 
 
 # -- the rules, per customer message ----------------------------------------------------

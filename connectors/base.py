@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
@@ -35,7 +36,7 @@ from sanic.response import HTTPResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from parley.bot import inbox, language, metrics, outbox, supervision
+from parley.bot import inbox, language, metrics, outbox, personal_data, supervision
 from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.settings import load_settings
@@ -167,6 +168,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     return request.body
 
 
+def masked(item: gate.Inbound, kinds: tuple[str, ...]) -> gate.Inbound:
+    """The message with card numbers, IBANs, email addresses and phone numbers (those
+    of `kinds`) replaced by placeholders in its text and the customer's name, and
+    their keyed hashes in its metadata under "masked" (`parley.bot.personal_data`).
+    Done here, where every channel's messages enter, so nothing after (the inbox, the
+    transcript, the desk, the gate, Rasa and its tracker store, the logs) ever holds
+    the values. The metadata holds platform ids, never the customer's words."""
+    text = personal_data.mask(item.text, kinds)
+    name = personal_data.mask(item.display_name, kinds)
+    if not text.found and not name.found:
+        return item
+    metadata = {**item.metadata, "masked": personal_data.found_payload(text.found + name.found)}
+    return replace(item, text=text.text, display_name=name.text, metadata=metadata)
+
+
+def store_masked(item: gate.Inbound, kinds: tuple[str, ...],
+                 database_url: str | None = None) -> int | None:
+    """`inbox.store` of the masked message (masking runs off the event loop too)."""
+    item = masked(item, kinds)
+    return inbox.store(item.conversation_id, item.text,
+                       platform_message_id=item.platform_message_id,
+                       display_name=item.display_name, metadata=item.metadata or None,
+                       database_url=database_url)
+
+
 class ChannelBlueprint(Blueprint):
     """A channel's routes, which also serve GET `/metrics` on the Rasa server: Rasa
     mounts each channel under /webhooks/<name>/ and has no plug point for a route of
@@ -222,11 +248,10 @@ class ParleyInput(InputChannel):
 
     # -- shared --------------------------------------------------------------------
     async def store(self, items: list[gate.Inbound]) -> list[int | None]:
-        """Commit each message to the inbox and wake this process's worker."""
-        ids = [await off_loop_urgent(inbox.store, item.conversation_id, item.text,
-                              platform_message_id=item.platform_message_id,
-                              display_name=item.display_name, metadata=item.metadata or None)
-               for item in items]
+        """Commit each message to the inbox, its personal data masked, and wake this
+        process's worker."""
+        kinds = self.workers.settings.mask
+        ids = [await off_loop_urgent(store_masked, item, kinds) for item in items]
         self.workers.inbox_wake.set()
         return ids
 

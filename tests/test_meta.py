@@ -120,13 +120,15 @@ def test_a_full_conversation(meta: MetaStack, kind: str) -> None:
     assert meta.post(kind, event(kind, user, "hi")).status_code == 200
     assert "AGENT" in meta.replies(user)[-1]
     meta.post(kind, event(kind, user, "where is my order?"))
-    assert "order number" in meta.replies(user)[-1]
+    # the question, then the reminder never to send card numbers (utter_privacy_reminder)
+    assert any("order number" in r for r in meta.replies(user)[-2:])
     meta.post(kind, event(kind, user, "10234"))
     assert "DHL" in meta.replies(user)[-1]
     assert all(b.get("messaging_type", "RESPONSE") == "RESPONSE" and "tag" not in b
                for b in meta.fake.sent_to(user))  # bot replies never carry a tag
     lines = conversations.transcript(f"{kind}:{user}", meta.stack.database_url)
-    assert [m.author for m in lines] == ["customer", "bot"] * 3
+    turns = [author for author, _ in itertools.groupby(m.author for m in lines)]
+    assert turns == ["customer", "bot"] * 3  # a turn may have several bot messages
 
 
 @pytest.mark.parametrize("kind", PLATFORMS)

@@ -83,11 +83,13 @@ def test_a_full_conversation(tg: TelegramStack) -> None:
     assert tg.post(text_update(chat, "hi")).status_code == 200
     assert "AGENT" in tg.replies(chat)[-1]
     tg.post(text_update(chat, "where is my order?"))
-    assert "order number" in tg.replies(chat)[-1]
+    # the question, then the reminder never to send card numbers (utter_privacy_reminder)
+    assert any("order number" in r for r in tg.replies(chat)[-2:])
     tg.post(text_update(chat, "10234"))
     assert "DHL" in tg.replies(chat)[-1]
     lines = conversations.transcript(f"telegram:{chat}", tg.stack.database_url)
-    assert [m.author for m in lines] == ["customer", "bot"] * 3
+    turns = [author for author, _ in itertools.groupby(m.author for m in lines)]
+    assert turns == ["customer", "bot"] * 3  # a turn may have several bot messages
     assert conversations.display_names([f"telegram:{chat}"], tg.stack.database_url) == {
         f"telegram:{chat}": "Maria Lopes"}
 
