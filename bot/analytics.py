@@ -324,17 +324,19 @@ def containment(session: Session, f: Filters) -> dict[str, Any]:
     person): no such ticket, and every customer message of theirs in range answered
     (inbox state answered). The rest are still open (a message not answered yet).
     Containment = contained / conversations."""
-    active = _active(f)
+    # One pass over the range's customer messages (a correlated EXISTS per conversation
+    # took minutes on SQLite at 100,000 messages).
+    not_answered = or_(M.c.inbox_state.is_(None), M.c.inbox_state != "answered")
+    active = (select(M.c.conversation_id,
+                     func.max(case((not_answered, 1), else_=0)).label("unanswered"))
+              .where(M.c.author == "customer", *f.in_range(M.c.created_at))
+              .group_by(M.c.conversation_id).subquery("active"))
     handed = exists(select(T.c.id).where(
         T.c.conversation_id == active.c.conversation_id, T.c.created_at < f.until,
         or_(T.c.resolved_at.is_(None), T.c.resolved_at >= f.since)))
-    unanswered = exists(select(M.c.id).where(
-        M.c.conversation_id == active.c.conversation_id, M.c.author == "customer",
-        *f.in_range(M.c.created_at),
-        or_(M.c.inbox_state.is_(None), M.c.inbox_state != "answered")))
     rows = session.execute(
         select(C.c.channel, func.count(), _count(handed),
-               _count(and_(~handed, ~unanswered)))
+               _count(and_(~handed, active.c.unanswered == 0)))
         .select_from(active.join(C, C.c.id == active.c.conversation_id))
         .where(*f.scoped()).group_by(C.c.channel).order_by(C.c.channel)).all()
     out = [{"channel": ch, "conversations": int(n), "contained": int(k),
