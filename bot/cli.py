@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_init_db)
     sub.add_parser("run", help="start Rasa, the action server and the desk; print the URLs"
                    ).set_defaults(func=cmd_run)
-    user = sub.add_parser("create-user", help="add a desk user (agent, supervisor, admin, writer or manager)")
+    user = sub.add_parser("create-user", help="add a desk user (agent, supervisor, admin, "
+                                              "writer or manager)")
     user.add_argument("username")
     user.add_argument("--role", choices=agents.ROLES, default="agent")
     user.add_argument("--display-name", default=None)

@@ -71,7 +71,8 @@ class Database:
             self.conversations = {r["id"]: r for r in q("SELECT id, channel, language "
                                                          "FROM conversations")}
             self.messages = q("SELECT id, conversation_id, author, delivery, delivery_error, "
-                              "created_at, reply_to, reply_name, inbox_state FROM messages ORDER BY id")
+                              "created_at, reply_to, reply_name, inbox_state FROM messages "
+                              "ORDER BY id")
             self.tickets = q("SELECT id, conversation_id, status, team, reason, context, "
                              "assigned_agent_id, created_at, assigned_at, first_reply_at, "
                              "resolved_at FROM tickets")

@@ -101,8 +101,11 @@ def test_a_portuguese_reply_gets_its_hours_in_portuguese(db_url: str) -> None:
     """The library's `{support_hours}` is filled in the reply's own language."""
     from parley.bot import responses
 
-    english = responses.render("utter_support_hours", "telegram", "en", database_url=db_url)["text"]
-    portuguese = responses.render("utter_support_hours", "telegram", "pt", database_url=db_url)["text"]
+    def hours(language: str) -> str:
+        return responses.render("utter_support_hours", "telegram", language,
+                                database_url=db_url)["text"]
+
+    english, portuguese = hours("en"), hours("pt")
     assert "Mon–Fri" in english and "time)" in english
     assert "seg–sex" in portuguese and "hora de Europe/Lisbon" in portuguese
     assert "Mon" not in portuguese and "time)" not in portuguese
