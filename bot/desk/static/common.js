@@ -58,11 +58,60 @@ function modal(id, opener, onOpen) {
   return box;
 }
 
+function labelled(text, input) {
+  const label = el("label", text + " ");
+  label.appendChild(input);
+  return label;
+}
+
+function passwordInput(id, autocomplete) {
+  const input = el("input");
+  Object.assign(input, { id, type: "password", autocomplete, required: true });
+  if (id !== "pw-current") Object.assign(input, { minLength: 10, maxLength: 200 });
+  return input;
+}
+
+// The account dialog, built here so every page that has "Account" gets the same one.
+function accountDialog() {
+  const box = el("dialog", null, "panel");
+  box.id = "account";
+  box.setAttribute("aria-labelledby", "account-title");
+  const title = el("h2", "Your account");
+  title.id = "account-title";
+  const who = el("p", null, "muted");
+  who.id = "account-who";
+  const form = el("form", null, "stack");
+  form.id = "password-form";
+  const fresh = passwordInput("pw-new", "new-password");
+  fresh.setAttribute("aria-describedby", "pw-hint");
+  const hint = el("p", "At least 10 characters, and not your username. Your other sessions " +
+    "end; this one stays.", "muted");
+  hint.id = "pw-hint";
+  const status = el("p", null, "form-status");
+  Object.assign(status, { id: "pw-status" });
+  status.setAttribute("role", "status");
+  status.setAttribute("aria-live", "polite");
+  const buttons = el("div", null, "row");
+  const submit = el("button", "Change password");
+  submit.type = "submit";
+  const close = el("button", "Close", "close");
+  close.type = "button";
+  buttons.append(submit, close);
+  form.append(el("h3", "Change password"),
+    labelled("Current password", passwordInput("pw-current", "current-password")),
+    labelled("New password", fresh),
+    labelled("New password again", passwordInput("pw-again", "new-password")),
+    hint, status, buttons);
+  box.append(title, who, form);
+  return box;
+}
+
 // "Account": change one's own password. The server checks the current one and
 // the rules (10+ characters, not the username) and ends the other sessions.
 function setupAccount(me) {
   const opener = $("account-open");
   if (!opener) return;
+  document.body.appendChild(accountDialog());
   modal("account", opener, () => formStatus($("pw-status"), "", true));
   $("account-who").textContent = me.display_name + " · " + me.username + " (" + me.role + ")";
   $("password-form").addEventListener("submit", async (e) => {
