@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -216,12 +217,11 @@ POSTGRES_URL = os.environ.get("PARLEY_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema in the real PostgreSQL, migrated; dropped afterwards.
-
-    Skipped when PostgreSQL is unreachable, except in CI (CI=true), where it fails.
-    """
+@contextlib.contextmanager
+def postgres_schema(migrate: bool = True) -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL (migrated unless a process under test
+    does it); dropped afterwards. Skipped when PostgreSQL is unreachable, except in CI
+    (CI=true), where it fails."""
     import sqlalchemy as sa
 
     admin = sa.create_engine(POSTGRES_URL, future=True)
@@ -237,7 +237,8 @@ def pg_url() -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    storage.create_schema(url)
+    if migrate:
+        storage.create_schema(url)
     try:
         yield url
     finally:
@@ -245,6 +246,13 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh migrated PostgreSQL schema for one test."""
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -32,7 +32,7 @@ from parley.bot.desk import live
 from parley.bot.handoff.commands import NotPermitted
 from parley.bot.login_throttle import LoginFailure
 from tests import REPO_ROOT as PROJECT_ROOT
-from tests.conftest import POSTGRES_URL, wait_until
+from tests.conftest import postgres_schema, wait_until
 from tests.fakes.stack import free_port
 
 # Streams check their session this rarely in the main desks, so a stream that ends
@@ -391,27 +391,10 @@ def stop_desk(desk: Desk) -> None:
 
 @pytest.fixture(scope="module")
 def pg_module_url() -> Iterator[str]:
-    """A PostgreSQL schema for the module's desk (required in CI, as `pg_url`)."""
-    admin = sa.create_engine(POSTGRES_URL, future=True)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip("PostgreSQL not reachable")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    try:
+    """A PostgreSQL schema for the module's desk (required in CI, as `pg_url`); the
+    desk process migrates it."""
+    with postgres_schema(migrate=False) as url:
         yield url
-    finally:
-        storage.get_engine(url).dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

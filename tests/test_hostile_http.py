@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +28,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from parley.bot import launcher, storage
+from parley.bot import launcher
 from parley.connectors.meta import generate_signature
-from tests.conftest import POSTGRES_URL
+from tests.conftest import postgres_schema
 from tests.fakes.graph_api import FakeGraph
 from tests.fakes.graph_api import serve as serve_graph
 from tests.fakes.stack import start_stack
@@ -126,27 +125,8 @@ def webchat_headers(_body: bytes, _how: str) -> dict[str, str]:
 def database_url() -> Iterator[str]:
     """A fresh schema in the real PostgreSQL for this module (tests/conftest.py's
     pg_url is per test; one stack serves the whole module)."""
-    admin = sa.create_engine(POSTGRES_URL, future=True)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip("PostgreSQL not reachable")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    storage.create_schema(url)
-    try:
+    with postgres_schema() as url:
         yield url
-    finally:
-        storage.get_engine(url).dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
