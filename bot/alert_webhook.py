@@ -9,10 +9,9 @@ to drop repeats.
 
 Signature (receivers check it like Stripe's or Slack's): `X-Parley-Timestamp` is
 the Unix time of the attempt, `X-Parley-Signature` is `sha256=` and the hex
-HMAC-SHA256 of `"<timestamp>.<body>"` keyed with PARLEY_ALERT_SECRET. Without a
-secret the body goes unsigned, with one warning in the log per process: an
-operator may point it at a chat tool that takes no secret, and a missing
-signature is better than a missed alert.
+HMAC-SHA256 of `"<timestamp>.<body>"` keyed with PARLEY_ALERT_SECRET. A webhook
+without a secret is refused when the settings load (`parley.bot.settings`); a
+Target built by hand without one still sends, unsigned, with one warning.
 """
 
 from __future__ import annotations

@@ -259,6 +259,10 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         _sqlite_relative_to(str(raw["database_url"]), root) if raw.get("database_url")
         else f"sqlite:///{var_dir / 'parley.db'}")
     spike_factor, spike_minimum, alert_webhook = _alerts(raw, env, path)
+    if alert_webhook and not env.get("PARLEY_ALERT_SECRET"):
+        raise ValueError(f"{path}: `alerts.webhook` is set but PARLEY_ALERT_SECRET is not: "
+                         "spike alerts are always signed (HMAC-SHA256); set the secret the "
+                         "receiver checks")
     mask, retention_days = _personal_data(raw, path)
     return Settings(
         project_root=root,

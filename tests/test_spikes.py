@@ -318,6 +318,17 @@ def test_webhook_network_error_is_recorded_without_the_url(db_url: str) -> None:
     assert "T0-secret-path" not in row.webhook_error
 
 
+def test_a_webhook_without_a_secret_is_refused_at_start_up(tmp_path: Path) -> None:
+    """The issue wants the alert signed: no secret, no start."""
+    from parley.bot.settings import load_settings
+
+    env = {"PARLEY_ALERT_WEBHOOK": "https://hooks.example/parley"}
+    with pytest.raises(ValueError, match="PARLEY_ALERT_SECRET"):
+        load_settings(env=env, root=tmp_path)
+    signed = load_settings(env={**env, "PARLEY_ALERT_SECRET": "s"}, root=tmp_path)
+    assert (signed.alert_webhook, signed.alert_secret) == ("https://hooks.example/parley", "s")
+
+
 def test_without_a_secret_it_goes_unsigned(db_url: str, receiver: Receiver) -> None:
     spike = claimed_spike(db_url)
     target = alert_webhook.Target(receiver.url, None, "https://desk.example/")
