@@ -38,6 +38,7 @@ class View:
     start: date
     end: date
     channels: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()  # no language yet counts as the default, English
 
     @property
     def since(self) -> datetime:
@@ -97,7 +98,9 @@ class Database:
                 else t["context"]
 
     def ok(self, view: View, conversation_id: str) -> bool:
-        return not view.channels or self.conversations[conversation_id]["channel"] in view.channels
+        conversation = self.conversations[conversation_id]
+        return (not view.channels or conversation["channel"] in view.channels) and \
+            (not view.languages or (conversation["language"] or "en") in view.languages)
 
 
 def _in(view: View, when: datetime | None) -> bool:
@@ -423,9 +426,11 @@ def test_every_chart_shows_the_databases_numbers(
         month.start.isoformat(), month.end.isoformat())
     check_page(manager, db, month)
     oldest = manager.locator("#chart-handled .extra")
-    unhandled = [m for m in db.messages if m["author"] == "customer" and not any(
-        _sent(r) and r["conversation_id"] == m["conversation_id"] and r["id"] > m["id"]
-        for r in db.messages)]
+    unhandled = [m for m in db.messages if m["author"] == "customer"
+                 and m["inbox_state"] != "answered" and not any(
+                     _sent(r) and r["author"] in ("bot", "agent")
+                     and r["conversation_id"] == m["conversation_id"] and r["id"] > m["id"]
+                     for r in db.messages)]
     first = min(unhandled, key=lambda m: (m["created_at"], m["id"]))
     expect(oldest).to_have_attribute("data-message-id", str(first["id"]))
     expect(oldest).to_contain_text(first["conversation_id"])
@@ -458,11 +463,23 @@ def test_every_chart_shows_the_databases_numbers(
     check_rows("teams.csv", columns, [dict(zip([c["key"] for c in columns], row, strict=True))
                                       for row in table[1:]], expected(db, two_days)["teams"])
 
+    # The month again, Portuguese conversations only, any channel.
+    portuguese = View(month.start, month.end, (), ("pt",))
+    manager.fill("#from", month.start.isoformat())
+    manager.fill("#to", month.end.isoformat())
+    manager.uncheck("input[name=channel][value=telegram]")
+    manager.check("input[name=language][value=pt]")
+    manager.click("#filters button[type=submit]")
+    wait_ready(manager, "language=pt")
+    expect(manager).to_have_url(re.compile(r"language=pt"))
+    check_page(manager, db, portuguese)
+    assert expected(db, portuguese) != expected(db, month)  # the filter changes numbers
+
     # A date the server refuses: the reason shows, the charts keep the last good view.
     manager.fill("#from", "2020-01-01")
     manager.click("#filters button[type=submit]")
     expect(manager.locator("#filter-error")).to_contain_text("at most 366 days")
-    check_page(manager, db, two_days)
+    check_page(manager, db, portuguese)
 
 
 def test_an_admin_opens_a_reply_from_the_analytics(admin: Page) -> None:
