@@ -82,6 +82,9 @@ def _message(message: Any, names: dict[str, str]) -> gate.Inbound | None:
                         display_name=names.get(sender, ""))
 
 
+LIST_BUTTON = "☰"
+
+
 def payloads(to: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     base = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
     buttons = message.get("buttons") or []
@@ -99,7 +102,9 @@ def payloads(to: str, message: dict[str, Any]) -> list[dict[str, Any]]:
                 for b in buttons]}}
         else:
             interactive = {"type": "list", "body": body, "action": {
-                "button": "Choose", "sections": [{"title": "Options", "rows": [
+                # No words of ours: the list's button is a symbol in every language
+                # (the reply's own text says what to choose), one untitled section.
+                "button": LIST_BUTTON, "sections": [{"rows": [
                     {"id": str(b["payload"])[: SHOWS.list_id_limit],
                      "title": str(b["title"])[: SHOWS.list_title_limit]}
                     for b in buttons[: SHOWS.list_rows]]}]}}
