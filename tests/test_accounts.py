@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -563,6 +563,26 @@ def test_http_idle_sessions_end(fresh: Desk) -> None:
         session.execute(sa.update(DeskSession).values(
             last_used_at=storage.utcnow() - agents.idle_timeout() - timedelta(seconds=5)))
     assert ana.get("/api/me").status_code == 401
+
+
+def test_http_the_pages_own_refreshes_do_not_keep_a_session_alive(fresh: Desk) -> None:
+    """A desk tab left open on a busy queue refreshes on every live event: those
+    requests (X-Parley-Background) must not count as the person being there."""
+    ana, _ = fresh.login("ana")
+    earlier = storage.utcnow() - agents.TOUCH_EVERY - timedelta(seconds=5)
+
+    def last_used() -> datetime:
+        [row] = stored_sessions(fresh.db)
+        return row["last_used_at"]
+
+    with storage.session_scope(fresh.db) as session:
+        session.execute(sa.update(DeskSession).values(last_used_at=earlier))
+    before = last_used()
+    assert ana.get("/api/tickets?status=open",
+                   headers={"X-Parley-Background": "1"}).status_code == 200
+    assert last_used() == before
+    assert ana.get("/api/tickets?status=open").status_code == 200
+    assert last_used() > before
 
 
 def test_http_the_cookie_is_not_in_the_database(fresh: Desk) -> None:

@@ -56,9 +56,15 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+BACKGROUND_HEADER = "x-parley-background"
+
+
 async def current_session(request: Request) -> SessionView | None:
+    """The request's session; a page's own background refresh (BACKGROUND_HEADER)
+    does not keep it from going idle, only the person's requests do."""
+    touch = request.headers.get(BACKGROUND_HEADER) != "1"
     return await off_loop(agents.session_for, request.cookies.get(SESSION_COOKIE),
-                          request.app.ctx.database_url)
+                          request.app.ctx.database_url, touch)
 
 
 def client_address(request: Request) -> str:

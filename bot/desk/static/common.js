@@ -5,8 +5,12 @@
 const auth = { csrf: "" };
 const $ = (id) => document.getElementById(id);
 
+// `background: true` for what the page fetches by itself (a live update's refresh):
+// it does not count as the person being active, so an open tab still goes idle.
 async function api(path, options = {}) {
-  const opts = { ...options, headers: { ...(options.headers || {}) } };
+  const { background, ...rest } = options;
+  const opts = { ...rest, headers: { ...(rest.headers || {}) } };
+  if (background) opts.headers["X-Parley-Background"] = "1";
   if (opts.body !== undefined) {
     opts.method = opts.method || "POST";
     opts.headers["Content-Type"] = "application/json";

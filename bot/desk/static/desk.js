@@ -59,8 +59,8 @@ function updateDismiss() {
   $("dismiss").disabled = document.querySelectorAll(".pick:checked").length === 0;
 }
 
-async function loadQueue() {
-  state.tickets = await api("/api/tickets?status=open");
+async function loadQueue(background = false) {
+  state.tickets = await api("/api/tickets?status=open", { background });
   renderQueue();
 }
 
@@ -110,14 +110,14 @@ function renderTranscript(lines) {
 // Satisfaction survey (bot/survey.py): what the customer answered about this ticket.
 const SURVEY_QUESTIONS = { answer: "The answer", time: "Time it took", agent: "Agent's help", improve: "To improve" };
 const SURVEY_STATES = { asking: "waiting for answers", done: "finished", expired: "not sent: the platform's window closed", stopped: "stopped: the customer moved on" };
-async function loadSurvey(id) {
+async function loadSurvey(id, background = false) {
   let box = $("survey");
   if (!box) {
     box = el("section", null, "survey");
     box.id = "survey";
     document.querySelector("#conversation .context").appendChild(box);
   }
-  const data = await api("/api/tickets/" + id + "/survey");
+  const data = await api("/api/tickets/" + id + "/survey", { background });
   if (state.current !== id) return;  // another ticket opened meanwhile
   box.replaceChildren(el("h3", "Survey"));
   if (!data.surveys.length) { box.append(el("p", "No survey for this ticket.", "muted")); return; }
@@ -133,9 +133,9 @@ async function loadSurvey(id) {
   }
 }
 
-async function openTicket(id) {
+async function openTicket(id, background = false) {
   state.current = id;
-  const data = await api("/api/tickets/" + id);
+  const data = await api("/api/tickets/" + id, { background });
   const t = data.ticket;
   $("conversation").hidden = false;
   $("conv-title").textContent = t.display_name + " · " + t.channel;
@@ -150,7 +150,7 @@ async function openTicket(id) {
   renderContext(t);
   renderLanguage(t);
   renderTranscript(data.transcript);
-  act(() => loadSurvey(id));
+  act(() => loadSurvey(id, background));
   renderQueue();
 }
 
@@ -170,8 +170,8 @@ function connectEvents() {
   };
   const refresh = (e) => {
     const ev = JSON.parse(e.data);
-    loadQueue();
-    if (state.current && ev.ticket_id === state.current) openTicket(state.current);
+    loadQueue(true);
+    if (state.current && ev.ticket_id === state.current) openTicket(state.current, true);
   };
   for (const kind of ["ticket_claimed", "ticket_transferred", "ticket_resolved", "ticket_abandoned",
     "ticket_dismissed", "ticket_updated", "message"]) source.addEventListener(kind, refresh);
