@@ -400,13 +400,6 @@ def test_the_desk_shows_the_tickets_survey(desk: tuple[str, str]) -> None:
     assert httpx.get(f"{url}/api/tickets/{ticket_id}/survey").status_code == 401
 
 
-def test_the_desk_page_loads_the_survey_section(desk: tuple[str, str]) -> None:
-    url, _db = desk
-    with login(url, "ana", "ana-password") as ana:
-        script = ana.get("/static/desk.js").text
-    assert "/survey" in script and "loadSurvey(id)" in script
-
-
 # -- end to end: Telegram ------------------------------------------------------------------
 
 SECRET = "survey-secret"
