@@ -21,12 +21,14 @@ from functools import cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import (
+    Boolean,
     Column,
     ForeignKey,
     Index,
     Integer,
     String,
     delete,
+    false,
     func,
     select,
     text,
@@ -71,6 +73,8 @@ class Agent(Base):
     created_at = Column(UTCDateTime, nullable=False, default=utcnow)
     last_seen_at = Column(UTCDateTime, nullable=True)
     disabled_at = Column(UTCDateTime, nullable=True)  # set: no login, no session
+    # A trainee's replies wait for a supervisor's approval (`parley.bot.approvals`).
+    trainee = Column(Boolean, nullable=False, default=False, server_default=false())
 
 
 class DeskSession(Base):
@@ -91,6 +95,7 @@ class AgentView:
     display_name: str
     role: str
     disabled: bool = False
+    trainee: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,13 +109,14 @@ class UserSummary:
     disabled_at: datetime | None
     last_seen_at: datetime | None
     sessions: int  # open sessions
+    trainee: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "username": self.username, "display_name": self.display_name,
                 "role": self.role, "disabled": self.disabled_at is not None,
                 "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None,
                 "last_seen_at": self.last_seen_at.isoformat() if self.last_seen_at else None,
-                "sessions": self.sessions}
+                "sessions": self.sessions, "trainee": self.trainee}
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ class LastAdmin(Exception):
 
 def _view(agent: Agent) -> AgentView:
     return AgentView(agent.id, agent.username, agent.display_name, agent.role,
-                     agent.disabled_at is not None)
+                     agent.disabled_at is not None, bool(agent.trainee))
 
 
 def token_hash(token: str) -> str:
@@ -210,7 +216,8 @@ def create_user(username: str, password: str, role: str = "agent",
     try:
         with session_scope(database_url) as session:
             agent = Agent(username=username, display_name=display_name or username.title(),
-                          password_hash=_hasher.hash(password), role=role, created_at=utcnow())
+                          password_hash=_hasher.hash(password), role=role, created_at=utcnow(),
+                          trainee=False)
             session.add(agent)
             session.flush()
             return _view(agent)
@@ -239,7 +246,7 @@ def list_users(database_url: str | None = None) -> list[UserSummary]:
                 DeskSession.last_used_at > now - idle_timeout())
             .group_by(DeskSession.agent_id)).all())
         return [UserSummary(a.id, a.username, a.display_name, a.role, a.disabled_at,
-                            a.last_seen_at, int(open_sessions.get(a.id, 0)))
+                            a.last_seen_at, int(open_sessions.get(a.id, 0)), bool(a.trainee))
                 for a in session.execute(select(Agent).order_by(Agent.username)).scalars()]
 
 
@@ -378,6 +385,17 @@ def disable_user(user_id: int, by_agent_id: int, database_url: str | None = None
             raise LastAdmin(f"{agent.username} is the last active admin; make another admin "
                             "first")
         _end_sessions(session, user_id)
+        return _view(agent)
+
+
+def set_trainee(user_id: int, trainee: bool, database_url: str | None = None) -> AgentView:
+    """Mark an agent as a trainee (their replies wait for approval) or not. Only
+    agents: supervisors and admins approve, they are never supervised."""
+    with session_scope(database_url) as session:
+        agent = _user(session, user_id)
+        if trainee and agent.role != "agent":
+            raise ValueError(f"only agents can be trainees; {agent.username} is a {agent.role}")
+        agent.trainee = trainee
         return _view(agent)
 
 

@@ -88,6 +88,8 @@ class Message(Base):
     # The writer-owned reply this message was rendered from (`utter_…`): the bot's
     # replies, and an agent's when they picked a canned reply (analytics).
     reply_name = Column(String(100), nullable=True)
+    # A trainee's reply: the supervisor who approved it (`parley.bot.approvals`).
+    approved_by = Column(Integer, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -99,17 +101,20 @@ class TranscriptLine:
     agent_id: int | None
     created_at: datetime
     delivery_error: str | None = None
+    approved_by: int | None = None  # a trainee's reply: its approver
+    sent_at: datetime | None = None
 
     @classmethod
     def of(cls, m: Message) -> TranscriptLine:
         return cls(m.id, m.author, m.text, m.payload, m.agent_id, m.created_at,
-                   m.delivery_error)
+                   m.delivery_error, m.approved_by, m.sent_at)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "author": self.author, "text": self.text,
                 "payload": self.payload, "agent_id": self.agent_id,
                 "created_at": self.created_at.isoformat(),
-                "delivery_error": self.delivery_error}
+                "delivery_error": self.delivery_error, "approved_by": self.approved_by,
+                "sent_at": self.sent_at.isoformat() if self.sent_at else None}
 
 
 def channel_of(conversation_id: str) -> str:

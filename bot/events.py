@@ -23,6 +23,10 @@ NOTIFY_CHANNEL = "parley_desk_events"  # a wake-up only: readers take events fro
 KINDS = (
     "ticket_created", "ticket_claimed", "ticket_transferred", "ticket_resolved",
     "ticket_abandoned", "ticket_dismissed", "ticket_updated", "message",
+    # a trainee's reply waits for approval / was approved, edited or sent back
+    "reply_held", "reply_reviewed",
+    # a contact's conversations were linked or unlinked (`parley.bot.contacts`)
+    "contact_updated",
 )
 
 

@@ -38,6 +38,11 @@ ROUTES = {
     ("POST", "/api/users/<user_id:int>/enable"): "admin",
     ("POST", "/api/users/<user_id:int>/reset-password"): "admin",
     ("POST", "/api/users/<user_id:int>/end-sessions"): "admin",
+    ("POST", "/api/users/<user_id:int>/trainee"): "admin",
+    ("GET", "/api/approvals"): "supervising",
+    ("POST", "/api/approvals/<rid:int>/approve"): "supervising",
+    ("POST", "/api/approvals/<rid:int>/send-back"): "supervising",
+    ("POST", "/api/approvals/<rid:int>/withdraw"): "session",
     ("GET", "/api/tickets"): "session",
     ("GET", "/api/tickets/<ticket_id:int>"): "session",
     ("POST", "/api/tickets/<ticket_id:int>/claim"): "session",
@@ -75,7 +80,7 @@ ROUTES = {
 ALLOWED = {"any": {"agent", "supervisor", "writer", "admin"},
            "session": {"agent", "supervisor", "admin"},
            "writer": {"writer", "admin"}, "admin": {"admin"},
-           "analytics": {"manager", "admin"}}
+           "analytics": {"manager", "admin"}, "supervising": {"supervisor", "admin"}}
 USERS = {"agent": ("ana", "ana-password"), "writer": ("wes", "wes-password"),
          "admin": ("root", "root-password"), "supervisor": ("sue", "sue-password")}
 
@@ -85,6 +90,7 @@ def concrete(path: str) -> str:
     changes no account (a 404), and anyone else's is refused for the role first."""
     name = "desk.js" if path.startswith("/static/") else "utter_greet"
     return (path.replace("<ticket_id:int>", "1").replace("<revision_id:int>", "1")
+            .replace("<rid:int>", "1")
             .replace("<user_id:int>", "99999").replace("<name:str>", name))
 
 
@@ -401,3 +407,63 @@ def test_reply_library_over_http(desk: Desk) -> None:
     assert writer.get("/api/canned").status_code == 403
     assert writer.get("/api/library/replies/utter_nope").status_code == 404
     assert writer.get("/api/library/replies/Bad%20Name").status_code == 400
+
+
+def test_a_trainees_reply_is_approved_over_http(desk: Desk) -> None:
+    """An admin makes Tia a trainee; her reply is held (202), a supervisor sees it,
+    sends one back and edits and approves another; only that one reaches the customer."""
+    tia = agents.create_user("tia", "tia-password", "agent", "Tia", desk.db)
+    admin, acsrf = desk.login("root", "root-password")
+    assert admin.post(f"/api/users/{tia.id}/trainee", json={"trainee": "yes"},
+                      headers={"X-CSRF-Token": acsrf}).status_code == 400
+    marked = admin.post(f"/api/users/{tia.id}/trainee", json={"trainee": True},
+                        headers={"X-CSRF-Token": acsrf})
+    assert marked.json()["trainee"] is True
+    sue_id = next(u["id"] for u in admin.get("/api/users").json() if u["username"] == "sue")
+    refused = admin.post(f"/api/users/{sue_id}/trainee", json={"trainee": True},
+                         headers={"X-CSRF-Token": acsrf})
+    assert refused.status_code == 400 and "only agents" in refused.json()["error"]
+
+    trainee, tcsrf = desk.login("tia", "tia-password")
+    th = {"X-CSRF-Token": tcsrf}
+    assert trainee.get("/api/me").json()["trainee"] is True
+    conv = "webchat:trainee-http"
+    ticket = handoff.escalate(conv, "keyword", database_url=desk.db, display_name="Tom").ticket
+    trainee.post(f"/api/tickets/{ticket.id}/claim", json={}, headers=th)
+    first = trainee.post(f"/api/tickets/{ticket.id}/reply", json={"text": "dunno"}, headers=th)
+    second = trainee.post(f"/api/tickets/{ticket.id}/reply", json={"text": "Hi Tom, let me check"},
+                          headers=th)
+    assert (first.status_code, first.json()["held"]) == (202, True)
+    assert [m.author for m in conversations.pushed_after(conv, 0, desk.db)] == ["system"]
+    assert trainee.post(f"/api/tickets/{ticket.id}/resolve", json={}, headers=th
+                        ).status_code == 409
+
+    sup, scsrf = desk.login("sue", "sue-password")
+    sh = {"X-CSRF-Token": scsrf}
+    queue = sup.get("/api/approvals").json()
+    mine = [r for r in queue["waiting"] if r["ticket_id"] == ticket.id]
+    assert [(r["text"], r["agent_name"], r["display_name"]) for r in mine] == [
+        ("dunno", "Tia", "Tom"), ("Hi Tom, let me check", "Tia", "Tom")]
+    assert sup.post(f"/api/approvals/{first.json()['id']}/send-back", json={"comment": " "},
+                    headers=sh).status_code == 400
+    back = sup.post(f"/api/approvals/{first.json()['id']}/send-back",
+                    json={"comment": "Say hello and what you will do"}, headers=sh)
+    assert back.json()["status"] == "returned"
+    sent = sup.post(f"/api/approvals/{second.json()['id']}/approve",
+                    json={"text": "Hi Tom, let me check your order."}, headers=sh)
+    assert sent.status_code == 200 and sent.json()["edited"] is True
+    again = sup.post(f"/api/approvals/{second.json()['id']}/approve", json={}, headers=sh)
+    assert again.status_code == 409 and "already approved" in again.json()["error"]
+    assert sup.post("/api/approvals/999999/approve", json={}, headers=sh).status_code == 404
+    pushed = [(m.author, m.text) for m in conversations.pushed_after(conv, 0, desk.db)]
+    assert pushed[1:] == [("agent", "Hi Tom, let me check your order.")]
+
+    detail = trainee.get(f"/api/tickets/{ticket.id}").json()
+    agent_line = next(line for line in detail["transcript"] if line["author"] == "agent")
+    assert agent_line["approved_by_name"] == "Sue"
+    assert [(r["status"], r["draft"]) for r in detail["reviews"]] == [
+        ("returned", "dunno"), ("approved", "Hi Tom, let me check")]
+    assert any("Say hello and what you will do" in line["text"]
+               for line in detail["transcript"] if line["author"] == "note")
+    assert trainee.post(f"/api/tickets/{ticket.id}/resolve", json={}, headers=th
+                        ).json()["status"] == "resolved"

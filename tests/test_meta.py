@@ -321,7 +321,7 @@ def test_messenger_late_human_reply_uses_the_human_agent_tag(meta: MetaStack) ->
 def test_messenger_human_reply_after_seven_days_is_refused(meta: MetaStack) -> None:
     user = user_for("messenger")
     ticket, agent, conv = held(meta, "messenger", user, hours_ago=24 * 8)
-    mid = handoff.agent_reply(ticket, agent, "Still there?", meta.stack.database_url)
+    mid = handoff.agent_reply(ticket, agent, "Still there?", meta.stack.database_url).id
     assert wait_until(lambda: delivery_error(meta, conv, mid) is not None)
     assert "7 days" in delivery_error(meta, conv, mid)
     assert "Still there?" not in meta.replies(user)
@@ -330,7 +330,7 @@ def test_messenger_human_reply_after_seven_days_is_refused(meta: MetaStack) -> N
 def test_whatsapp_outside_the_window_needs_a_template(meta: MetaStack) -> None:
     user = user_for("whatsapp")
     ticket, agent, conv = held(meta, "whatsapp", user, hours_ago=25)
-    mid = handoff.agent_reply(ticket, agent, "Hello again", meta.stack.database_url)
+    mid = handoff.agent_reply(ticket, agent, "Hello again", meta.stack.database_url).id
     assert wait_until(lambda: delivery_error(meta, conv, mid) is not None)
     assert "template" in delivery_error(meta, conv, mid)
     inside_user = user_for("whatsapp")

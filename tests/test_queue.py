@@ -84,7 +84,7 @@ def test_claim_reply_resolve_and_survey(any_db: str) -> None:
     claimed = handoff.claim_ticket(ticket.id, agent.id, any_db)
     assert claimed is not None and claimed.status == "assigned"
     assert handoff.claim_ticket(ticket.id, agent.id + 1, any_db) is None
-    msg_id = handoff.agent_reply(ticket.id, agent.id, " Hi, Ana here ", any_db)
+    msg_id = handoff.agent_reply(ticket.id, agent.id, " Hi, Ana here ", any_db).id
     pushed = conversations.pushed_after("webchat:c", 0, any_db)
     assert [(m.id, m.author, m.text) for m in pushed] == [(msg_id, "agent", "Hi, Ana here")]
     handoff.add_note(ticket.id, agent.id, "customer is a VIP", any_db)

@@ -308,12 +308,38 @@ def test_agent_replies_reach_the_customer_on_telegram(tg: TelegramStack) -> None
     assert len(tg.replies(chat)) == before
 
 
+def test_a_trainees_reply_reaches_telegram_only_once_approved(tg: TelegramStack) -> None:
+    """Held, then edited and approved by a supervisor: the customer gets the edit,
+    once, and the approval-to-delivery time is on record."""
+    from parley.bot import agents, handoff
+    from parley.bot.handoff import approvals
+
+    chat, conv, ticket_id, agent_id = held_by_an_agent(tg)
+    db = tg.stack.database_url
+    agents.set_trainee(agent_id, True, db)
+    sup = agents.create_user(f"sup{chat}", "super-password", "supervisor", "Sue", db)
+    written = handoff.agent_reply(ticket_id, agent_id, "Your refund is on it's way", db)
+    assert written.held
+    time.sleep(1.0)  # the outbox ticks every 0.5 s at most: it would have sent by now
+    assert not any("refund is on" in r for r in tg.replies(chat))
+    approvals.approve(written.id, sup.id, "Your refund is on its way", db)
+    assert wait_until(lambda: "Your refund is on its way" in tg.replies(chat))
+    time.sleep(0.5)
+    assert [r for r in tg.replies(chat) if "refund is on" in r] == ["Your refund is on its way"]
+    line = next(m for m in conversations.transcript(conv, db) if m.author == "agent")
+    assert (line.agent_id, line.approved_by) == (agent_id, sup.id)
+    timings = approvals.timings(db)
+    assert timings.delivered >= 1 and timings.delivery_p50 is not None
+    assert 0 <= timings.delivery_p50 < 30
+
+
 def test_a_failed_agent_reply_is_marked_for_the_agent(tg: TelegramStack) -> None:
     from parley.bot import handoff
 
     chat, conv, ticket_id, agent_id = held_by_an_agent(tg)
     tg.fake.blocked_chats.add(chat)
-    message_id = handoff.agent_reply(ticket_id, agent_id, "Are you there?", tg.stack.database_url)
+    message_id = handoff.agent_reply(ticket_id, agent_id, "Are you there?",
+                                     tg.stack.database_url).id
 
     def failed() -> str | None:
         lines = conversations.transcript(conv, tg.stack.database_url)

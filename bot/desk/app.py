@@ -20,6 +20,7 @@ from parley.bot import alert_webhook, contract, handoff, metrics, responses, spi
 from parley.bot.desk import (
     alerts,
     analytics,
+    approvals,
     library,
     live,
     login,
@@ -91,8 +92,8 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         app.ctx.last_error = repr(exc)  # logged by Sanic; never echoed to the caller
         return response.json({"error": "internal error"}, status=500)
 
-    for module in (pages, login, users, tickets, live, library, analytics, alerts, surveys,
-                   privacy):
+    for module in (pages, login, users, tickets, approvals, live, library, analytics, alerts,
+                   surveys, privacy):
         app.blueprint(module.bp)
     metrics.install(app, "desk")
 

@@ -19,6 +19,7 @@ from sanic.response import HTTPResponse
 from parley.bot import agents, contract, conversations, handoff, language, responses
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
+from parley.bot.handoff import approvals
 from parley.bot.handoff.commands import NotPermitted
 from parley.bot.responses import channels
 from parley.bot.responses.library import library
@@ -76,9 +77,12 @@ async def record(request: Request, ticket_id: int, write: Any) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     text = text_field(body_json(request), "text", 4096)
     await held(ticket_id, database_url)
-    message_id = await off_loop(write, ticket_id, request.ctx.session.agent.id,
-                                         text, database_url)
-    return response.json({"id": message_id}, status=201)
+    written = await off_loop(write, ticket_id, request.ctx.session.agent.id, text,
+                             database_url)
+    if isinstance(written, handoff.Written) and written.held:
+        # A trainee's reply: accepted for review, not sent (yet).
+        return response.json({"id": written.id, "held": True}, status=202)
+    return response.json({"id": getattr(written, "id", written), "held": False}, status=201)
 
 
 @bp.get("/api/tickets")
@@ -99,8 +103,16 @@ async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
     database_url = request.app.ctx.database_url
     view = await held(ticket_id, database_url)
     lines = await off_loop(conversations.transcript, view.conversation_id, database_url)
+    reviews = await off_loop(approvals.of_ticket, view.id, database_url)
+    names = {a.id: a.display_name for a in await off_loop(agents.list_agents, database_url)}
+    transcript = []
+    for line in lines:
+        item = line.as_json()
+        item["approved_by_name"] = names.get(line.approved_by or -1)
+        transcript.append(item)
     return response.json({"ticket": (await ticket_json([view], database_url))[0],
-                          "transcript": [line.as_json() for line in lines],
+                          "transcript": transcript,
+                          "reviews": [r.as_json(names) for r in reviews],
                           "languages": language.choices()})
 
 

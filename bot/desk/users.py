@@ -1,6 +1,6 @@
 """Desk users over the API: who is logged in, whom to transfer to, one's own
 password, and the admins' accounts: list, create, disable and enable, reset a
-password, end a user's sessions."""
+password, end a user's sessions, mark an agent as a trainee."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ async def me(request: Request) -> HTTPResponse:
     s = request.ctx.session
     return response.json({"id": s.agent.id, "username": s.agent.username,
                           "display_name": s.agent.display_name, "role": s.agent.role,
-                          "csrf": s.csrf_token})
+                          "trainee": s.agent.trainee, "csrf": s.csrf_token})
 
 
 def _password_field(payload: dict[str, Any], key: str) -> str:
@@ -175,3 +175,20 @@ async def end_sessions(request: Request, user_id: int) -> HTTPResponse:
         raise NotFound("no such user") from None
     live.sessions_changed()
     return response.json({**await _summary(request, user_id), "ended": ended})
+
+
+@bp.post("/api/users/<user_id:int>/trainee")
+@requires_session(roles=ADMINS)
+async def trainee(request: Request, user_id: int) -> HTTPResponse:
+    """`{"trainee": true}`: the agent's replies wait for a supervisor's approval."""
+    value = body_json(request).get("trainee")
+    if not isinstance(value, bool):
+        raise BadRequest("'trainee' must be true or false")
+    try:
+        await off_loop(agents.set_trainee, _user_id(user_id), value,
+                       request.app.ctx.database_url)
+    except agents.NoSuchUser:
+        raise NotFound("no such user") from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return response.json(await _summary(request, user_id))

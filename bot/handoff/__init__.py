@@ -3,7 +3,8 @@
 One module per concept, imported in one direction only:
 `tickets` (tables, states, ownership) <- `queue` (positions, waits) <- `escalation`
 (entering the queue); `commands` (what agents do; a resolve starts the survey in
-`parley.bot.survey`) and `follow_ups` (check-ins) build on `tickets`. Callers keep
+`parley.bot.survey`; a trainee's reply waits in `approvals`) and `follow_ups`
+(check-ins) build on `tickets`. Callers keep
 using `handoff.<name>`: the names are re-exported here.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from parley.bot.contract import REASONS
 from parley.bot.handoff.commands import (
+    Written,
     add_note,
     agent_reply,
     claim_ticket,
@@ -57,6 +59,7 @@ __all__ = [
     "Ticket",
     "TicketView",
     "TransitionError",
+    "Written",
     "abandon",
     "add_note",
     "agent_reply",

@@ -12,6 +12,7 @@ admin (`agents.SUPERVISING_ROLES`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from parley.bot import contract, events, responses, survey
 from parley.bot.agents import SUPERVISING_ROLES, Agent
 from parley.bot.conversations import Conversation, add_message
+from parley.bot.handoff import approvals
 from parley.bot.handoff.tickets import (
     OPEN,
     Ticket,
@@ -100,6 +102,10 @@ def resolve(ticket_id: int, agent_id: int, database_url: str | None = None,
         ticket = _held_ticket(session, ticket_id)
         if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
             raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
+        waiting = approvals.pending_on(session, ticket_id)
+        if waiting:
+            raise TransitionError(f"{waiting} of your replies still wait for a supervisor's "
+                                  "approval; wait for them or withdraw them first")
         _transition(ticket, "resolved")
         ticket.resolved_at = utcnow()
         conversation = session.get(Conversation, ticket.conversation_id)
@@ -130,6 +136,7 @@ def dismiss(ticket_ids: list[int], agent_id: int, database_url: str | None = Non
         ).scalars())
         for ticket in tickets:
             _may_act_on(session, ticket, agent_id, "dismiss")
+        approvals.withdraw_all(session, [t.id for t in tickets], agent_id)
         for ticket in tickets:
             _transition(ticket, "abandoned")
             ticket.resolved_at = utcnow()
@@ -151,9 +158,19 @@ def set_tags(ticket_id: int, tags: list[str], database_url: str | None = None) -
         return TicketView.of(ticket)
 
 
+@dataclass(frozen=True)
+class Written:
+    """A reply or note on record: `id` is the message's, or, for a trainee's reply
+    held for approval (`held`), the review's (`parley.bot.handoff.approvals`)."""
+
+    id: int
+    held: bool = False
+
+
 def _record(ticket_id: int, agent_id: int, text: str, author: str,
-            database_url: str | None, reply_name: str | None = None) -> int:
-    """Replies and notes share a path; only a reply needs the ticket held by its writer."""
+            database_url: str | None, reply_name: str | None = None) -> Written:
+    """Replies and notes share a path; only a reply needs the ticket held by its
+    writer, and a trainee's reply waits for a supervisor instead of going out."""
     text = text.strip()
     if not text:
         raise ValueError(f"a {'reply' if author == 'agent' else author} needs some text")
@@ -162,6 +179,9 @@ def _record(ticket_id: int, agent_id: int, text: str, author: str,
         if author == "agent":
             if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
                 raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
+            if approvals.is_trainee(session, agent_id):
+                return Written(approvals.hold(session, ticket, agent_id, text, reply_name),
+                               held=True)
             ticket.first_reply_at = ticket.first_reply_at or utcnow()
         message = add_message(session, ticket.conversation_id, author, text,
                               ticket_id=ticket_id, agent_id=agent_id,
@@ -170,19 +190,19 @@ def _record(ticket_id: int, agent_id: int, text: str, author: str,
         events.publish(session, "message", ticket_id=ticket_id,
                        conversation_id=ticket.conversation_id, author=author,
                        message_id=message.id)
-        return int(message.id)
+        return Written(int(message.id))
 
 
 def agent_reply(ticket_id: int, agent_id: int, text: str, database_url: str | None = None,
-                reply_name: str | None = None) -> int:
-    """Record an agent's reply for the customer's channel to push; returns its id.
-    `reply_name`: the canned reply it was sent from unchanged (analytics)."""
+                reply_name: str | None = None) -> Written:
+    """Record an agent's reply for the customer's channel to push (a trainee's waits
+    for approval). `reply_name`: the canned reply it was sent from unchanged (analytics)."""
     return _record(ticket_id, agent_id, text, "agent", database_url, reply_name)
 
 
 def add_note(ticket_id: int, agent_id: int, text: str, database_url: str | None = None) -> int:
     """An internal note: in the transcript for agents, never sent to the customer."""
-    return _record(ticket_id, agent_id, text, "note", database_url)
+    return _record(ticket_id, agent_id, text, "note", database_url).id
 
 
 def push_notice(conversation_id: str, text: str, ticket_id: int | None = None,

@@ -93,18 +93,100 @@ function renderContext(ticket) {
   $("tags").value = (ticket.tags || []).join(", ");
 }
 
-function renderTranscript(lines) {
+// A trainee's reply not (yet) sent: where it stands (bot/handoff/approvals.py).
+const REVIEW_STATES = { pending: "waiting for a supervisor's approval", returned: "sent back: not sent",
+  withdrawn: "withdrawn: not sent" };
+function reviewLine(review) {
+  const item = el("li", null, "held");
+  item.dataset.review = review.id;
+  item.dataset.status = review.status;
+  item.append(el("span", (review.agent_name || "trainee") + " · not sent", "who"), document.createTextNode(review.draft));
+  item.append(el("span", REVIEW_STATES[review.status] || review.status, "review-state"));
+  if (review.status === "returned" && review.comment) item.append(el("span", "“" + review.comment + "” — " + (review.decided_by_name || "supervisor"), "review-state"));
+  if (review.status === "pending" && review.agent_id === state.me.id) {
+    const b = el("button", "Withdraw");
+    b.type = "button";
+    b.addEventListener("click", () => act(async () => {
+      await api("/api/approvals/" + review.id + "/withdraw", { body: {} });
+      $("reply").value = review.draft;  // to rewrite it
+      await openTicket(state.current);
+    }));
+    item.append(b);
+  }
+  return item;
+}
+
+function renderTranscript(lines, reviews = []) {
   const list = $("transcript");
   list.replaceChildren();
-  for (const line of lines) {
+  const entries = lines.map((line) => ({ at: line.created_at, line }));
+  for (const r of reviews) if (r.status !== "approved") entries.push({ at: r.created_at, review: r });
+  entries.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+  for (const { line, review } of entries) {
+    if (review) { list.appendChild(reviewLine(review)); continue; }
     const item = el("li", null, line.author);
     const who = line.author === "note" ? "internal note" : line.author;
     item.append(el("span", who, "who"), document.createTextNode(line.text));
+    if (line.approved_by_name) item.append(el("span", "approved by " + line.approved_by_name, "approved-by"));
     if (line.delivery_error) item.append(el("span", "⚠ not delivered: " + line.delivery_error, "failed"));
     item.dataset.author = line.author;
     list.appendChild(item);
   }
   list.scrollTop = list.scrollHeight;
+}
+
+// Supervisors and admins: trainees' replies waiting for approval, live.
+function seconds(value) { return value === null || value === undefined ? "–" : value < 1 ? Math.round(value * 1000) + " ms" : value.toFixed(1) + " s"; }
+async function loadApprovals(background = false) {
+  const data = await api("/api/approvals", { background });
+  const list = $("approvals-list");
+  list.replaceChildren();
+  $("approvals-count").textContent = data.waiting.length;
+  $("approvals-empty").hidden = data.waiting.length > 0;
+  const t = data.timings;
+  $("approvals-timings").textContent = t.approved ? "Over the last " + t.approved + " approved: waited for review " +
+    seconds(t.review_p50) + " (median), " + seconds(t.review_p95) + " (p95); approval to platform " +
+    (t.delivered ? seconds(t.delivery_p50) + " (median), " + seconds(t.delivery_p95) + " (p95)" : "–") : "";
+  for (const r of data.waiting) {
+    const item = el("li");
+    item.dataset.review = r.id;
+    const head = el("div", null, "row");
+    const open = el("button", r.display_name);
+    open.type = "button";
+    open.title = "Open the conversation";
+    open.addEventListener("click", () => act(() => openTicket(r.ticket_id)));
+    head.append(el("strong", r.agent_name || "trainee"), document.createTextNode(" to "), open,
+      el("span", " · waiting " + waited(r.waiting_seconds), "muted"));
+    const text = el("textarea");
+    text.rows = 3;
+    text.maxLength = 4096;
+    text.value = r.text;
+    text.setAttribute("aria-label", "Reply by " + (r.agent_name || "trainee") + " to " + r.display_name);
+    const comment = el("input");
+    comment.placeholder = "What to change (to send back)";
+    comment.maxLength = 2000;
+    comment.setAttribute("aria-label", "Comment for " + (r.agent_name || "trainee"));
+    const approve = el("button", "Approve");
+    approve.type = "button";
+    approve.addEventListener("click", () => act(async () => {
+      const edited = text.value.trim() !== r.text.trim();
+      await api("/api/approvals/" + r.id + "/approve", { body: edited ? { text: text.value } : {} });
+      toast(edited ? "Edited and sent to the customer." : "Approved and sent to the customer.");
+      await loadApprovals();
+    }));
+    const back = el("button", "Send back");
+    back.type = "button";
+    back.addEventListener("click", () => act(async () => {
+      if (!comment.value.trim()) { comment.focus(); throw new Error("Say what to change before sending a reply back."); }
+      await api("/api/approvals/" + r.id + "/send-back", { body: { comment: comment.value } });
+      toast("Sent back to " + (r.agent_name || "the trainee") + ".");
+      await loadApprovals();
+    }));
+    const buttons = el("div", null, "row");
+    buttons.append(approve, comment, back);
+    item.append(head, text, buttons);
+    list.appendChild(item);
+  }
 }
 
 // Satisfaction survey (bot/survey.py): what the customer answered about this ticket.
@@ -146,12 +228,15 @@ async function openTicket(id, background = false) {
   $("resolve").disabled = !mine;
   for (const id2 of ["transfer", "transfer-to"]) $(id2).disabled = !movable;
   $("send").disabled = !(mine || $("as-note").checked);
+  $("send").textContent = state.me.trainee && !$("as-note").checked ? "Send for approval" : "Send";
   state.languages = data.languages || [];
   renderContext(t);
   renderLanguage(t);
-  renderTranscript(data.transcript);
+  renderTranscript(data.transcript, data.reviews || []);
   act(() => loadSurvey(id, background));
   renderQueue();
+  // Other panels of the ticket view (contacts.js) draw themselves from this.
+  document.dispatchEvent(new CustomEvent("parley:ticket-opened", { detail: { ticket: t, background } }));
 }
 
 function connectEvents() {
@@ -175,6 +260,20 @@ function connectEvents() {
   };
   for (const kind of ["ticket_claimed", "ticket_transferred", "ticket_resolved", "ticket_abandoned",
     "ticket_dismissed", "ticket_updated", "message"]) source.addEventListener(kind, refresh);
+  const reviewed = (e) => {
+    const ev = JSON.parse(e.data);
+    if (SUPERVISING.includes(state.me.role)) act(() => loadApprovals(true));
+    if (state.current && ev.ticket_id === state.current) act(() => openTicket(state.current, true));
+    return ev;
+  };
+  source.addEventListener("reply_held", (e) => {
+    reviewed(e);
+    if (SUPERVISING.includes(state.me.role)) { toast("A trainee's reply waits for your approval"); beep(); }
+  });
+  source.addEventListener("reply_reviewed", (e) => {
+    const ev = reviewed(e);
+    if (ev.payload.agent_id === state.me.id && ev.payload.status === "returned") toast("A supervisor sent your reply back: see the conversation");
+  });
   source.addEventListener("ticket_created", (e) => {
     refresh(e);
     const ev = JSON.parse(e.data);
@@ -276,7 +375,15 @@ async function loadUsers() {
     });
     const actions = el("td");
     actions.appendChild(box);
-    row.append(who, el("td", u.role), el("td", u.disabled ? "disabled" : "active"),
+    if (u.role === "agent") {
+      userButton(box, u.trainee ? "End training" : "Make trainee", u, () => act(async () => {
+        await api("/api/users/" + u.id + "/trainee", { body: { trainee: !u.trainee } });
+        formStatus($("users-status"), u.trainee ? u.username + "'s replies now go straight to customers."
+          : u.username + "'s replies now wait for a supervisor's approval.", true);
+        await loadUsers();
+      }));
+    }
+    row.append(who, el("td", u.role + (u.trainee ? " (trainee)" : "")), el("td", u.disabled ? "disabled" : "active"),
       el("td", lastSeen(u.last_seen_at)), el("td", u.sessions), actions);
     body.appendChild(row);
   }
@@ -304,12 +411,17 @@ function setupUsers() {
 async function main() {
   const me = await api("/api/me");
   state.me = me;
+  document.dispatchEvent(new CustomEvent("parley:me", { detail: { me } }));
   auth.csrf = me.csrf;
   $("logout-csrf").value = me.csrf;
-  $("me").textContent = me.display_name + " (" + me.role + ")";
+  $("me").textContent = me.display_name + " (" + me.role + (me.trainee ? ", trainee" : "") + ")";
   $("to-analytics").hidden = me.role !== "admin";
   setupAccount(me);
   if (me.role === "admin") setupUsers();
+  if (SUPERVISING.includes(me.role)) {
+    $("approvals").hidden = false;
+    await loadApprovals();
+  }
   await loadAgents();
   const select = $("transfer-to");
   $("claim").addEventListener("click", () => act(async () => {
@@ -343,7 +455,8 @@ async function main() {
     const kind = $("as-note").checked ? "note" : "reply";
     const picked = kind === "reply" && state.canned && state.canned.text.trim() === text ? state.canned.name : null;
     act(async () => {
-      await api("/api/tickets/" + state.current + "/" + kind, { body: picked ? { text, reply_name: picked } : { text } });
+      const done = await api("/api/tickets/" + state.current + "/" + kind, { body: picked ? { text, reply_name: picked } : { text } });
+      if (done.held) toast("Sent to a supervisor for approval; the customer gets it once approved.");
       state.canned = null;
       $("reply").value = "";
       await openTicket(state.current);
