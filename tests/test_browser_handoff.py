@@ -7,6 +7,7 @@ against the servers `make run` starts.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from parley.bot import agents, survey
+from parley.bot.handoff import approvals
 from parley.bot.storage import session_scope
 from tests.conftest import RunningBot, desk_login
 
@@ -224,3 +226,83 @@ def test_account_and_users_panels(running_bot: RunningBot, browser: Browser) -> 
     expect(cleo.locator(".error")).to_contain_text(
         re.compile(r"Too many failed attempts for this user; try again in 1[45] minutes"))
     other.close()
+
+
+def logged_in(browser: Browser, running_bot: RunningBot, username: str, password: str,
+              name: str) -> Page:
+    page = browser.new_context().new_page()
+    page.set_default_timeout(TIMEOUT)
+    desk_login(page, running_bot.desk_url, username, password)
+    expect(page.locator("#me")).to_contain_text(name)
+    expect(page.locator("#live")).not_to_have_class(re.compile("down"))
+    page.evaluate("window.__sameLoad = 42")
+    return page
+
+
+def test_a_trainees_reply_is_held_approved_by_a_supervisor_and_delivered(
+        running_bot: RunningBot, browser: Browser, customer: Page) -> None:
+    """An admin makes Tina a trainee. Her replies wait: the supervisor, Sam, sees
+    them appear live, sends one back with a comment (Tina sees it), edits and
+    approves the next, which the customer then gets; the transcript names Sam."""
+    db = running_bot.database_url
+    agents.create_user("tina", "tina-password", "agent", "Tina", db)
+    agents.create_user("sam", "sam-password", "supervisor", "Sam", db)
+    agents.create_user("ada", "ada-password", "admin", "Ada", db)
+    admin = logged_in(browser, running_bot, "ada", "ada-password", "Ada")
+    admin.click("#users-open")
+    row = admin.locator("#users-list tr[data-user=tina]")
+    row.get_by_role("button", name="Make trainee: tina").click()
+    expect(row).to_contain_text("agent (trainee)")
+    admin.context.close()
+
+    tina = logged_in(browser, running_bot, "tina", "tina-password", "Tina (agent, trainee)")
+    sam = logged_in(browser, running_bot, "sam", "sam-password", "Sam")
+    expect(sam.locator("#approvals")).to_be_visible()
+    expect(tina.locator("#approvals")).to_be_hidden()
+
+    say(customer, "AGENT")
+    wait_for_row(tina, customer, "keyword").click()
+    tina.click("#claim")
+    expect(customer.locator(".msg.bot", has_text="Tina from our team has joined")).to_be_visible()
+    expect(tina.locator("#send")).to_have_text("Send for approval")
+    tina.fill("#reply", "wait")
+    tina.click("#send")
+    expect(tina.locator("#toast")).to_contain_text("Sent to a supervisor for approval")
+    expect(tina.locator("#transcript li.held")).to_contain_text("waiting for a supervisor")
+
+    # Sam's queue fills live (no reload), with a toast.
+    held = sam.locator("#approvals-list li", has_text=visitor_name(customer))
+    expect(held).to_have_count(1)
+    expect(sam.locator("#approvals-count")).to_have_text("1")
+    held.get_by_role("textbox", name=re.compile("^Comment")).fill("Greet the customer first")
+    held.get_by_role("button", name="Send back").click()
+    expect(sam.locator("#approvals-list li")).to_have_count(0)
+    expect(tina.locator("#transcript li.held")).to_contain_text("Greet the customer first")
+    expect(tina.locator("#transcript li.note")).to_contain_text("sent back by Sam")
+
+    tina.fill("#reply", "Hello! Let me check yor order.")
+    tina.click("#send")
+    held = sam.locator("#approvals-list li", has_text=visitor_name(customer))
+    expect(held).to_have_count(1)
+    held.get_by_role("textbox", name=re.compile("^Reply by Tina")).fill(
+        "Hello! Let me check your order.")
+    assert customer.locator(".msg.agent").count() == 0  # nothing held reached the customer
+    clicked = time.monotonic()
+    held.get_by_role("button", name="Approve").click()
+    expect(customer.locator(".msg.agent")).to_have_text(re.compile("Let me check your order"))
+    print(f"approve click to the customer's page: {time.monotonic() - clicked:.2f} s")
+    assert customer.locator(".msg.agent").count() == 1
+    expect(tina.locator("#transcript li.agent")).to_contain_text("approved by Sam")
+    assert sam.evaluate("window.__sameLoad") == 42 and tina.evaluate("window.__sameLoad") == 42
+
+    with session_scope(db) as s:
+        reviews = s.execute(select(approvals.ReplyReview.status, approvals.ReplyReview.draft,
+                                   approvals.ReplyReview.text)
+                            .order_by(approvals.ReplyReview.id)).all()
+    assert [tuple(r) for r in reviews][-2:] == [
+        ("returned", "wait", "wait"),
+        ("approved", "Hello! Let me check yor order.", "Hello! Let me check your order.")]
+    tina.click("#resolve")
+    expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
+    tina.context.close()
+    sam.context.close()
