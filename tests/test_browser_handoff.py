@@ -6,15 +6,17 @@ against the servers `make run` starts.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from parley.bot import agents, survey
+from parley.bot import agents, conversations, survey
 from parley.bot.handoff import approvals
 from parley.bot.storage import session_scope
 from tests.conftest import RunningBot, desk_login
@@ -306,3 +308,39 @@ def test_a_trainees_reply_is_held_approved_by_a_supervisor_and_delivered(
     expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
     tina.context.close()
     sam.context.close()
+
+
+def test_an_admin_exports_then_erases_a_customer_from_the_desk(
+        running_bot: RunningBot, browser: Browser, customer: Page) -> None:
+    """"Customer data": the export downloads the customer's messages as JSON, the
+    erasure needs ERASE typed and removes them, and both show in the audit trail."""
+    db = running_bot.database_url
+    say(customer, "how long does shipping take?")
+    expect(customer.locator(".msg.bot", has_text="Standard shipping")).to_be_visible()
+    sender = customer.evaluate("localStorage.getItem('parley-webchat-sender')")
+    conv = f"webchat:{sender}"
+    agents.create_user("pia", "pia-password", "admin", "Pia", db)
+    admin = logged_in(browser, running_bot, "pia", "pia-password", "Pia")
+    admin.click("#privacy-open")
+    expect(admin.locator("#privacy")).to_be_visible()
+    admin.fill("#privacy-ids", conv)
+    with admin.expect_download() as download:
+        admin.click("#privacy-export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    [mine] = exported["conversations"]
+    assert mine["id"] == conv
+    assert "how long does shipping take?" in [m["text"] for m in mine["messages"]]
+    expect(admin.locator("#privacy-status")).to_contain_text("Exported 1 conversation")
+
+    admin.click("#privacy-erase")  # not confirmed: nothing happens but a clear message
+    expect(admin.locator("#privacy-status")).to_contain_text("Type ERASE to confirm")
+    assert conversations.transcript(conv, db) != []
+    admin.fill("#privacy-confirm", "ERASE")
+    admin.click("#privacy-erase")
+    expect(admin.locator("#privacy-status")).to_contain_text(f"Erased {conv}")
+    assert conversations.transcript(conv, db) == []
+    trail = admin.locator("#privacy-audit tr")
+    expect(trail.first).to_contain_text("erase")
+    expect(trail.first).to_contain_text("Pia")
+    expect(trail.nth(1)).to_contain_text("export")
+    admin.context.close()
