@@ -272,7 +272,9 @@ def login(username: str, password: str, database_url: str | None = None,
           address: str | None = None) -> SessionView | None:
     """A new session, or None for a wrong name or password. Raises Throttled
     (nothing checked) while the name or `address` is locked, and AccountDisabled
-    for the right password of a disabled user."""
+    for the right password of a disabled user. The attempt is counted before the
+    password is checked (`login_throttle.reserve`), and the check runs outside any
+    transaction: Argon2 takes tens of milliseconds."""
     username = username.strip().lower()
     # A name no user can have is not looked up, but still costs a verification.
     possible = 0 < len(username) <= 64 and _storable(username) and _storable(password)
@@ -282,20 +284,29 @@ def login(username: str, password: str, database_url: str | None = None,
         lock = login_throttle.locked(session, pairs, now)
         if lock is not None:
             raise Throttled(lock, now)
-        agent = session.execute(
-            select(Agent).where(Agent.username == username)
-        ).scalar_one_or_none() if possible else None
-        if not _verify(agent.password_hash if agent else _DUMMY_HASH,
-                       password if possible else "") or agent is None:
-            login_throttle.record_failure(session, pairs, now)
-            return None
-        if agent.disabled_at is not None:
-            raise AccountDisabled("this account is disabled; ask an admin to enable it")
-        login_throttle.clear_user(session, username)
-        if _hasher.check_needs_rehash(agent.password_hash):
-            agent.password_hash = _hasher.hash(password)
-        agent.last_seen_at = now
-        return _new_session(session, agent, now)
+        found = session.execute(
+            select(Agent.id, Agent.password_hash).where(Agent.username == username)
+        ).first() if possible else None
+        reserved = login_throttle.reserve(session, pairs, now)
+    with session_scope(database_url) as session:
+        lock = login_throttle.over_limit(session, pairs, now)
+    if lock is not None:  # beyond the limit: refused unchecked, and still counted
+        raise Throttled(lock, now)
+    if not _verify(found[1] if found else _DUMMY_HASH, password if possible else "") \
+            or found is None:
+        return None  # the reservation stays: it was a failure
+    with session_scope(database_url) as session:
+        agent = session.get(Agent, found[0])
+        if agent is None or agent.password_hash != found[1]:
+            return None  # deleted, or its password changed meanwhile: still a failure
+        login_throttle.release(session, reserved)  # the right password is no failure
+        if agent.disabled_at is None:
+            login_throttle.clear_user(session, username)
+            if _hasher.check_needs_rehash(agent.password_hash):
+                agent.password_hash = _hasher.hash(password)
+            agent.last_seen_at = now
+            return _new_session(session, agent, now)
+    raise AccountDisabled("this account is disabled; ask an admin to enable it")
 
 
 def session_for(token: str | None, database_url: str | None = None, touch: bool = True,

@@ -2,7 +2,8 @@
 
 Kept in the database, not in a process, so every desk replica sees the same
 count: guessing a password across replicas is as slow as against one. One row per
-failure; while a name or an address is locked nothing more is recorded for it
+failure, written before the password is checked (`reserve`), so concurrent guesses
+count too; while a name or an address is locked nothing more is recorded for it
 (the attempt is refused before any password is checked), so a key never holds
 more than a few rows and the rows older than `WINDOW + LOCKOUT` are pruned.
 
@@ -103,11 +104,46 @@ def locked(session: Session, pairs: list[tuple[str, str]], now: datetime) -> Loc
     return None
 
 
-def record_failure(session: Session, pairs: list[tuple[str, str]], now: datetime) -> None:
+def record_failure(session: Session, pairs: list[tuple[str, str]], now: datetime
+                   ) -> list[int]:
+    """A failure for each pair; returns the rows' ids (see `reserve`)."""
     session.execute(delete(LoginFailure).where(LoginFailure.failed_at <= now - WINDOW - LOCKOUT)
                     .execution_options(synchronize_session=False))
+    rows = [LoginFailure(scope=scope, key=key, failed_at=now) for scope, key in pairs]
+    session.add_all(rows)
+    session.flush()
+    return [int(row.id) for row in rows]
+
+
+def reserve(session: Session, pairs: list[tuple[str, str]], now: datetime) -> list[int]:
+    """Count an attempt as a failure before its password is checked, and commit that
+    before `over_limit` counts: of many attempts at once, each sees at least every
+    attempt committed before it, so no more than the limit are ever checked (a
+    check-then-record would let them all through while Argon2 runs). A success
+    takes its rows back (`release`)."""
+    return record_failure(session, pairs, now)
+
+
+def over_limit(session: Session, pairs: list[tuple[str, str]], now: datetime) -> Lock | None:
+    """After `reserve`: a lock if this attempt is beyond a limit (more attempts within
+    WINDOW than the limit), so it is refused unchecked. It stays counted: a burst of
+    guesses locks the name as surely as the same guesses one by one."""
     for scope, key in pairs:
-        session.add(LoginFailure(scope=scope, key=key, failed_at=now))
+        times = list(session.execute(
+            select(LoginFailure.failed_at).where(
+                LoginFailure.scope == scope, LoginFailure.key == key,
+                LoginFailure.failed_at > now - WINDOW)
+        ).scalars())
+        if len(times) > LIMITS[scope]:
+            return Lock(scope, _locked_until(times, LIMITS[scope], now) or now + LOCKOUT)
+    return None
+
+
+def release(session: Session, ids: list[int]) -> None:
+    """Take back a reservation: the right password is no failure."""
+    if ids:
+        session.execute(delete(LoginFailure).where(LoginFailure.id.in_(ids))
+                        .execution_options(synchronize_session=False))
 
 
 def clear_user(session: Session, username: str) -> None:

@@ -747,3 +747,30 @@ def test_http_no_transfer_to_a_disabled_user(fresh: Desk) -> None:
     refused = ana.post(f"/api/tickets/{ticket.id}/transfer", json={"agent_id": ids["bo"]},
                        headers={"X-CSRF-Token": csrf})
     assert refused.status_code == 400 and "active desk user" in refused.json()["error"]
+
+
+def test_concurrent_guesses_check_no_more_passwords_than_the_limit(any_db: str) -> None:
+    """Twenty wrong passwords at once for one name: at most the limit are checked
+    (answered "wrong"), the rest are refused unchecked, and the name is then locked."""
+    users(any_db)
+    limit = login_throttle.LIMITS["user"]
+    barrier = threading.Barrier(20)
+    outcomes: list[str] = []
+
+    def guess(i: int) -> None:
+        barrier.wait()
+        try:
+            result = agents.login("ana", f"guess-{i}-wrong", any_db, f"198.51.100.{i}")
+            outcomes.append("checked" if result is None else "in")
+        except agents.Throttled:
+            outcomes.append("throttled")
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 20 and "in" not in outcomes
+    assert outcomes.count("checked") <= limit, outcomes
+    with pytest.raises(agents.Throttled, match="for this user"):
+        agents.login("ana", "ana-password", any_db, "198.51.100.200")
