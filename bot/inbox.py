@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from parley.bot import inbox_sql, metrics
+from parley.bot import contacts, inbox_sql, metrics
 from parley.bot.conversations import Conversation, Message, channel_of, message_values
 from parley.bot.storage import session_scope, utcnow
 
@@ -48,18 +48,24 @@ def store(conversation_id: str, text: str, *, platform_message_id: str | None = 
           display_name: str = "", metadata: dict[str, Any] | None = None,
           database_url: str | None = None) -> int | None:
     """Commit the message as received; its id, or None for a redelivery of a
-    platform message we already hold (answered or not: the worker has it)."""
+    platform message we already hold (answered or not: the worker has it). A phone
+    number or email address it carried (masked), or the number of a new WhatsApp
+    conversation, is recorded with it and may link conversations (`contacts`)."""
     row = message_values(conversation_id, "customer", text, payload=metadata or None,
                          delivery="none", platform_message_id=platform_message_id,
                          inbox_state="received")
+    evidence = contacts.evidence(conversation_id, metadata)
     try:
-        message_id = inbox_sql.store_inbound(conversation_id, display_name, row, database_url)
+        stored = inbox_sql.store_inbound(conversation_id, display_name, row, database_url,
+                                         evidence)
     except IntegrityError:
         if platform_message_id:
             return None
         raise
     metrics.message_in(channel_of(conversation_id))
-    return message_id
+    if stored.identifiers:  # a phone or email new to this conversation: link by it
+        contacts.settle_quietly(conversation_id, database_url)
+    return stored.message_id
 
 
 def claim(channel: str, owner: str, lease_seconds: float, limit: int,

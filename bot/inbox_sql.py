@@ -10,6 +10,10 @@ both speak (`ON CONFLICT … DO UPDATE`, `RETURNING`), and values pass through t
 columns' own SQLAlchemy bind processors: rows read back through the ORM exactly as
 if it had written them. Everything after the store (routing, Rasa, the outbox) is
 the workers' business (`bot/inbox.py`, `bot/outbox.py`).
+
+A message that carries masked phone numbers or email addresses, or that creates a
+WhatsApp conversation, also records their hashes for contacts (`bot/contacts.py`),
+in the same transaction; every other message runs the same two statements as before.
 """
 
 from __future__ import annotations
@@ -24,18 +28,31 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
+from parley.bot.contacts import ContactIdentifier, Evidence
 from parley.bot.conversations import Conversation, Message, channel_of
 from parley.bot.storage import get_engine
 
+# `returning`: whether this statement created the conversation. Both times are this
+# message's on an insert; an update moves only last_customer_at.
 TOUCH = ("INSERT INTO conversations (id, channel, display_name, rating_state, created_at, "
          "last_customer_at) VALUES (?, ?, ?, 'none', ?, ?) ON CONFLICT (id) DO UPDATE SET "
-         "last_customer_at = excluded.last_customer_at{name}")
+         "last_customer_at = excluded.last_customer_at{name}{returning}")
 MESSAGE_COLUMNS = ("conversation_id", "author", "text", "payload", "delivery",
                    "platform_message_id", "inbox_state", "attempts", "created_at")
 INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) RETURNING id")
+IDENTIFIER_COLUMNS = ("conversation_id", "kind", "hash", "verified", "source", "created_at")
+INSERT_IDENTIFIER = (f"INSERT INTO contact_identifiers ({', '.join(IDENTIFIER_COLUMNS)}) "
+                     f"VALUES ({', '.join('?' * len(IDENTIFIER_COLUMNS))}) "
+                     "ON CONFLICT (conversation_id, kind, hash) DO NOTHING")
 
 Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Stored:
+    message_id: int
+    identifiers: int  # contact identifiers this message recorded (new ones only)
 
 
 @dataclass(frozen=True)
@@ -44,9 +61,13 @@ class _Prepared:
 
     touch: str
     touch_with_name: str
+    touch_returning: str
+    touch_with_name_returning: str
     insert_message: str
+    insert_identifier: str
     when: Processor  # an aware UTC datetime, as the driver wants it
     message: tuple[Processor, ...]  # one per MESSAGE_COLUMNS
+    identifier: tuple[Processor, ...]  # one per IDENTIFIER_COLUMNS
 
 
 def _processor(table: Table, column: str, dialect: Dialect) -> Processor:
@@ -59,12 +80,19 @@ def _prepared(dialect: Dialect) -> _Prepared:
     def sql(text: str) -> str:
         return text if dialect.paramstyle == "qmark" else text.replace("?", "%s")
 
+    name = ", display_name = excluded.display_name"
+    returning = " RETURNING created_at = last_customer_at"
     return _Prepared(
-        touch=sql(TOUCH.format(name="")),
-        touch_with_name=sql(TOUCH.format(name=", display_name = excluded.display_name")),
+        touch=sql(TOUCH.format(name="", returning="")),
+        touch_with_name=sql(TOUCH.format(name=name, returning="")),
+        touch_returning=sql(TOUCH.format(name="", returning=returning)),
+        touch_with_name_returning=sql(TOUCH.format(name=name, returning=returning)),
         insert_message=sql(INSERT_MESSAGE),
+        insert_identifier=sql(INSERT_IDENTIFIER),
         when=_processor(Conversation.__table__, "created_at", dialect),
-        message=tuple(_processor(Message.__table__, c, dialect) for c in MESSAGE_COLUMNS))
+        message=tuple(_processor(Message.__table__, c, dialect) for c in MESSAGE_COLUMNS),
+        identifier=tuple(_processor(ContactIdentifier.__table__, c, dialect)
+                         for c in IDENTIFIER_COLUMNS))
 
 
 @contextmanager
@@ -91,15 +119,30 @@ def _transaction(database_url: str | None) -> Iterator[tuple[Any, _Prepared]]:
 
 
 def store_inbound(conversation_id: str, display_name: str, message: dict[str, Any],
-                  database_url: str | None = None) -> int:
+                  database_url: str | None = None, evidence: Evidence | None = None
+                  ) -> Stored:
     """Store a customer's message in the inbox (creating the conversation, or noting
-    the time and name) and commit; returns its id. A redelivered platform id fails
-    the unique index: IntegrityError."""
+    the time and name), with the contact identifiers of `evidence`, and commit. A
+    redelivered platform id fails the unique index: IntegrityError, nothing stored."""
     with _transaction(database_url) as (cursor, prepared):
         when = prepared.when(message["created_at"])
-        cursor.execute(prepared.touch_with_name if display_name else prepared.touch,
-                       (conversation_id, channel_of(conversation_id), display_name, when, when))
+        touch_values = (conversation_id, channel_of(conversation_id), display_name, when, when)
+        created = False
+        if evidence is not None and evidence.platform_phone:
+            cursor.execute(prepared.touch_with_name_returning if display_name
+                           else prepared.touch_returning, touch_values)
+            created = bool(cursor.fetchone()[0])
+        else:
+            cursor.execute(prepared.touch_with_name if display_name else prepared.touch,
+                           touch_values)
         cursor.execute(prepared.insert_message, tuple(
             process(message[c]) for c, process in zip(MESSAGE_COLUMNS, prepared.message,
                                                        strict=True)))
-        return int(cursor.fetchone()[0])
+        message_id = int(cursor.fetchone()[0])
+        recorded = 0
+        for kind, digest, verified, source in (evidence.rows(created) if evidence else ()):
+            values = (conversation_id, kind, digest, verified, source, message["created_at"])
+            cursor.execute(prepared.insert_identifier, tuple(
+                process(v) for v, process in zip(values, prepared.identifier, strict=True)))
+            recorded += max(cursor.rowcount, 0)
+        return Stored(message_id, recorded)

@@ -1,4 +1,13 @@
 """Imports every table module so `Base.metadata` is complete (migrations, tests)."""
 
-from parley.bot import agents, audit, conversations, events, handoff, spikes, survey  # noqa: F401
+from parley.bot import (  # noqa: F401
+    agents,
+    audit,
+    contacts,
+    conversations,
+    events,
+    handoff,
+    spikes,
+    survey,
+)
 from parley.bot.responses import revisions  # noqa: F401

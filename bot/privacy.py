@@ -1,13 +1,16 @@
 """A customer's data: export it, erase it, and forget old conversations (retention).
 
 "One customer" is a list of conversation ids, one per channel they wrote from
-(`telegram:123`, `whatsapp:351912345678`); a contact record grouping them will
-supply that list later. What is stored about a conversation, and covered here:
+(`telegram:123`, `whatsapp:351912345678`); their contact (`parley.bot.contacts`),
+which an export includes, lists the conversations linked to them. What is stored
+about a conversation, and covered here:
 
 - Parley's database: the conversation (name, language), its messages (customer,
   bot and agent turns, agents' notes), its tickets (reason, context packet, tags,
-  and the old 1-5 ratings), its surveys and their answers, and the desk events
-  that name it or its tickets;
+  and the old 1-5 ratings), its surveys and their answers, the desk events that
+  name it or its tickets, and its contact data: the phone and email hashes seen in
+  it and its link to a contact (a contact left with fewer than two conversations
+  goes too);
 - Rasa's tracker store: every event of the conversation (`parley.bot.tracker_events`).
 
 Each act is in the audit trail (`parley.bot.audit`), with counts, never content.
@@ -31,10 +34,11 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from parley.bot import audit, tracker_events
+from parley.bot import audit, contacts, tracker_events
 from parley.bot.agents import Agent
 from parley.bot.conversations import Conversation, Message
 from parley.bot.events import DeskEvent
+from parley.bot.handoff.approvals import ReplyReview
 from parley.bot.handoff.tickets import OPEN, Rating, Ticket
 from parley.bot.storage import Base, session_scope, utcnow
 from parley.bot.survey import Survey, SurveyAnswer
@@ -109,8 +113,14 @@ class Gathered:
     """Everything Parley's database holds about some conversations, as plain data."""
 
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contacts: list[dict[str, Any]] = field(default_factory=list)
     agent_ids: set[int] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def _empty(conversation_id: str) -> dict[str, Any]:
+    return {"id": conversation_id, "messages": [], "tickets": [], "surveys": [],
+            "desk_events": [], "contact_identifiers": [], "contact_link": None}
 
 
 def _gather(session: Session, ids: list[str]) -> Gathered:
@@ -119,16 +129,12 @@ def _gather(session: Session, ids: list[str]) -> Gathered:
     for conversation in session.execute(select(Conversation).where(Conversation.id.in_(ids))
                                         ).scalars():
         rows += 1
-        out.conversations[conversation.id] = {
-            **_row(conversation), "messages": [], "tickets": [], "surveys": [],
-            "desk_events": []}
+        out.conversations[conversation.id] = {**_empty(conversation.id), **_row(conversation)}
 
     def holder(conversation_id: str) -> dict[str, Any]:
         # Rows of a conversation whose own row is gone (never expected: the keys are
         # foreign keys) are still exported.
-        return out.conversations.setdefault(conversation_id, {
-            "id": conversation_id, "messages": [], "tickets": [], "surveys": [],
-            "desk_events": []})
+        return out.conversations.setdefault(conversation_id, _empty(conversation_id))
 
     notes: dict[int, list[dict[str, Any]]] = {}
     messages = session.execute(select(Message).where(Message.conversation_id.in_(ids))
@@ -146,12 +152,19 @@ def _gather(session: Session, ids: list[str]) -> Gathered:
     ticket_ids = [t.id for t in tickets]
     ratings = {r.ticket_id: r for r in session.execute(
         select(Rating).where(Rating.ticket_id.in_(ticket_ids))).scalars()} if ticket_ids else {}
+    reviews: dict[int, list[dict[str, Any]]] = {}  # trainees' replies held for approval
+    for review in session.execute(select(ReplyReview).where(
+            ReplyReview.conversation_id.in_(ids)).order_by(ReplyReview.id)).scalars():
+        out.agent_ids.update(i for i in (review.agent_id, review.decided_by) if i)
+        reviews.setdefault(review.ticket_id, []).append(
+            _row(review, ("ticket_id", "conversation_id")))
     for ticket in tickets:
         if ticket.assigned_agent_id:
             out.agent_ids.add(ticket.assigned_agent_id)
         rating = ratings.get(ticket.id)
         holder(ticket.conversation_id)["tickets"].append({
             **_row(ticket), "notes": notes.get(ticket.id, []),
+            "reply_reviews": reviews.get(ticket.id, []),
             "rating": _row(rating, ("ticket_id",)) if rating else None})
     surveys = session.execute(select(Survey).where(Survey.conversation_id.in_(ids))
                               .order_by(Survey.id)).scalars().all()
@@ -175,11 +188,23 @@ def _gather(session: Session, ids: list[str]) -> Gathered:
     for desk_event in desk_events:
         owner = of_ticket.get(desk_event.ticket_id) or desk_event.conversation_id
         holder(owner)["desk_events"].append(_row(desk_event))
+    identifiers, links, linked, members = contacts.rows_of(session, ids)
+    for identifier in identifiers:
+        holder(identifier.conversation_id)["contact_identifiers"].append(
+            _row(identifier, ("conversation_id",)))
+    for link in links:
+        if link.agent_id:
+            out.agent_ids.add(link.agent_id)
+        holder(link.conversation_id)["contact_link"] = _row(link, ("conversation_id",))
+    out.contacts = [{**_row(contact), "conversations": members.get(contact.id, [])}
+                    for contact in linked]
     out.counts = {"conversations": rows,
                   "messages": len(messages), "tickets": len(tickets), "ratings": len(ratings),
                   "surveys": len(surveys),
                   "survey_answers": sum(len(a) for a in answers.values()),
-                  "desk_events": len(desk_events)}
+                  "desk_events": len(desk_events),
+                  "reply_reviews": sum(len(r) for r in reviews.values()),
+                  "contact_identifiers": len(identifiers), "contact_links": len(links)}
     return out
 
 
@@ -187,7 +212,8 @@ def export(conversation_ids: Iterable[str], actor: str,
            database_url: str | None = None) -> dict[str, Any]:
     """Everything stored about these conversations, JSON-able, grouped by conversation
     (messages, tickets with their notes and rating, surveys with their answers, desk
-    events, Rasa's tracker events), recorded in the audit trail. Ids with nothing
+    events, contact identifiers and link, Rasa's tracker events), with their contacts
+    (each listing its conversations), recorded in the audit trail. Ids with nothing
     stored are listed in `not_found`."""
     ids = parse_ids(conversation_ids)
     location = tracker_events.locate()  # a configuration error stops the export here
@@ -202,8 +228,7 @@ def export(conversation_ids: Iterable[str], actor: str,
             data = gathered.conversations.get(cid)
             if data is None and cid not in tracker:
                 continue
-            data = data or {"id": cid, "messages": [], "tickets": [], "surveys": [],
-                            "desk_events": []}
+            data = data or _empty(cid)
             conversations.append({**data, "tracker_events": tracker.get(cid, [])})
         found = [c["id"] for c in conversations]
         counts = {**gathered.counts,
@@ -213,6 +238,7 @@ def export(conversation_ids: Iterable[str], actor: str,
     return {"format": EXPORT_FORMAT, "exported_at": utcnow().isoformat(),
             "conversations": conversations,
             "not_found": [cid for cid in ids if cid not in found],
+            "contacts": gathered.contacts,
             "agents": {str(agent_id): name for agent_id, name in sorted(names.items())},
             "counts": counts}
 
@@ -250,8 +276,10 @@ def _delete_conversations(session: Session, ids: list[str]) -> dict[str, int]:
         "ratings": gone(delete(Rating).where(Rating.ticket_id.in_(ticket_ids)))
         if ticket_ids else 0,
         "desk_events": gone(delete(DeskEvent).where(or_(*named))),
+        "reply_reviews": gone(delete(ReplyReview).where(ReplyReview.conversation_id.in_(ids))),
         "messages": gone(delete(Message).where(Message.conversation_id.in_(ids))),
         "tickets": gone(delete(Ticket).where(Ticket.conversation_id.in_(ids))),
+        **contacts.forget(session, ids),
     }
     counts["conversations"] = gone(delete(Conversation).where(Conversation.id.in_(ids)))
     return counts
@@ -328,6 +356,8 @@ def _retain(session: Session, cutoff: datetime, now: datetime, batch: int) -> di
         batch)
     counts["ratings"] = gone(delete(Rating).where(Rating.ticket_id.in_(ticket_ids))) \
         if ticket_ids else 0
+    counts["reply_reviews"] = gone(delete(ReplyReview).where(
+        ReplyReview.ticket_id.in_(ticket_ids))) if ticket_ids else 0
     counts["tickets"] = gone(delete(Ticket).where(Ticket.id.in_(ticket_ids))) \
         if ticket_ids else 0
     with_open_ticket = select(Ticket.conversation_id).where(Ticket.status.in_(OPEN))
@@ -348,6 +378,7 @@ def _retain(session: Session, cutoff: datetime, now: datetime, batch: int) -> di
         ~select(Ticket.id).where(Ticket.conversation_id == Conversation.id).exists(),
         ~select(Survey.id).where(Survey.conversation_id == Conversation.id).exists())
         .order_by(Conversation.id), batch)
+    counts.update(contacts.forget(session, conversation_ids))  # the hashes go with them
     counts["conversations"] = gone(delete(Conversation).where(
         Conversation.id.in_(conversation_ids))) if conversation_ids else 0
     return counts
@@ -361,10 +392,12 @@ def apply_retention(days: int, database_url: str | None = None, now: datetime | 
     - messages written before the cutoff, but not while the conversation has an open
       ticket (an agent is reading its transcript);
     - closed tickets resolved (or opened, if never resolved) before it, with their
-      rating; surveys finished (or started) before it, with their answers;
+      rating and their trainees' reviewed replies; surveys finished (or started)
+      before it, with their answers;
     - desk events before it;
     - conversations with nothing left, that began and last heard from the customer
-      before it (the row holds their name and platform id);
+      before it (the row holds their name and platform id), with their contact
+      identifiers and link;
     - Rasa's tracker events before it that Rasa no longer reads (`tracker_events.trim`).
     The manager's analytics count messages and tickets, so periods older than the
     retention show less, then nothing: an accepted cost of keeping no old transcripts.

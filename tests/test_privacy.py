@@ -33,6 +33,7 @@ import parley.bot.models  # every table on Base
 from parley.bot import agents, audit, handoff, inbox, privacy, storage, tracker_events
 from parley.bot.conversations import Conversation, Message
 from parley.bot.events import DeskEvent
+from parley.bot.handoff import approvals
 from parley.bot.handoff.tickets import Rating, Ticket
 from parley.bot.storage import Base, utcnow
 from parley.bot.survey import Survey, SurveyAnswer
@@ -111,6 +112,10 @@ def seed(db: str, tracker: Tracker, conversation_id: str, marker: str, agent_id:
                               context={"last_intent": f"intent-{marker}"}).ticket
     handoff.claim_ticket(ticket.id, agent_id, db)
     handoff.agent_reply(ticket.id, agent_id, f"agent replied {marker}", db)
+    agents.set_trainee(agent_id, True, db)  # a reply held for approval, then withdrawn
+    held = handoff.agent_reply(ticket.id, agent_id, f"trainee draft {marker}", db)
+    approvals.withdraw(held.id, agent_id, db)
+    agents.set_trainee(agent_id, False, db)
     handoff.add_note(ticket.id, agent_id, f"note about {marker}", db)
     handoff.set_tags(ticket.id, [f"tag-{marker}"], db)
     if close:
@@ -210,6 +215,7 @@ def test_export_holds_everything_of_the_customer_and_nothing_of_another(
         assert ticket["context"] == {"last_intent": f"intent-{marker}"}
         assert ticket["tags"] == [f"tag-{marker}"] and ticket["status"] == "resolved"
         assert [n["text"] for n in ticket["notes"]] == [f"note about {marker}"]
+        assert [r["draft"] for r in ticket["reply_reviews"]] == [f"trainee draft {marker}"]
         assert ticket["rating"]["score"] == 4
         [survey] = conversation["surveys"]
         assert [a["text"] for a in survey["answers"]] == [f"survey answer {marker}"]
@@ -225,6 +231,7 @@ def test_export_holds_everything_of_the_customer_and_nothing_of_another(
     counts = data["counts"]
     assert counts["conversations"] == 2 and counts["tickets"] == 2 and counts["ratings"] == 2
     assert counts["tracker_events"] == 10 and counts["survey_answers"] == 2
+    assert counts["reply_reviews"] == 2
     [entry] = audit.recent(10, db)
     assert (entry.actor, entry.action, entry.subject) == ("agent:7", "export", THEM)
     assert entry.details == counts and "alpha" not in json.dumps(entry.details)
@@ -258,6 +265,7 @@ def test_erase_removes_everything_across_channels_and_leaves_the_third(
     erased = result["erased"]
     assert erased["conversations"] == 2 and erased["tickets"] == 2 and erased["ratings"] == 2
     assert erased["surveys"] == 2 and erased["survey_answers"] == 2
+    assert erased["reply_reviews"] == 2
     assert erased["tracker_events"] == 10 and result["not_found"] == []
     other_after = privacy.export([OTHER], audit.CLI, db)
     for data in (other_before, other_after):
@@ -291,7 +299,8 @@ def test_tables_that_name_a_conversation_are_all_erased() -> None:
     naming = {t.name for t in Base.metadata.sorted_tables
               if {"conversation_id", "ticket_id", "survey_id"} & set(t.c.keys())}
     assert naming == {"messages", "tickets", "ratings", "surveys", "survey_answers",
-                      "desk_events"}
+                      "desk_events", "contact_identifiers", "contact_conversations",
+                      "reply_reviews"}
 
 
 # -- retention --------------------------------------------------------------------------
@@ -320,7 +329,8 @@ def retention_setup(db: str, tracker: Tracker) -> dict[str, Any]:
 def expect_retained(db: str, tracker: Tracker, held: int) -> None:
     assert privacy.preview(["telegram:old"], db) == dict.fromkeys(
         ["conversations", "messages", "tickets", "ratings", "surveys", "survey_answers",
-         "desk_events", "tracker_events"], 0)
+         "desk_events", "reply_reviews", "contact_identifiers", "contact_links",
+         "tracker_events"], 0)
     [mixed] = privacy.export(["whatsapp:mixed"], audit.CLI, db)["conversations"]
     assert [m["text"] for m in mixed["messages"]] == ["customer wrote mixed-new"]
     assert mixed["tickets"] == [] and mixed["surveys"] == [] and mixed["desk_events"] == []

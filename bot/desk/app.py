@@ -21,6 +21,7 @@ from parley.bot.desk import (
     alerts,
     analytics,
     approvals,
+    contacts,
     library,
     live,
     login,
@@ -40,7 +41,7 @@ SPIKE_CHECK_SECONDS = 60.0
 RETENTION_CHECK_SECONDS = 3600.0  # personal_data.retention_days: hourly
 PAGES = ("login.html", "desk.html", "desk.js", "desk.css", "library.html", "library.js",
          "common.js", "alerts.js", "analytics.html", "analytics.js", "analytics.css",
-         "chart.umd.js")
+         "chart.umd.js", "contacts.js", "contacts.css", "privacy.js")
 
 
 def _page(name: str) -> str:
@@ -93,7 +94,7 @@ def create_app(database_url: str | None = None, secure_cookies: bool = False,
         return response.json({"error": "internal error"}, status=500)
 
     for module in (pages, login, users, tickets, approvals, live, library, analytics, alerts,
-                   surveys, privacy):
+                   surveys, privacy, contacts):
         app.blueprint(module.bp)
     metrics.install(app, "desk")
 
