@@ -2,9 +2,11 @@
 
 One row per act, written in the same transaction as the deletion it records
 (`parley.bot.privacy`), so data never goes without a trace. `subject` holds the
-conversation ids acted on: the proof of an erasure names whose data it was, and
-keeps nothing else of theirs. `details` holds counts and settings, never message
-text, names or anything else a customer said.
+conversations acted on as pseudonyms: the channel and a keyed hash of the id
+(`whatsapp:#3f2a…`), since an id can be a phone number (WhatsApp's). Whoever knows
+the id can still prove what happened to it (`pseudonym`, `about`); the trail alone
+names no one. `details` holds counts and settings, never message text, names or
+anything else a customer said.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Integer, String, select
 from sqlalchemy.orm import Session
 
+from parley.bot import personal_data
 from parley.bot.storage import Base, UTCDateTime, session_scope, utcnow
 
 ACTIONS = ("export", "erase", "retention")
@@ -53,13 +56,19 @@ def agent_actor(agent_id: int) -> str:
     return f"agent:{agent_id}"
 
 
+def pseudonym(conversation_id: str) -> str:
+    """What the trail keeps of a conversation id: its channel and a keyed hash."""
+    channel = conversation_id.split(":", 1)[0]
+    return f"{channel}:#{personal_data.digest('conversation', conversation_id)[:20]}"
+
+
 def record(session: Session, actor: str, action: str, subject: list[str],
            details: dict[str, Any]) -> AuditEntry:
     """Add an entry inside the caller's transaction: it commits with the act or not at all."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
-    entry = AuditEntry(at=utcnow(), actor=actor[:80], action=action, subject=list(subject),
-                       details=details)
+    entry = AuditEntry(at=utcnow(), actor=actor[:80], action=action,
+                       subject=[pseudonym(cid) for cid in subject], details=details)
     session.add(entry)
     session.flush()
     return entry
@@ -73,10 +82,21 @@ def amend(entry_id: int, details: dict[str, Any], database_url: str | None = Non
             entry.details = {**(entry.details or {}), **details}
 
 
+def about(conversation_id: str, database_url: str | None = None) -> list[Entry]:
+    """Every entry that acted on this conversation, newest first (an erasure's proof)."""
+    wanted = pseudonym(conversation_id)
+    with session_scope(database_url) as session:
+        rows = session.execute(select(AuditEntry).order_by(AuditEntry.id.desc())).scalars()
+        return [_entry(e) for e in rows if wanted in (e.subject or [])]
+
+
+def _entry(e: AuditEntry) -> Entry:
+    return Entry(e.id, e.at, e.actor, e.action, list(e.subject or []), dict(e.details or {}))
+
+
 def recent(limit: int = 50, database_url: str | None = None) -> list[Entry]:
     """The newest entries first."""
     with session_scope(database_url) as session:
         rows = session.execute(select(AuditEntry).order_by(AuditEntry.id.desc())
                                .limit(min(limit, MAX_LIMIT))).scalars()
-        return [Entry(e.id, e.at, e.actor, e.action, list(e.subject or []),
-                      dict(e.details or {})) for e in rows]
+        return [_entry(e) for e in rows]

@@ -233,7 +233,8 @@ def test_export_holds_everything_of_the_customer_and_nothing_of_another(
     assert counts["tracker_events"] == 10 and counts["survey_answers"] == 2
     assert counts["reply_reviews"] == 2
     [entry] = audit.recent(10, db)
-    assert (entry.actor, entry.action, entry.subject) == ("agent:7", "export", THEM)
+    assert (entry.actor, entry.action, entry.subject) == (
+        "agent:7", "export", [audit.pseudonym(c) for c in THEM])
     assert entry.details == counts and "alpha" not in json.dumps(entry.details)
 
 
@@ -247,7 +248,7 @@ def test_export_lists_unknown_conversations_and_refuses_bad_ids(seeded: dict[str
                 ["telegram:1;drop"], [f"telegram:{i}" for i in range(51)]):
         with pytest.raises(ValueError):
             privacy.export(bad, audit.CLI, db)
-    assert [e.subject for e in audit.recent(10, db)] == [["telegram:1001"]]
+    assert [e.subject for e in audit.recent(10, db)] == [[audit.pseudonym("telegram:1001")]]
 
 
 # -- erasure ----------------------------------------------------------------------------
@@ -272,7 +273,15 @@ def test_erase_removes_everything_across_channels_and_leaves_the_third(
         data.pop("exported_at")
     assert other_after == other_before
     erase_entry = next(e for e in audit.recent(10, db) if e.action == "erase")
-    assert (erase_entry.actor, erase_entry.subject) == ("agent:1", THEM)
+    assert (erase_entry.actor, erase_entry.subject) == (
+        "agent:1", [audit.pseudonym(c) for c in THEM])
+    # The trail names no one (a WhatsApp id is a phone number), yet proves the erasure
+    # to whoever knows the id.
+    trail = json.dumps([e.as_json() for e in audit.recent(50, db)])
+    assert "351912345678" not in trail
+    assert [e.action for e in audit.about(THEM[1], db)] == ["erase"]
+    assert {e.action for e in audit.about(OTHER, db)} == {"export"}
+    assert audit.about("telegram:3003", db) == []
     assert erase_entry.details == erased
     # Idempotent: again, nothing left, nothing found.
     again = privacy.erase(THEM, "agent:1", db)
@@ -493,8 +502,11 @@ def test_desk_routes_export_erase_audit(seeded: dict[str, Any], tmp_path: Path) 
 
             trail = root.get("/api/privacy/audit?limit=5").json()["entries"]
             root_id = next(a.id for a in agents.list_agents(db) if a.username == "root")
-            assert [(e["action"], e["actor"], e["subject"]) for e in trail] == [
-                ("erase", f"agent:{root_id}", THEM), ("export", f"agent:{root_id}", THEM)]
+            assert [(e["action"], e["actor"]) for e in trail] == [
+                ("erase", f"agent:{root_id}"), ("export", f"agent:{root_id}")]
+            for entry in trail:  # pseudonyms: the channel and a keyed hash, no raw id
+                assert [s.split(":#")[0] for s in entry["subject"]] == ["telegram", "whatsapp"]
+                assert "351912345678" not in json.dumps(entry)
             assert ana.get("/api/privacy/audit").status_code == 403
             assert root.get("/api/privacy/audit?limit=0").status_code == 400
         finally:
