@@ -68,6 +68,15 @@ class OpenTickets(NotErased):
                          "nothing was erased")
 
 
+class InProgress(NotErased):
+    """A worker is answering one of the conversations: Rasa would write its tracker
+    (and we our reply) after the erasure, so it waits for the turn to end."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"a message of {', '.join(sorted(ids))} is being answered right now; "
+                         "nothing was erased: try again in a few seconds")
+
+
 class ChangedMeanwhile(NotErased):
     def __init__(self) -> None:
         super().__init__("the conversation changed while it was being erased (a new "
@@ -302,6 +311,10 @@ def erase(conversation_ids: Iterable[str], actor: str,
                 .where(Ticket.conversation_id.in_(ids), Ticket.status.in_(OPEN))).all())
             if still_open:
                 raise OpenTickets(still_open)
+            answering = session.execute(select(Conversation.id).where(
+                Conversation.id.in_(ids), Conversation.lease_until > utcnow())).scalars().all()
+            if answering:
+                raise InProgress(list(answering))
             counts = _delete_conversations(session, ids)
             entry = audit.record(session, actor, "erase", ids,
                                  {**counts, "tracker_events": None})

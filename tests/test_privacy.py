@@ -288,6 +288,24 @@ def test_erase_removes_everything_across_channels_and_leaves_the_third(
     assert set(again["erased"].values()) == {0} and again["not_found"] == THEM
 
 
+def test_erase_waits_for_a_bot_turn_in_progress(any_db: str, tracker: Tracker) -> None:
+    """A worker holds the conversation's lease (Rasa is answering): erasing now would
+    let the turn write its reply and tracker after the erasure, so it is refused."""
+    ana = agent(any_db, *ANA, "agent")
+    seed(any_db, tracker, "telegram:busy", "busy", ana)
+    with storage.session_scope(any_db) as session:
+        session.execute(sa.update(Conversation).where(Conversation.id == "telegram:busy")
+                        .values(lease_owner="worker-1",
+                                lease_until=utcnow() + timedelta(seconds=5)))
+    with pytest.raises(privacy.InProgress, match="telegram:busy is being answered"):
+        privacy.erase(["telegram:busy"], audit.CLI, any_db)
+    assert rows_naming(any_db, ["telegram:busy"], []) and tracker.senders() == {"telegram:busy"}
+    with storage.session_scope(any_db) as session:  # the turn ended: its lease released
+        session.execute(sa.update(Conversation).where(Conversation.id == "telegram:busy")
+                        .values(lease_owner=None, lease_until=None))
+    assert privacy.erase(["telegram:busy"], audit.CLI, any_db)["erased"]["conversations"] == 1
+
+
 def test_erase_refuses_a_conversation_with_an_open_ticket(any_db: str, tracker: Tracker) -> None:
     ana = agent(any_db, *ANA, "agent")
     ticket = seed(any_db, tracker, "telegram:1", "open", ana, close=False)
