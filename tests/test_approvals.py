@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 import pytest
 
@@ -185,3 +187,61 @@ def test_timings_measure_review_and_delivery(desk: Desk) -> None:
         message.sent_at = view.decided_at + timedelta(seconds=0.4)
     t = approvals.timings(desk.url)
     assert t.delivered == 1 and t.delivery_p50 == pytest.approx(0.4, abs=0.01)
+
+
+def test_the_customer_leaving_the_queue_withdraws_held_replies(desk: Desk) -> None:
+    rid = desk.hold()
+    assert handoff.abandon(desk.conv, database_url=desk.url)
+    assert approvals.waiting(desk.url) == []
+    assert approvals.of_ticket(desk.ticket.id, desk.url)[0].status == "withdrawn"
+    with pytest.raises(approvals.AlreadyDecided, match="withdrawn"):
+        approvals.approve(rid, desk.sup.id, database_url=desk.url)
+    assert desk.pushed() == []
+
+
+def test_after_a_transfer_the_new_holder_may_resolve(desk: Desk) -> None:
+    """The trainee's held reply does not block Ana, who now holds the ticket: it
+    closes with the ticket, unsent."""
+    desk.hold()
+    handoff.transfer(desk.ticket.id, desk.trainee.id, desk.agent.id, desk.url)
+    assert handoff.resolve(desk.ticket.id, desk.agent.id, desk.url).status == "resolved"
+    assert [r.status for r in approvals.of_ticket(desk.ticket.id, desk.url)] == ["withdrawn"]
+    assert desk.pushed() == []
+
+
+def test_approve_racing_dismiss_ends_one_way_or_the_other(any_db: str) -> None:
+    """Approve locks the ticket before the review, as dismiss does: no deadlock, and
+    either the reply went out before the ticket closed or it was withdrawn."""
+    desk = Desk(any_db, "webchat:race0")
+    for i in range(8):
+        conv = f"webchat:race{i + 1}"
+        ticket = handoff.escalate(conv, "keyword", database_url=any_db).ticket
+        handoff.claim_ticket(ticket.id, desk.trainee.id, any_db)
+        rid = handoff.agent_reply(ticket.id, desk.trainee.id, f"reply {i}", any_db).id
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def run(fn: Callable[[], object], barrier: threading.Barrier = barrier,
+                errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                fn()
+            except approvals.AlreadyDecided:
+                pass
+            except BaseException as exc:  # a deadlock would land here
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(partial(
+                       approvals.approve, rid, desk.sup.id, database_url=any_db),)),
+                   threading.Thread(target=run, args=(partial(
+                       handoff.dismiss, [ticket.id], desk.admin.id, any_db),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        [review] = approvals.of_ticket(ticket.id, any_db)
+        sent = [m.text for m in conversations.pushed_after(conv, 0, any_db)
+                if m.author == "agent"]
+        assert (review.status, sent) in [("approved", [f"reply {i}"]), ("withdrawn", [])]
+        assert handoff.get_ticket(ticket.id, any_db).status == "abandoned"

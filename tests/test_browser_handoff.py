@@ -288,7 +288,18 @@ def test_a_trainees_reply_is_held_approved_by_a_supervisor_and_delivered(
     expect(held).to_have_count(1)
     held.get_by_role("textbox", name=re.compile("^Reply by Tina")).fill(
         "Hello! Let me check your order.")
-    assert customer.locator(".msg.agent").count() == 0  # nothing held reached the customer
+    # Another held reply arrives, then Tina withdraws it: Sam's list changes live
+    # around the edit he is making, which stays.
+    tina.fill("#reply", "one more thing")
+    tina.click("#send")
+    expect(sam.locator("#approvals-list li")).to_have_count(2)
+    tina.locator("#transcript li.held", has_text="one more thing").get_by_role(
+        "button", name="Withdraw").click()
+    expect(sam.locator("#approvals-list li")).to_have_count(1)
+    expect(held.get_by_role("textbox", name=re.compile("^Reply by Tina"))).to_have_value(
+        "Hello! Let me check your order.")
+    customer.wait_for_timeout(1000)  # a long-poll round: nothing held reached the customer
+    assert customer.locator(".msg.agent").count() == 0
     clicked = time.monotonic()
     held.get_by_role("button", name="Approve").click()
     expect(customer.locator(".msg.agent")).to_have_text(re.compile("Let me check your order"))
@@ -301,9 +312,10 @@ def test_a_trainees_reply_is_held_approved_by_a_supervisor_and_delivered(
         reviews = s.execute(select(approvals.ReplyReview.status, approvals.ReplyReview.draft,
                                    approvals.ReplyReview.text)
                             .order_by(approvals.ReplyReview.id)).all()
-    assert [tuple(r) for r in reviews][-2:] == [
+    assert [tuple(r) for r in reviews][-3:] == [
         ("returned", "wait", "wait"),
-        ("approved", "Hello! Let me check yor order.", "Hello! Let me check your order.")]
+        ("approved", "Hello! Let me check yor order.", "Hello! Let me check your order."),
+        ("withdrawn", "one more thing", "one more thing")]
     tina.click("#resolve")
     expect(customer.locator(".msg.bot", has_text="handed you back")).to_be_visible()
     tina.context.close()

@@ -111,19 +111,21 @@ def hold(session: Session, ticket: Ticket, agent_id: int, text: str,
     return int(review.id)
 
 
-def pending_on(session: Session, ticket_id: int) -> int:
+def pending_by(session: Session, ticket_id: int, agent_id: int) -> int:
     return int(session.execute(
         select(func.count(ReplyReview.id)).where(ReplyReview.ticket_id == ticket_id,
+                                                 ReplyReview.agent_id == agent_id,
                                                  ReplyReview.status == "pending")
     ).scalar() or 0)
 
 
-def withdraw_all(session: Session, ticket_ids: list[int], by_agent: int) -> None:
-    """A closed ticket's waiting replies will never be sent: say so on the reviews."""
+def withdraw_all(session: Session, ticket_ids: list[int]) -> None:
+    """A closed ticket's waiting replies will never be sent: say so on the reviews
+    (withdrawn by no one: the ticket closed). Called with the ticket row locked."""
     session.execute(
         update(ReplyReview).where(ReplyReview.ticket_id.in_(ticket_ids),
                                   ReplyReview.status == "pending")
-        .values(status="withdrawn", decided_at=utcnow(), decided_by=by_agent)
+        .values(status="withdrawn", decided_at=utcnow(), decided_by=None)
         .execution_options(synchronize_session=False))
 
 
@@ -161,10 +163,15 @@ def approve(review_id: int, supervisor_id: int, text: str | None = None,
             raise ValueError("an edited reply needs some text")
     with session_scope(database_url) as session:
         _supervisor(session, supervisor_id)
-        review = _decide(session, review_id, "approved", supervisor_id)
+        # The ticket's row lock first, as every ticket command takes it (a dismiss
+        # locks the ticket, then withdraws its reviews): one order, no deadlock.
+        ticket_id = session.execute(select(ReplyReview.ticket_id).where(
+            ReplyReview.id == review_id)).scalar()
+        if ticket_id is None:
+            raise LookupError(f"no reply {review_id} awaits review")
         ticket = session.execute(
-            select(Ticket).where(Ticket.id == review.ticket_id).with_for_update()
-        ).scalar_one()
+            select(Ticket).where(Ticket.id == ticket_id).with_for_update()).scalar_one()
+        review = _decide(session, review_id, "approved", supervisor_id)
         if ticket.status != "assigned":
             raise TransitionError(f"ticket {ticket.id} is {ticket.status}: the customer is "
                                   "no longer with a person, so the reply was not sent")

@@ -102,8 +102,8 @@ def resolve(ticket_id: int, agent_id: int, database_url: str | None = None,
         ticket = _held_ticket(session, ticket_id)
         if ticket.status != "assigned" or ticket.assigned_agent_id != agent_id:
             raise TransitionError(f"ticket {ticket_id} is not held by agent {agent_id}")
-        waiting = approvals.pending_on(session, ticket_id)
-        if waiting:
+        waiting = approvals.pending_by(session, ticket_id, agent_id)
+        if waiting:  # (another's, from before a transfer, close with the ticket)
             raise TransitionError(f"{waiting} of your replies still wait for a supervisor's "
                                   "approval; wait for them or withdraw them first")
         _transition(ticket, "resolved")
@@ -136,7 +136,6 @@ def dismiss(ticket_ids: list[int], agent_id: int, database_url: str | None = Non
         ).scalars())
         for ticket in tickets:
             _may_act_on(session, ticket, agent_id, "dismiss")
-        approvals.withdraw_all(session, [t.id for t in tickets], agent_id)
         for ticket in tickets:
             _transition(ticket, "abandoned")
             ticket.resolved_at = utcnow()

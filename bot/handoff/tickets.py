@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from parley.bot import events
 from parley.bot.conversations import add_message
@@ -123,10 +123,18 @@ class TicketView:
 
 
 def _transition(ticket: Ticket, new_status: str) -> None:
-    """The one place a status changes, so no code path can skip the state machine."""
+    """The one place a status changes, so no code path can skip the state machine.
+    A ticket that closes (resolved, dismissed, left by the customer) takes its
+    trainees' replies still waiting for approval with it: they will never be sent."""
     if new_status not in TRANSITIONS[ticket.status]:
         raise TransitionError(f"ticket {ticket.id} is {ticket.status}; cannot become {new_status}")
     ticket.status = new_status
+    if new_status in ("resolved", "abandoned"):
+        from parley.bot.handoff import approvals  # (approvals builds on this module)
+
+        session = object_session(ticket)
+        if session is not None:
+            approvals.withdraw_all(session, [ticket.id])
 
 
 def _held_ticket(session: Session, ticket_id: int) -> Ticket:

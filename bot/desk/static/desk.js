@@ -137,82 +137,69 @@ function renderTranscript(lines, reviews = []) {
 
 // Supervisors and admins: trainees' replies waiting for approval, live.
 function seconds(value) { return value === null || value === undefined ? "–" : value < 1 ? Math.round(value * 1000) + " ms" : value.toFixed(1) + " s"; }
+// Updated in place, by review id: a supervisor's half-typed edit or comment survives
+// the live refreshes that other trainees' replies cause.
 async function loadApprovals(background = false) {
   const data = await api("/api/approvals", { background });
   const list = $("approvals-list");
-  list.replaceChildren();
   $("approvals-count").textContent = data.waiting.length;
   $("approvals-empty").hidden = data.waiting.length > 0;
   const t = data.timings;
   $("approvals-timings").textContent = t.approved ? "Over the last " + t.approved + " approved: waited for review " +
     seconds(t.review_p50) + " (median), " + seconds(t.review_p95) + " (p95); approval to platform " +
     (t.delivered ? seconds(t.delivery_p50) + " (median), " + seconds(t.delivery_p95) + " (p95)" : "–") : "";
+  const shown = new Map([...list.children].map((li) => [li.dataset.review, li]));
+  const waiting = new Set(data.waiting.map((r) => String(r.id)));
+  for (const [id, li] of shown) if (!waiting.has(id)) li.remove();
   for (const r of data.waiting) {
-    const item = el("li");
-    item.dataset.review = r.id;
-    const head = el("div", null, "row");
-    const open = el("button", r.display_name);
-    open.type = "button";
-    open.title = "Open the conversation";
-    open.addEventListener("click", () => act(() => openTicket(r.ticket_id)));
-    head.append(el("strong", r.agent_name || "trainee"), document.createTextNode(" to "), open,
-      el("span", " · waiting " + waited(r.waiting_seconds), "muted"));
-    const text = el("textarea");
-    text.rows = 3;
-    text.maxLength = 4096;
-    text.value = r.text;
-    text.setAttribute("aria-label", "Reply by " + (r.agent_name || "trainee") + " to " + r.display_name);
-    const comment = el("input");
-    comment.placeholder = "What to change (to send back)";
-    comment.maxLength = 2000;
-    comment.setAttribute("aria-label", "Comment for " + (r.agent_name || "trainee"));
-    const approve = el("button", "Approve");
-    approve.type = "button";
-    approve.addEventListener("click", () => act(async () => {
-      const edited = text.value.trim() !== r.text.trim();
-      await api("/api/approvals/" + r.id + "/approve", { body: edited ? { text: text.value } : {} });
-      toast(edited ? "Edited and sent to the customer." : "Approved and sent to the customer.");
-      await loadApprovals();
-    }));
-    const back = el("button", "Send back");
-    back.type = "button";
-    back.addEventListener("click", () => act(async () => {
-      if (!comment.value.trim()) { comment.focus(); throw new Error("Say what to change before sending a reply back."); }
-      await api("/api/approvals/" + r.id + "/send-back", { body: { comment: comment.value } });
-      toast("Sent back to " + (r.agent_name || "the trainee") + ".");
-      await loadApprovals();
-    }));
-    const buttons = el("div", null, "row");
-    buttons.append(approve, comment, back);
-    item.append(head, text, buttons);
-    list.appendChild(item);
+    const known = shown.get(String(r.id));
+    if (known) {
+      known.querySelector(".waited").textContent = " · waiting " + waited(r.waiting_seconds);
+      continue;
+    }
+    list.appendChild(approvalItem(r));
   }
 }
 
-// Satisfaction survey (bot/survey.py): what the customer answered about this ticket.
-const SURVEY_QUESTIONS = { answer: "The answer", time: "Time it took", agent: "Agent's help", improve: "To improve" };
-const SURVEY_STATES = { asking: "waiting for answers", done: "finished", expired: "not sent: the platform's window closed", stopped: "stopped: the customer moved on" };
-async function loadSurvey(id, background = false) {
-  let box = $("survey");
-  if (!box) {
-    box = el("section", null, "survey");
-    box.id = "survey";
-    document.querySelector("#conversation .context").appendChild(box);
-  }
-  const data = await api("/api/tickets/" + id + "/survey", { background });
-  if (state.current !== id) return;  // another ticket opened meanwhile
-  box.replaceChildren(el("h3", "Survey"));
-  if (!data.surveys.length) { box.append(el("p", "No survey for this ticket.", "muted")); return; }
-  for (const s of data.surveys) {
-    box.append(el("p", SURVEY_STATES[s.state] || s.state, "state"));
-    const dl = el("dl");
-    for (const a of s.answers) {
-      const value = a.score !== null ? el("dd", "★".repeat(a.score) + "☆".repeat(5 - a.score) + " " + a.score + "/5", "score") : el("dd", a.text);
-      dl.append(el("dt", SURVEY_QUESTIONS[a.question] || a.question), value);
-    }
-    if (!s.answers.length) box.append(el("p", "No answers.", "muted"));
-    else box.append(dl);
-  }
+function approvalItem(r) {
+  const item = el("li");
+  item.dataset.review = r.id;
+  const head = el("div", null, "row");
+  const open = el("button", r.display_name);
+  open.type = "button";
+  open.title = "Open the conversation";
+  open.addEventListener("click", () => act(() => openTicket(r.ticket_id)));
+  head.append(el("strong", r.agent_name || "trainee"), document.createTextNode(" to "), open,
+    el("span", " · waiting " + waited(r.waiting_seconds), "muted waited"));
+  const text = el("textarea");
+  text.rows = 3;
+  text.maxLength = 4096;
+  text.value = r.text;
+  text.setAttribute("aria-label", "Reply by " + (r.agent_name || "trainee") + " to " + r.display_name);
+  const comment = el("input");
+  comment.placeholder = "What to change (to send back)";
+  comment.maxLength = 2000;
+  comment.setAttribute("aria-label", "Comment for " + (r.agent_name || "trainee"));
+  const approve = el("button", "Approve");
+  approve.type = "button";
+  approve.addEventListener("click", () => act(async () => {
+    const edited = text.value.trim() !== r.text.trim();
+    await api("/api/approvals/" + r.id + "/approve", { body: edited ? { text: text.value } : {} });
+    toast(edited ? "Edited and sent to the customer." : "Approved and sent to the customer.");
+    await loadApprovals();
+  }));
+  const back = el("button", "Send back");
+  back.type = "button";
+  back.addEventListener("click", () => act(async () => {
+    if (!comment.value.trim()) { comment.focus(); throw new Error("Say what to change before sending a reply back."); }
+    await api("/api/approvals/" + r.id + "/send-back", { body: { comment: comment.value } });
+    toast("Sent back to " + (r.agent_name || "the trainee") + ".");
+    await loadApprovals();
+  }));
+  const buttons = el("div", null, "row");
+  buttons.append(approve, comment, back);
+  item.append(head, text, buttons);
+  return item;
 }
 
 async function openTicket(id, background = false) {
@@ -269,6 +256,12 @@ function connectEvents() {
   source.addEventListener("reply_held", (e) => {
     reviewed(e);
     if (SUPERVISING.includes(state.me.role)) { toast("A trainee's reply waits for your approval"); beep(); }
+  });
+  // A contact linked or unlinked (contacts.js redraws on the ticket's refresh).
+  source.addEventListener("contact_updated", (e) => {
+    const ev = JSON.parse(e.data);
+    const t = state.tickets.find((x) => x.id === state.current);
+    if (t && ev.conversation_id === t.conversation_id) act(() => openTicket(state.current, true));
   });
   source.addEventListener("reply_reviewed", (e) => {
     const ev = reviewed(e);
