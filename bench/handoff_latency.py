@@ -1,5 +1,7 @@
 """Handoff latency over real servers: AGENT typed -> ticket visible on the desk's
-live stream, and agent reply -> delivered to the customer's channel.
+live stream; agent reply -> delivered to the customer's channel; and a trainee's
+reply, held for approval, from the supervisor's Approve -> delivered (issue 14: the
+customer waits no longer than needed), side by side with the plain reply.
 
     .venv/bin/python -m bench.handoff_latency [--handoffs 200]
 
@@ -17,6 +19,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -71,6 +74,25 @@ def login(desk_url: str, username: str, password: str) -> tuple[httpx.Client, st
     return client, client.get("/api/me").json()["csrf"]
 
 
+def delivery_ms(chat: httpx.Client, sender: str, send: Callable[[], object]) -> float:
+    """From `send()` to the customer's long-poll receiving the agent's message."""
+    cursor = chat.get("updates", params={"sender": sender}).json()["cursor"]
+    delivered: dict[str, float] = {}
+
+    def poll() -> None:
+        body = chat.get("updates", params={"sender": sender, "after": cursor}).json()
+        if any(m["author"] == "agent" for m in body["messages"]):
+            delivered["at"] = time.perf_counter()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.02)  # the long-poll is waiting before the reply is sent
+    start = time.perf_counter()
+    send()
+    poller.join(30)
+    return (delivered["at"] - start) * 1000
+
+
 def run(handoffs: int) -> dict[str, list[float]]:
     state = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     hours = state / "hours.yml"
@@ -83,12 +105,18 @@ def run(handoffs: int) -> dict[str, list[float]]:
     try:
         storage.create_schema(stack.database_url)
         agents.create_user("bench", "bench-password", "agent", "Bench", stack.database_url)
+        trainee = agents.create_user("trainee", "trainee-password", "agent", "Tia",
+                                     stack.database_url)
+        agents.set_trainee(trainee.id, True, stack.database_url)
+        agents.create_user("sup", "sup-password", "supervisor", "Sue", stack.database_url)
         desk, csrf = login(stack.desk_url, "bench", "bench-password")
         headers = {"X-CSRF-Token": csrf}
+        learner, learner_csrf = login(stack.desk_url, "trainee", "trainee-password")
+        supervisor, sup_csrf = login(stack.desk_url, "sup", "sup-password")
         watcher = EventWatcher(login(stack.desk_url, "bench", "bench-password")[0])
         watcher.ready.wait(10)
         chat = httpx.Client(base_url=stack.webchat_url, timeout=30)
-        to_desk, to_customer = [], []
+        to_desk, to_customer, approved = [], [], []
         for i in range(handoffs):
             sender = f"bench{i}-{os.getpid()}"
             conv = f"webchat:{sender}"
@@ -99,27 +127,34 @@ def run(handoffs: int) -> dict[str, list[float]]:
             ticket = next(t for t in desk.get("/api/tickets").json()
                           if t["conversation_id"] == conv)
             desk.post(f"/api/tickets/{ticket['id']}/claim", json={}, headers=headers)
-            cursor = chat.get("updates", params={"sender": sender}).json()["cursor"]
-            delivered: dict[str, float] = {}
-
-            def poll(s: str = sender, c: int = cursor, out: dict[str, float] = delivered) -> None:
-                body = chat.get("updates", params={"sender": s, "after": c}).json()
-                if any(m["author"] == "agent" for m in body["messages"]):
-                    out["at"] = time.perf_counter()
-
-            poller = threading.Thread(target=poll)
-            poller.start()
-            time.sleep(0.02)  # the long-poll is waiting before the agent replies
-            start = time.perf_counter()
-            desk.post(f"/api/tickets/{ticket['id']}/reply", json={"text": f"Hi {i}"},
-                      headers=headers).raise_for_status()
-            poller.join(30)
-            to_customer.append((delivered["at"] - start) * 1000)
+            to_customer.append(delivery_ms(chat, sender, lambda t=ticket, n=i: desk.post(
+                f"/api/tickets/{t['id']}/reply", json={"text": f"Hi {n}"},
+                headers=headers).raise_for_status()))
             desk.post(f"/api/tickets/{ticket['id']}/resolve", json={}, headers=headers)
+
+            # The same, by a trainee: held, then approved by the supervisor.
+            sender = f"bench{i}-trainee-{os.getpid()}"
+            conv = f"webchat:{sender}"
+            chat.post("webhook", json={"sender": sender, "message": "AGENT"}).raise_for_status()
+            watcher.wait_for(conv)
+            ticket = next(t for t in desk.get("/api/tickets").json()
+                          if t["conversation_id"] == conv)
+            learner.post(f"/api/tickets/{ticket['id']}/claim", json={},
+                         headers={"X-CSRF-Token": learner_csrf})
+            held = learner.post(f"/api/tickets/{ticket['id']}/reply", json={"text": f"Hi {i}"},
+                                headers={"X-CSRF-Token": learner_csrf})
+            assert held.status_code == 202, held.text
+            review = held.json()["id"]
+            approved.append(delivery_ms(chat, sender, lambda r=review: supervisor.post(
+                f"/api/approvals/{r}/approve", json={},
+                headers={"X-CSRF-Token": sup_csrf}).raise_for_status()))
+            learner.post(f"/api/tickets/{ticket['id']}/resolve", json={},
+                         headers={"X-CSRF-Token": learner_csrf})
             if (i + 1) % 25 == 0:
                 print(f"  {i + 1}/{handoffs} handoffs", flush=True)
         return {"AGENT typed -> visible in desk": to_desk,
-                "agent reply -> delivered to customer": to_customer}
+                "agent reply -> delivered to customer": to_customer,
+                "trainee reply approved -> delivered to customer": approved}
     finally:
         stack.stop()
 
@@ -147,7 +182,9 @@ def main() -> None:
         "The first leg includes the bot's own turn (NLU, the action server creating the "
         "ticket) and the desk's live stream; the second, the desk API call and the web "
         "chat's long-poll delivery (both poll the database every 100 ms, which sets the "
-        "floor of the second leg).",
+        "floor of the second leg); the third, a trainee's reply held for approval, from "
+        "the supervisor's Approve call to the same delivery: approval adds no wait of its "
+        "own when it matches the second.",
         "",
         *rows,
         "",
