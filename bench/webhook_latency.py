@@ -17,12 +17,10 @@ Telegram's 1 message/s per chat limit does not set the pace. Measured:
 Configurations, each with a fresh PostgreSQL schema (Parley), its own PostgreSQL
 database (Rasa's tracker store) and a Redis lock store: one Rasa process; two Rasa
 processes with the webhooks spread round-robin over both ports (a load balancer);
-the same two with the webhooks posted to an ingest process instead
-(`parley.connectors.ingest`: it stores and acknowledges, the Rasa processes' workers
-answer, woken by NOTIFY); and, at the `--inline-levels`, the previous commit's inline
-path (e1c3277, the turn inside the webhook) for the reply-latency target. All are
-started once and measured alternately in rounds; the ones not being measured are
-frozen (SIGSTOP) so their idle polling costs the others nothing.
+and, at the `--inline-levels`, the previous commit's inline path (e1c3277, the turn
+inside the webhook) for the reply-latency target. All are started once and measured
+alternately in rounds; the ones not being measured are frozen (SIGSTOP) so their
+idle polling costs the others nothing.
 
 `--profile LEVEL` then records each configuration's Rasa processes with py-spy
 (`--gil` and `--idle`; PY_SPY=/path/to/py-spy if it is not on PATH) and prints where
@@ -85,7 +83,6 @@ class System:
     other_pids: list[int]  # action server, desk: frozen with it, counted apart
     stop: Any
     log_dir: str = ""
-    ingest_pid: int | None = None  # the ingest process, where there is one
 
     @property
     def pids(self) -> list[int]:
@@ -130,10 +127,7 @@ def drop_database(name: str) -> None:
     engine.dispose()
 
 
-def start_durable(label: str, processes: int, fake_url: str, ingest: bool = False,
-                  nice: int = 0) -> System:
-    """`ingest`: the webhooks go to an ingest process, not to the Rasa processes;
-    `nice`: the Rasa processes (every thread) at this CPU priority, below the rest."""
+def start_durable(label: str, processes: int, fake_url: str) -> System:
     tag = uuid.uuid4().hex[:8]
     schema, url = fresh_schema()
     overrides, tracker_db = stores(tag)
@@ -149,58 +143,23 @@ def start_durable(label: str, processes: int, fake_url: str, ingest: bool = Fals
                            extra_rasa_ports=[free_port() for _ in range(processes - 1)],
                            endpoint_overrides=overrides)
 
-    ingester: list[subprocess.Popen[bytes]] = []
-
     def stop() -> None:
-        for proc in ingester:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
         stack.stop()
         drop_schema(schema)
         drop_database(tracker_db)
 
     try:
         stack.start(timeout=600)  # a busy 2-core machine loads several models slowly
-        urls = [f"{u}/webhooks/telegram/webhook" for u in stack.rasa_urls]
-        if ingest:
-            port = free_port()
-            ingester.append(start_ingest(stack, port))
-            urls = [f"http://{stack.host}:{port}/webhooks/telegram/webhook"]
     except BaseException:
         with contextlib.suppress(Exception):
-            stop()
+            drop_schema(schema)
+            drop_database(tracker_db)
         raise
     rasa = [n for n in stack.processes if n.startswith("rasa")]
-    for name in rasa:  # each is its process group's leader (launcher: a session of its own)
-        os.setpriority(os.PRIO_PGRP, stack.processes[name].pid, nice)
-    # The ingest process counts with the Rasa processes: it does their webhook work.
-    return System(label, urls, [stack.processes[n].pid for n in rasa]
-                  + [p.pid for p in ingester],
+    return System(label, [f"{u}/webhooks/telegram/webhook" for u in stack.rasa_urls],
+                  [stack.processes[n].pid for n in rasa],
                   [p.pid for n, p in stack.processes.items() if n not in rasa], stop,
-                  str(stack.log_dir), ingester[0].pid if ingester else None)
-
-
-def start_ingest(stack: launcher.Stack, port: int, timeout: float = 120.0
-                 ) -> subprocess.Popen[bytes]:
-    """An ingest process with the stack's environment and channels (its own
-    process group, so freezing it freezes all of it)."""
-    with (stack.log_dir / "ingest.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "parley.connectors.ingest", "--host", stack.host,
-             "--port", str(port), "--credentials", str(stack.runtime_credentials())],
-            cwd=stack.root, env=stack._environment(), stdout=log, stderr=log,
-            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the ingest process exited; see {stack.log_dir}/ingest.log")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://{stack.host}:{port}/health", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("the ingest process did not answer /health")
+                  str(stack.log_dir))
 
 
 def start_inline(fake_url: str, commit: str) -> System:
@@ -277,8 +236,6 @@ class Cell:
     seconds: float = 0.0  # length of the measured windows
     lost: int = 0
     cpu: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    # The ingest process's seconds on a CPU and waiting in the run queue for one.
-    ingest: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 def update(chat: int) -> bytes:
@@ -319,18 +276,6 @@ def all_cpu(system: System) -> dict[str, float]:
     return out
 
 
-def schedstat(pid: int | None) -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable but waiting for a CPU) over all of the
-    process's threads, from the kernel's scheduler statistics."""
-    ran = waited = 0.0
-    if pid is not None:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                on_cpu, queued, _ = (task / "schedstat").read_text().split()
-                ran, waited = ran + int(on_cpu) / 1e9, waited + int(queued) / 1e9
-    return ran, waited
-
-
 def _cpu(pid: int) -> float:
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         return cpu_seconds(pid)
@@ -349,11 +294,6 @@ def _server_pids() -> list[int]:
 
 CPU_OF: dict[str, int] = {}  # more processes whose CPU is counted (the fake Bot API)
 ONE, TWO = "durable, 1 process", "durable, 2 processes"
-ING1, ING2 = "durable + ingest, 1 Rasa process", "durable + ingest, 2 Rasa processes"
-NICE = 10
-NICE1, NICE2 = f"{ING1}, Rasa at nice {NICE}", f"{ING2}, Rasa at nice {NICE}"
-DURABLE = (ONE, TWO, ING1, ING2, NICE1, NICE2)
-PAIRS = ((ONE, TWO), (ING1, ING2), (NICE1, NICE2))  # (one Rasa process, two): scaling
 
 
 async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
@@ -365,7 +305,6 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     w0, w1 = t0 + warmup, t0 + warmup + duration
     turns: list[Turn] = []
     cpu: list[dict[str, float]] = []
-    sched: list[tuple[float, float]] = []
 
     async def conversation() -> None:
         chat, used = next(_ids), 0
@@ -389,10 +328,8 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     async def sample_cpu() -> None:
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         cpu.append(all_cpu(system))
-        sched.append(schedstat(system.ingest_pid))
         await asyncio.sleep(max(0.0, w1 - time.monotonic()))
         cpu.append(all_cpu(system))
-        sched.append(schedstat(system.ingest_pid))
 
     limits = httpx.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -407,8 +344,6 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     cell.seconds += w1 - w0
     for key, value in cpu[1].items():
         cell.cpu[key] += value - cpu[0][key]
-    for i in (0, 1):
-        cell.ingest[i] += sched[1][i] - sched[0][i]
 
 
 async def _after(delay: float, coro: Any) -> None:
@@ -550,20 +485,16 @@ def row(level: int, label: str, cell: Cell) -> str:
     unrelated = (cell.cpu["machine busy"] - sum(v for k, v in cell.cpu.items()
                                                 if k != "machine busy")) / cores
     retries = sum(t.retries for t in cell.turns)
-    posts = max(1, len(cell.turns))  # acks in the window (about: a post per turn)
-    ingest = (f"{cell.ingest[0] * 1000 / posts:.1f} / {cell.ingest[1] * 1000 / posts:.1f}"
-              if cell.ingest[0] else "–")
     return (f"| {level} | {label} | {len(cell.turns)} | {ms(acks, 50):.0f} | {ms(acks, 95):.0f} "
             f"| {ms(replies, 50):.0f} | {ms(replies, 95):.0f} | {rate(cell):.1f} "
             f"| {per_reply['rasa']:.1f} | {ours:.1f} | {busy * 100:.0f} % "
-            f"| {max(0.0, unrelated) * 100:.0f} % | {retries} / {cell.lost} | {ingest} |")
+            f"| {max(0.0, unrelated) * 100:.0f} % | {retries} / {cell.lost} |")
 
 
 HEADER = ["| concurrent | configuration | turns | ack p50 ms | ack p95 ms | reply p50 ms "
           "| reply p95 ms | replies/s | Rasa CPU ms per reply | benchmark CPU ms per reply "
-          "| machine busy | busy with other work | retried posts / lost "
-          "| ingest ms per ack: on CPU / waiting for a CPU |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| machine busy | busy with other work | retried posts / lost |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def rate(cell: Cell) -> float:
@@ -583,9 +514,6 @@ def main() -> None:
                         help="levels at which the previous commit's inline path is "
                              "measured too ('' to skip it)")
     parser.add_argument("--inline-commit", default=INLINE_COMMIT)
-    parser.add_argument("--nice", action="store_true",
-                        help=f"also the ingest configurations with the Rasa processes at "
-                             f"nice {NICE} (acknowledgements before turns on a shared host)")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--profile", type=int, default=0, metavar="LEVEL",
@@ -604,14 +532,8 @@ def main() -> None:
     try:
         print(f"fake Bot API at {fake.url}; starting the stacks (a minute or two)…",
               flush=True)
-        starters: list[list[Any]] = [
-            [lambda: start_durable(ONE, 1, fake.url),
-             lambda: start_durable(ING1, 1, fake.url, ingest=True)],
-            [lambda: start_durable(TWO, 2, fake.url),
-             lambda: start_durable(ING2, 2, fake.url, ingest=True)]]
-        if args.nice:
-            starters[0].append(lambda: start_durable(NICE1, 1, fake.url, True, NICE))
-            starters[1].append(lambda: start_durable(NICE2, 2, fake.url, True, NICE))
+        starters: list[list[Any]] = [[lambda: start_durable(ONE, 1, fake.url)],
+                                     [lambda: start_durable(TWO, 2, fake.url)]]
         if inline_levels:
             starters.append([lambda: start_inline(fake.url, args.inline_commit)])
         systems = start_all(starters)
@@ -658,7 +580,7 @@ def start_all(sequences: list[list[Any]]) -> list[System]:
             with contextlib.suppress(Exception):
                 system.stop()
         raise RuntimeError(f"a stack did not start: {failed[0]!r}")
-    order = list(DURABLE)  # a stable order for the tables, whichever started first
+    order = [ONE, TWO]  # a stable order for the tables, whichever started first
     return sorted(systems, key=lambda s: order.index(s.label) if s.label in order else 9)
 
 
@@ -678,7 +600,7 @@ async def measure(args: argparse.Namespace, fake_url: str, systems: list[System]
             await drive(system, arrivals, 10, 5.0, 0.0, None, per_turn)
             print(f"warmed: {system.label}", flush=True)
         for level in levels:
-            here = [s for s in systems if s.label in DURABLE or level in inline_levels]
+            here = [s for s in systems if s.label in (ONE, TWO) or level in inline_levels]
             for r in range(args.rounds):
                 for system in here if r % 2 == 0 else list(reversed(here)):
                     for other in systems:
@@ -725,28 +647,24 @@ def verdict(ok: bool) -> str:
 def targets(results: dict[tuple[str, int], Cell], levels: list[int],
             inline_label: str | None) -> list[str]:
     out = ["| target | measured | |", "|---|---|---|"]
-    for label in [x for x in DURABLE if (x, levels[0]) in results]:
+    for label in (ONE, TWO):
         acks = {level: p95_ack(results[(label, level)]) for level in levels}
         out.append(f"| ack p95 ≤ {ACK_TARGET_MS:.0f} ms at every level, {label} | "
                    + ", ".join(f"{level}: {v:.0f} ms" for level, v in acks.items())
                    + f" | {verdict(max(acks.values()) <= ACK_TARGET_MS)} |")
+    ratios = {level: rate(results[(TWO, level)]) / rate(results[(ONE, level)])
+              for level in levels}
     top = max(levels)
-    for one, two in [p for p in PAIRS if (p[0], levels[0]) in results]:
-        ratios = {level: rate(results[(two, level)]) / rate(results[(one, level)])
-                  for level in levels}
-        where = {ONE: "", ING1: ", with ingest"}.get(one, f", with ingest, Rasa at nice {NICE}")
-        out.append(f"| two processes ≥ {SPEEDUP_TARGET}× the throughput of one{where} "
-                   f"(judged at {top}, where one process is saturated) | "
-                   + ", ".join(f"{level}: {r:.2f}×" for level, r in ratios.items())
-                   + f" | {verdict(ratios[top] >= SPEEDUP_TARGET)} |")
+    out.append(f"| two processes ≥ {SPEEDUP_TARGET}× the throughput of one (judged at "
+               f"{top}, where one process is saturated) | "
+               + ", ".join(f"{level}: {r:.2f}×" for level, r in ratios.items())
+               + f" | {verdict(ratios[top] >= SPEEDUP_TARGET)} |")
     if inline_label is not None:
         for level in [INLINE_TARGET_LEVEL]:  # the target's level; others are in the table
-            if (inline_label, level) not in results:
-                continue
-            inline = p95_reply(results[(inline_label, level)])
-            for label in [x for x in (ONE, ING1, NICE1) if (x, level) in results]:
-                durable = p95_reply(results[(label, level)])
-                out.append(f"| reply p95 at {level} conversations, {label}, no worse than "
+            if (inline_label, level) in results:
+                durable, inline = p95_reply(results[(ONE, level)]), \
+                    p95_reply(results[(inline_label, level)])
+                out.append(f"| reply p95 at {level} conversations, one process, no worse than "
                            f"the inline path | {durable:.0f} ms against {inline:.0f} ms "
                            f"({(durable / inline - 1) * 100:+.0f} %) | "
                            f"{verdict(durable <= inline)} |")
@@ -756,10 +674,8 @@ def targets(results: dict[tuple[str, int], Cell], levels: list[int],
 def report(args: argparse.Namespace, systems: list[System], levels: list[int],
            results: dict[tuple[str, int], Cell], took: float) -> None:
     labels = [s.label for s in systems]
-    inline_label = next((x for x in labels if x not in DURABLE), None)
-    names = {ONE: "1 process", TWO: "2 processes", ING1: "ingest + 1", ING2: "ingest + 2",
-             NICE1: f"ingest + 1 at nice {NICE}", NICE2: f"ingest + 2 at nice {NICE}",
-             inline_label: "inline"}
+    inline_label = next((x for x in labels if x not in (ONE, TWO)), None)
+    names = {ONE: "1 process", TWO: "2 processes", inline_label: "inline"}
     groups = [f"{level} concurrent" for level in levels]
     nan = float("nan")
     latency: dict[str, list[float]] = {}
@@ -782,7 +698,7 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
     command = (f"Command: `.venv/bin/python -m bench.webhook_latency --levels {args.levels} "
                f"--duration {args.duration:g} --warmup {args.warmup:g} --rounds {args.rounds}"
                + (f" --inline-levels {args.inline_levels}" if args.inline_levels != "1,50"
-                  else "") + (" --nice" if args.nice else "") + "`")
+                  else "") + "`")
     turns_in_flight = os.environ.get("PARLEY_TURNS_IN_FLIGHT", "4 (default)")
     write_section("Webhook latency and throughput: the durable path", "\n".join([
         f"{command} (run {time.strftime('%Y-%m-%d')}, {took / 60:.0f} min; "
@@ -800,20 +716,14 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
         f"{args.warmup:g} s + 40 ms per conversation of warm-up and then {args.duration:g} s "
         "measured; the ones not being measured are frozen (SIGSTOP). With two processes "
         "the webhooks go round-robin to both ports, as a load balancer would; either "
-        "process's worker may take the conversation. With ingest, every webhook goes to "
-        "one ingest process (`parley.connectors.ingest`: verify, store, 2xx; no Rasa turn), "
-        "and the Rasa processes' workers, woken by a PostgreSQL NOTIFY after each store, "
-        "answer. The inline path is the previous "
+        "process's worker may take the conversation. The inline path is the previous "
         f"commit ({args.inline_commit}): the Rasa turn inside the webhook, which answered 200 "
         "only after the reply was sent, on the same PostgreSQL + Redis set-up. CPU per "
-        "reply, during the measured windows: of the Rasa processes (and the ingest "
-        "process, where there is one); of everything the "
+        "reply, during the measured windows: of the Rasa processes; of everything the "
         "benchmark runs (Rasa, action server and desk, PostgreSQL and Redis, the fake API, "
         "the load generator). Machine busy: all cores; busy with other work: processes "
         "outside the benchmark (this machine is shared; PostgreSQL serves other clients "
-        "too, which the benchmark's column then includes). Ingest ms per ack: the ingest "
-        "process's time on a CPU and runnable but waiting for one (the kernel's schedstat, "
-        "all its threads), per post.",
+        "too, which the benchmark's column then includes).",
         "",
         *HEADER, *rows,
         "",

@@ -121,15 +121,6 @@ def cmd_run(_args: argparse.Namespace) -> int:
     return launcher.serve_forever(launcher.stack_from_settings(settings), hint)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """Webhooks only (scale-out): store and acknowledge, the Rasa processes answer."""
-    from parley.connectors import ingest
-
-    ingest.main([f"--{name}={value}" for name in ("host", "port", "credentials")
-                 if (value := getattr(args, name)) is not None])
-    return 0
-
-
 def cmd_create_user(args: argparse.Namespace) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -294,13 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_init_db)
     sub.add_parser("run", help="start Rasa, the action server and the desk; print the URLs"
                    ).set_defaults(func=cmd_run)
-    ingest = sub.add_parser("ingest", help="scale-out: serve the channels' webhooks "
-                            "(verify, store, 2xx) in a process that runs no Rasa turn")
-    ingest.add_argument("--host", default=None, help="default: PARLEY_HOST")
-    ingest.add_argument("--port", type=int, default=None, help="default: 5007")
-    ingest.add_argument("--credentials", type=Path, default=None,
-                        help="default: the project's credentials.yml")
-    ingest.set_defaults(func=cmd_ingest)
     user = sub.add_parser("create-user", help="add a desk user (agent, supervisor, admin, "
                                               "writer or manager)")
     user.add_argument("username")

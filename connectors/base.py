@@ -36,7 +36,7 @@ from sanic.response import HTTPResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from parley.bot import inbox, inbox_wake, language, metrics, outbox, personal_data, supervision
+from parley.bot import inbox, language, metrics, outbox, personal_data, supervision
 from parley.bot.inbox import Pending
 from parley.bot.outbox import Send
 from parley.bot.settings import load_settings
@@ -249,15 +249,10 @@ class ParleyInput(InputChannel):
     # -- shared --------------------------------------------------------------------
     async def store(self, items: list[gate.Inbound]) -> list[int | None]:
         """Commit each message to the inbox, its personal data masked, and wake this
-        process's worker (in an ingest process, which has none: the Rasa processes',
-        through a PostgreSQL NOTIFY sent after the commit)."""
+        process's worker."""
         kinds = self.workers.settings.mask
         ids = [await off_loop_urgent(store_masked, item, kinds) for item in items]
-        if self.workers.ingest_only:
-            if any(i is not None for i in ids):  # sent from a thread: no wait for it here
-                inbox_wake.notify_soon(self.name())
-        else:
-            self.workers.inbox_wake.set()
+        self.workers.inbox_wake.set()
         return ids
 
     async def answer(self, request: Request, items: list[gate.Inbound]) -> HTTPResponse:
@@ -265,17 +260,8 @@ class ParleyInput(InputChannel):
         return response.json({"ok": True})
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
-        """The channel's routes on the Rasa server, with its workers."""
-        return self.routes(ChannelWorkers(self, on_new_message))
-
-    def ingest_blueprint(self) -> Blueprint:
-        """The same routes for an ingest process (`parley.connectors.ingest`): verify,
-        store and acknowledge there; the Rasa processes' workers do the rest."""
-        return self.routes(ChannelWorkers(self, None))
-
-    def routes(self, workers: ChannelWorkers) -> Blueprint:
         hook = ChannelBlueprint(f"{self.name()}_webhook", __name__)
-        self.workers = workers
+        self.workers = ChannelWorkers(self, on_new_message)
         metrics.prepare_channel(self.name(), sends=self.delivery == "push")
         settings = load_settings()
 
@@ -287,8 +273,7 @@ class ParleyInput(InputChannel):
 
         @hook.listener("after_server_start")
         async def start_workers(app: Any, _loop: Any) -> None:
-            if not self.workers.ingest_only:
-                self.workers.start(app)
+            self.workers.start(app)
 
         @hook.route("/health", methods=["GET"])
         async def health(_request: Request) -> HTTPResponse:
@@ -320,10 +305,6 @@ class ParleyInput(InputChannel):
 _heartbeat_started = False
 
 
-async def _no_agent(_message: UserMessage) -> None:
-    raise RuntimeError("an ingest process runs no Rasa turn")
-
-
 class Held:
     """What this process works on now, over all its channels: the lease heartbeat
     renews these leases and no others."""
@@ -334,14 +315,12 @@ class Held:
 
 class ChannelWorkers:
     """The background side of one channel in one process: the inbox worker, the
-    outbox sender, and (once per process) the lease heartbeat. Without
-    `on_new_message` (an ingest process: no Rasa agent) nothing is started."""
+    outbox sender, and (once per process) the lease heartbeat."""
 
-    def __init__(self, channel: ParleyInput, on_new_message: OnNewMessage | None) -> None:
+    def __init__(self, channel: ParleyInput, on_new_message: OnNewMessage) -> None:
         self.channel = channel
         self.name = channel.name()
-        self.ingest_only = on_new_message is None
-        self.on_new_message: OnNewMessage = on_new_message or _no_agent
+        self.on_new_message = on_new_message
         self.settings = load_settings()
         self.inbox_wake = asyncio.Event()
         self.outbox_wake = asyncio.Event()
@@ -352,8 +331,6 @@ class ChannelWorkers:
     def start(self, app: Any) -> None:
         global _heartbeat_started
         lease = self.settings.lease_seconds
-        # Messages an ingest process stored wake this worker at once (PostgreSQL).
-        inbox_wake.listen(self.name, self.inbox_wake)
         app.add_task(supervision.supervise(f"{self.name} inbox", self._inbox_tick, idle=0.5,
                                            wake=self.inbox_wake))
         if self.channel.delivery == "push":

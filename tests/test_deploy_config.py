@@ -204,25 +204,6 @@ def test_the_load_balancer_reaches_the_replicas() -> None:
     assert "proxy_buffering off" in conf  # the desk's live events are not held back
 
 
-def test_webhooks_go_to_the_ingest_replicas() -> None:
-    """nginx sends /webhooks/ to the ingest service, which serves the channels Rasa
-    has (same credentials.yml), masks with the same key and starts after the
-    migrations."""
-    svc = services()
-    ingest, rasa = svc["ingest"], svc["rasa"]
-    argv = command(ingest)
-    assert argv[:2] == ["parley", "ingest"] and option(argv, "--host") == "0.0.0.0"
-    assert option(argv, "--credentials") == option(command(rasa), "--credentials")
-    assert importlib.util.find_spec("parley.connectors.ingest") is not None
-    conf = (REPO_ROOT / "deploy" / "nginx.conf").read_text()
-    assert re.search(rf"server\s+ingest:{option(argv, '--port')}\b", conf)
-    assert re.search(r"location /webhooks/ \{\s*proxy_pass http://ingest;", conf)
-    assert "ingest" in svc["lb"]["depends_on"]
-    assert ingest["environment"]["PARLEY_MASK_SECRET"] == rasa["environment"][
-        "PARLEY_MASK_SECRET"]
-    assert "/health'" in ingest["healthcheck"]["test"][-1]
-
-
 def test_dockerfile_installs_the_project_with_the_pins() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.10-slim\b", dockerfile, re.M)
