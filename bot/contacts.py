@@ -3,9 +3,10 @@
 Stored (never a phone number or an email address itself, only their keyed hashes):
 - `contact_identifiers`: a phone or email hash seen in a conversation. *Verified*
   when the platform vouches for it: a WhatsApp conversation's id is the customer's
-  number (`whatsapp:<wa_id>`), recorded when the conversation is created. *Typed*
-  when the customer wrote it: the hashes the masking kept in the message's payload
-  (`personal_data`, `connectors.base.masked`), recorded with the message.
+  number (`whatsapp:<wa_id>`), recorded with each of its messages (a no-op once
+  there: so a conversation older than contacts gets it with its next message).
+  *Typed* when the customer wrote it: the hashes the masking kept in the message's
+  payload (`personal_data`, `connectors.base.masked`), recorded with the message.
 - `contact_conversations`: one row per conversation in a contact, or taken out of
   one by an agent (`contact_id` NULL: kept apart). `agent_id` is who made the
   change; NULL means it was linked automatically.
@@ -16,19 +17,27 @@ conversations (one left alone is dissolved).
 Linked how
 - Automatically: a typed identifier equal to a verified identifier of another
   conversation links the two (their contacts merge if both had one). Typed against
-  typed never links: anyone can type any number. Identifiers are recorded in the
+  typed never links: anyone can type any number. Nor does anything that would put
+  two different verified numbers together (two WhatsApp numbers: two people, until
+  an agent links them): a customer who types two people's numbers links to
+  neither, a WhatsApp customer who types someone else's ("call my husband at ...")
+  is not linked to them; the desk shows those as "may be the same person"
+  (`history`), and an agent can link by hand. Identifiers are recorded in the
   message's own transaction (`inbox_sql.store_inbound`); linking runs right after
-  the commit (`settle`), and again for the conversation with its next identifier.
+  the commit (`settle`): for a new identifier, and for any message that carried a
+  typed one (so typing it again retries a link that failed).
 - By an agent: `link` puts a conversation in another's contact (merging the two
   contacts if both had one); `unlink` takes a conversation out. An unlinked
   conversation is kept apart: automatic linking leaves it alone from then on, so
   the evidence that linked it cannot link it again; an agent can still link it.
 Every change publishes `contact_updated` per conversation concerned. Changes are
-serialised (an advisory lock on PostgreSQL, the write lock on SQLite), so two
-messages linking at once cannot split a contact.
+serialised (an advisory lock on PostgreSQL, the write lock on SQLite: `serialise`),
+erasures and retention included, so two messages linking at once cannot split a
+contact, nor an erasure dissolve one that is gaining a conversation.
 
 The desk reads a conversation's `history` (the contact's other conversations,
-past tickets with ratings and notes) and `search`es by name, channel or identifier.
+past tickets with ratings and notes, conversations that may be the same person)
+and `search`es by name, channel or identifier.
 Privacy's export and erasure cover all three tables (`forget`).
 """
 
@@ -49,6 +58,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    and_,
     delete,
     func,
     or_,
@@ -75,6 +85,7 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 NAME_LIMIT = 200
 HISTORY_TICKETS = 20  # newest first; `more_tickets` says there are older ones
 NOTES_PER_TICKET = 20
+MAYBE_LIMIT = 10  # conversations that may be the same person, shown beside a ticket
 SEARCH_LIMIT = 20  # result groups
 SEARCH_SCAN = 200  # conversations matched before grouping; past it, `more`
 QUERY_LIMIT = 200
@@ -134,20 +145,18 @@ def platform_phone(conversation_id: str) -> str | None:
 @dataclass(frozen=True)
 class Evidence:
     """What a customer message may tell about who wrote it: the (kind, hash) pairs it
-    carried masked, and whether its conversation's id is a verified phone number
-    (recorded only when the message creates the conversation)."""
+    carried masked, and in a WhatsApp conversation the (kind, hash) of its id, the
+    number the platform verified (recorded with every message, a no-op once there)."""
 
     conversation_id: str
     typed: tuple[tuple[str, str], ...]
-    platform_phone: bool
+    verified: tuple[str, str] | None
 
-    def rows(self, created: bool) -> list[tuple[str, str, bool, str]]:
+    def rows(self) -> list[tuple[str, str, bool, str]]:
         """(kind, hash, verified, source) to record."""
         rows = [(kind, digest, False, "message") for kind, digest in self.typed]
-        if created and self.platform_phone:
-            verified = verified_identifier(self.conversation_id)
-            if verified is not None:
-                rows.insert(0, (*verified, True, "platform"))
+        if self.verified is not None:
+            rows.insert(0, (*self.verified, True, "platform"))
         return rows
 
 
@@ -159,10 +168,10 @@ def evidence(conversation_id: str, metadata: dict[str, Any] | None) -> Evidence 
         (item["kind"], item["hash"]) for item in (found if isinstance(found, list) else ())
         if isinstance(item, dict) and item.get("kind") in KINDS
         and isinstance(item.get("hash"), str) and _HASH.fullmatch(item["hash"])))
-    phone = platform_phone(conversation_id) is not None
-    if not typed and not phone:
+    verified = verified_identifier(conversation_id)
+    if not typed and verified is None:
         return None
-    return Evidence(conversation_id, typed, phone)
+    return Evidence(conversation_id, typed, verified)
 
 
 def verified_identifier(conversation_id: str) -> tuple[str, str] | None:
@@ -182,7 +191,8 @@ def verified_identifier(conversation_id: str) -> tuple[str, str] | None:
 
 def settle_quietly(conversation_id: str, database_url: str | None = None) -> None:
     """`settle` after a message's commit: the message is stored whatever happens here,
-    so a failure is logged (no personal data) and the next identifier tries again."""
+    so a failure is logged (no personal data), and the conversation's next message
+    with a typed identifier (or its next new identifier) tries again."""
     try:
         settle(conversation_id, database_url)
     except Exception as exc:
@@ -193,9 +203,11 @@ def settle_quietly(conversation_id: str, database_url: str | None = None) -> Non
 # -- linking ----------------------------------------------------------------------------
 
 
-def _serialise(session: Session) -> None:
+def serialise(session: Session) -> None:
     """One contact change at a time, for the whole transaction: a concurrent change
-    waits, then reads what this one wrote."""
+    waits, then reads what this one wrote. An erasure takes it before it locks the
+    conversations' rows, as every contact change does before it writes a link row
+    (which locks its conversation's row on PostgreSQL): one order, no deadlock."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
     else:  # SQLite: a write (of nothing) takes the database's write lock now
@@ -251,7 +263,11 @@ def _join(session: Session, a: str, b: str, agent_id: int | None,
     moved = session.execute(select(ContactLink).where(ContactLink.contact_id == other)
                             ).scalars().all()
     for row in moved:
-        row.contact_id, row.agent_id, row.changed_at = target, agent_id, now
+        # Each keeps who linked it and when ("linked by Bo" stays Bo's); an agent's
+        # link is recorded on the conversation they named.
+        row.contact_id = target
+        if agent_id is not None and row.conversation_id in (a, b):
+            row.agent_id, row.changed_at = agent_id, now
         changed[row.conversation_id] = target
     session.flush()
     kept = session.get(Contact, target)
@@ -275,35 +291,86 @@ def _kept_apart(link: ContactLink | None) -> bool:
     return link is not None and link.contact_id is None
 
 
+def _group(session: Session, conversation_id: str) -> list[str]:
+    """The conversations of its contact, or the conversation alone when it has none."""
+    contact_id = session.execute(select(ContactLink.contact_id).where(
+        ContactLink.conversation_id == conversation_id)).scalar_one_or_none()
+    if contact_id is None:
+        return [conversation_id]
+    return list(session.execute(select(ContactLink.conversation_id).where(
+        ContactLink.contact_id == contact_id)).scalars())
+
+
+def _verified_of(session: Session, conversation_id: str) -> set[str]:
+    """The verified hashes of the conversation's contact, or of it alone."""
+    return set(session.execute(select(ContactIdentifier.hash).where(
+        ContactIdentifier.verified.is_(True),
+        ContactIdentifier.conversation_id.in_(_group(session, conversation_id)))).scalars())
+
+
+def _points_at_two(session: Session, conversation_id: str) -> bool:
+    """Whether what the conversation's contact (or it alone) typed matches the
+    verified numbers of two people: of conversations no contact holds together."""
+    ids = _group(session, conversation_id)
+    typed = select(ContactIdentifier.hash).where(
+        ContactIdentifier.conversation_id.in_(ids), ContactIdentifier.verified.is_(False))
+    pointed = session.execute(select(ContactIdentifier.conversation_id).where(
+        ContactIdentifier.hash.in_(typed), ContactIdentifier.verified.is_(True),
+        ContactIdentifier.conversation_id.not_in(ids)).distinct()).scalars().all()
+    people = [_verified_of(session, other) for other in pointed]
+    everyone = {digest for found in people for digest in found}
+    return not any(found == everyone for found in people)
+
+
+def _partners(session: Session, conversation_id: str, typed: set[str],
+              vouched: set[str]) -> set[str]:
+    """The other conversations whose verified identifiers these typed ones match, or
+    that typed these verified ones. A hash is of "kind:value", so equal hashes are
+    of the same kind too."""
+    partners: set[str] = set()
+    for hashes, verified in ((typed, True), (vouched, False)):
+        if hashes:
+            partners.update(session.execute(
+                select(ContactIdentifier.conversation_id).where(
+                    ContactIdentifier.hash.in_(hashes),
+                    ContactIdentifier.verified.is_(verified),
+                    ContactIdentifier.conversation_id != conversation_id)).scalars())
+    return partners
+
+
 def settle(conversation_id: str, database_url: str | None = None) -> int | None:
     """Link the conversation to every other whose verified identifiers it typed, or
-    who typed its verified ones (see the module). Its contact id, if it has one.
-    Idempotent: nothing changes when there is nothing new."""
+    who typed its verified ones (see the module), unless that would put together
+    verified numbers that were apart (two WhatsApp numbers: two people, unless an
+    agent linked them); a contact (or lone conversation) with no verified number
+    that typed two people's is linked to neither, from either side. Its contact
+    id, if it has one. Idempotent: nothing changes when there is nothing new."""
     with session_scope(database_url) as session:
-        _serialise(session)
+        serialise(session)
         mine = session.execute(select(ContactIdentifier.hash, ContactIdentifier.verified)
                                .where(ContactIdentifier.conversation_id == conversation_id)
                                ).all()
-        typed = {digest for digest, verified in mine if not verified}
-        vouched = {digest for digest, verified in mine if verified}
-        # A hash is of "kind:value", so equal hashes are of the same kind too.
-        partners: set[str] = set()
-        for hashes, verified in ((typed, True), (vouched, False)):
-            if hashes:
-                partners.update(session.execute(
-                    select(ContactIdentifier.conversation_id).where(
-                        ContactIdentifier.hash.in_(hashes),
-                        ContactIdentifier.verified == verified,
-                        ContactIdentifier.conversation_id != conversation_id)).scalars())
+        partners = _partners(session, conversation_id,
+                             {digest for digest, verified in mine if not verified},
+                             {digest for digest, verified in mine if verified})
         links = _links(session, [conversation_id, *partners])
         own = links.get(conversation_id)
         if _kept_apart(own):
             return None
         contact_id = own.contact_id if own is not None else None
+        candidates = sorted(p for p in partners if not _kept_apart(links.get(p)))
+        ours = _verified_of(session, conversation_id)
+        if not ours and _points_at_two(session, conversation_id):
+            candidates = []  # two people's numbers: which is it? An agent decides
         changed: dict[str, int | None] = {}
-        for other in sorted(partners):
-            if not _kept_apart(links.get(other)):
-                contact_id = _join(session, conversation_id, other, None, changed)
+        for other in candidates:
+            theirs = _verified_of(session, other)
+            if not (ours <= theirs or theirs <= ours):
+                continue  # different verified numbers: two people, as far as we know
+            if not theirs and _points_at_two(session, other):
+                continue  # it typed ours and someone else's: which is it?
+            contact_id = _join(session, conversation_id, other, None, changed)
+            ours |= theirs  # the contact now holds both sides' conversations
         _announce(session, changed)
         return contact_id
 
@@ -325,7 +392,7 @@ def link(conversation_id: str, with_conversation_id: str, agent_id: int,
     if conversation_id == with_conversation_id:
         raise ValueError("a conversation cannot be linked to itself")
     with session_scope(database_url) as session:
-        _serialise(session)
+        serialise(session)
         _existing(session, (conversation_id, with_conversation_id))
         changed: dict[str, int | None] = {}
         contact_id = _join(session, with_conversation_id, conversation_id, agent_id, changed)
@@ -338,7 +405,7 @@ def unlink(conversation_id: str, agent_id: int, database_url: str | None = None)
     automatic linking from then on. A contact left with one conversation goes. The
     id of the contact it left."""
     with session_scope(database_url) as session:
-        _serialise(session)
+        serialise(session)
         _existing(session, (conversation_id,))
         row = session.get(ContactLink, conversation_id)
         if row is None or row.contact_id is None:
@@ -370,7 +437,7 @@ def rename(contact_id: int, name: str, database_url: str | None = None) -> dict[
     if len(name) > NAME_LIMIT:
         raise ValueError(f"a contact's name is at most {NAME_LIMIT} characters")
     with session_scope(database_url) as session:
-        _serialise(session)
+        serialise(session)
         contact = session.get(Contact, contact_id)
         if contact is None:
             raise LookupError(f"no contact {contact_id}")
@@ -436,13 +503,32 @@ def _conversation_rows(session: Session, ids: list[str]) -> dict[str, dict[str, 
     return out
 
 
+def _maybe_same(session: Session, ids: list[str], typed: set[str],
+                vouched: set[str]) -> list[str]:
+    """Conversations outside these whose verified identifier one of these typed, or
+    that typed one of these verified ones, and are not kept apart: the evidence did
+    not link them (it pointed at two people, or a link failed), an agent may."""
+    if not typed and not vouched:
+        return []
+    matches = [and_(ContactIdentifier.hash.in_(hashes), ContactIdentifier.verified.is_(flag))
+               for hashes, flag in ((typed, True), (vouched, False)) if hashes]
+    found = session.execute(
+        select(ContactIdentifier.conversation_id).where(
+            or_(*matches), ContactIdentifier.conversation_id.not_in(ids))
+        .group_by(ContactIdentifier.conversation_id)
+        .order_by(ContactIdentifier.conversation_id).limit(MAYBE_LIMIT)).scalars().all()
+    links = _links(session, found)
+    return [cid for cid in found if not _kept_apart(links.get(cid))]
+
+
 def history(conversation_id: str, database_url: str | None = None,
             current_ticket_id: int | None = None) -> dict[str, Any] | None:
     """What the desk shows beside a ticket: the contact, its conversations (this one
-    first) and identifiers (kind, verified or typed, channel: never a value), and
-    the past tickets of all of them, newest first, each with its agent, tags,
-    survey ratings and notes; the ticket open in the view is left out. None when
-    there is no such conversation."""
+    first) and identifiers (kind, verified or typed, channel: never a value), the
+    conversations that may be the same person but are not linked (`maybe_same`,
+    none when this one was unlinked by hand), and the past tickets of all of them,
+    newest first, each with its agent, tags, survey ratings and notes; the ticket
+    open in the view is left out. None when there is no such conversation."""
     with session_scope(database_url) as session:
         if session.get(Conversation, conversation_id) is None:
             return None
@@ -451,9 +537,14 @@ def history(conversation_id: str, database_url: str | None = None,
         links = _links(session, ids)
         identifiers = session.execute(
             select(ContactIdentifier.conversation_id, ContactIdentifier.kind,
-                   ContactIdentifier.verified, ContactIdentifier.created_at)
+                   ContactIdentifier.verified, ContactIdentifier.created_at,
+                   ContactIdentifier.hash)
             .where(ContactIdentifier.conversation_id.in_(ids))
             .order_by(ContactIdentifier.created_at, ContactIdentifier.id)).all()
+        maybe = [] if _kept_apart(own) else _maybe_same(
+            session, ids, {row.hash for row in identifiers if not row.verified},
+            {row.hash for row in identifiers if row.verified})
+        rows.update(_conversation_rows(session, maybe))
         query = select(Ticket).where(Ticket.conversation_id.in_(ids))
         if current_ticket_id is not None:
             query = query.where(Ticket.id != current_ticket_id)
@@ -507,7 +598,8 @@ def history(conversation_id: str, database_url: str | None = None,
                               for cid in ids if cid in rows],
             "identifiers": [{"conversation_id": cid, "channel": channel_of(cid), "kind": kind,
                              "verified": bool(verified), "since": _when(at)}
-                            for cid, kind, verified, at in identifiers],
+                            for cid, kind, verified, at, _ in identifiers],
+            "maybe_same": [rows[cid] for cid in maybe if cid in rows],
             "tickets": [{
                 "id": t.id, "conversation_id": t.conversation_id,
                 "channel": channel_of(t.conversation_id),
@@ -534,13 +626,29 @@ def query_hashes(query: str) -> set[str]:
     return hashes
 
 
+def _python_lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _lower(session: Session) -> Any:
+    """SQL's lower() as Python's str.lower (the needle's): PostgreSQL's lower() in a
+    UTF-8 locale already is; SQLite's knows ASCII only ("Élodie" would stay "Élodie"),
+    so there a function of ours, registered on this connection, does it."""
+    if session.get_bind().dialect.name != "sqlite":
+        return func.lower
+    driver = session.connection().connection.driver_connection
+    driver.create_function("parley_lower", 1, _python_lower, deterministic=True)
+    return func.parley_lower
+
+
 def search(query: str = "", channel: str | None = None, limit: int = SEARCH_LIMIT,
            database_url: str | None = None) -> dict[str, Any]:
-    """Conversations whose customer name or contact name holds `query` (any case),
-    whose typed or verified phone or email is `query`, or whose id or platform id it
-    is; on `channel` if given (alone: that channel's latest). Grouped per contact
-    (all its conversations, `matched` marking those found), newest activity first;
-    `more` when there were more than `limit` groups or SEARCH_SCAN conversations."""
+    """Conversations whose customer name or contact name holds `query` (any case,
+    accented letters too), whose typed or verified phone or email is `query`, or
+    whose id or platform id it is; on `channel` if given (alone: that channel's
+    latest). Grouped per contact (all its conversations, `matched` marking those
+    found), newest activity first; `more` when there were more than `limit` groups
+    or SEARCH_SCAN conversations."""
     query = query.strip()
     if len(query) > QUERY_LIMIT:
         raise ValueError(f"a search is at most {QUERY_LIMIT} characters")
@@ -550,10 +658,11 @@ def search(query: str = "", channel: str | None = None, limit: int = SEARCH_LIMI
         conditions = []
         if query:
             needle = query.lower()
+            lower = _lower(session)
             named = select(ContactLink.conversation_id).join(
                 Contact, Contact.id == ContactLink.contact_id).where(
-                func.lower(Contact.name).contains(needle, autoescape=True))
-            found = [func.lower(Conversation.display_name).contains(needle, autoescape=True),
+                lower(Contact.name).contains(needle, autoescape=True))
+            found = [lower(Conversation.display_name).contains(needle, autoescape=True),
                      Conversation.id.in_(named), Conversation.id == query]
             if _PLATFORM_ID.fullmatch(query):
                 found.append(Conversation.id.endswith(":" + query, autoescape=True))
@@ -611,26 +720,31 @@ def search(query: str = "", channel: str | None = None, limit: int = SEARCH_LIMI
 
 def rows_of(session: Session, conversation_ids: list[str]
             ) -> tuple[list[ContactIdentifier], list[ContactLink], list[Contact],
-                       dict[int, list[str]]]:
+                       dict[int, list[str]], dict[int, int]]:
     """Everything stored here about these conversations, for an export: identifiers,
-    link rows, their contacts and each contact's conversations."""
+    link rows, their contacts, each contact's conversations among these, and how
+    many other conversations it has (counted, never named: a WhatsApp id is a phone
+    number, and the export is about these conversations only)."""
     identifiers = session.execute(
         select(ContactIdentifier).where(ContactIdentifier.conversation_id.in_(conversation_ids))
         .order_by(ContactIdentifier.id)).scalars().all()
     links = session.execute(select(ContactLink).where(
         ContactLink.conversation_id.in_(conversation_ids))
         .order_by(ContactLink.conversation_id)).scalars().all()
-    contact_ids = sorted({row.contact_id for row in links if row.contact_id is not None})
+    members: dict[int, list[str]] = {}
+    for row in links:
+        if row.contact_id is not None:
+            members.setdefault(row.contact_id, []).append(row.conversation_id)
+    contact_ids = sorted(members)
     contacts = session.execute(select(Contact).where(Contact.id.in_(contact_ids))
                                .order_by(Contact.id)).scalars().all() if contact_ids else []
-    members: dict[int, list[str]] = {}
+    others: dict[int, int] = {}
     if contact_ids:
-        for contact_id, cid in session.execute(
-                select(ContactLink.contact_id, ContactLink.conversation_id)
-                .where(ContactLink.contact_id.in_(contact_ids))
-                .order_by(ContactLink.conversation_id)).all():
-            members.setdefault(contact_id, []).append(cid)
-    return list(identifiers), list(links), list(contacts), members
+        everyone = dict(session.execute(
+            select(ContactLink.contact_id, func.count()).where(
+                ContactLink.contact_id.in_(contact_ids)).group_by(ContactLink.contact_id)).all())
+        others = {c: int(everyone.get(c, 0)) - len(members[c]) for c in contact_ids}
+    return list(identifiers), list(links), list(contacts), members, others
 
 
 def forget(session: Session, conversation_ids: list[str]) -> dict[str, int]:
@@ -639,6 +753,7 @@ def forget(session: Session, conversation_ids: list[str]) -> dict[str, int]:
     with fewer than two conversations goes too. Counts of the rows named."""
     if not conversation_ids:
         return {"contact_identifiers": 0, "contact_links": 0}
+    serialise(session)  # a link in progress finishes first: its contact is counted whole
     contact_ids = set(session.execute(
         select(ContactLink.contact_id).where(ContactLink.conversation_id.in_(conversation_ids),
                                              ContactLink.contact_id.is_not(None))).scalars())

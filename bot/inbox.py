@@ -49,8 +49,8 @@ def store(conversation_id: str, text: str, *, platform_message_id: str | None = 
           database_url: str | None = None) -> int | None:
     """Commit the message as received; its id, or None for a redelivery of a
     platform message we already hold (answered or not: the worker has it). A phone
-    number or email address it carried (masked), or the number of a new WhatsApp
-    conversation, is recorded with it and may link conversations (`contacts`)."""
+    number or email address it carried (masked), or its WhatsApp conversation's own
+    number, is recorded with it and may link conversations (`contacts`)."""
     row = message_values(conversation_id, "customer", text, payload=metadata or None,
                          delivery="none", platform_message_id=platform_message_id,
                          inbox_state="received")
@@ -63,7 +63,9 @@ def store(conversation_id: str, text: str, *, platform_message_id: str | None = 
             return None
         raise
     metrics.message_in(channel_of(conversation_id))
-    if stored.identifiers:  # a phone or email new to this conversation: link by it
+    # A phone or email new to this conversation, or one the customer typed (again:
+    # rare, and it retries a link that failed before): link by it.
+    if stored.identifiers or (evidence is not None and evidence.typed):
         contacts.settle_quietly(conversation_id, database_url)
     return stored.message_id
 

@@ -11,9 +11,11 @@ columns' own SQLAlchemy bind processors: rows read back through the ORM exactly 
 if it had written them. Everything after the store (routing, Rasa, the outbox) is
 the workers' business (`bot/inbox.py`, `bot/outbox.py`).
 
-A message that carries masked phone numbers or email addresses, or that creates a
-WhatsApp conversation, also records their hashes for contacts (`bot/contacts.py`),
-in the same transaction; every other message runs the same two statements as before.
+A message that carries masked phone numbers or email addresses, or any message of a
+WhatsApp conversation (its id is the customer's verified number), also records
+their hashes for contacts (`bot/contacts.py`) in the same transaction, one
+`INSERT … ON CONFLICT DO NOTHING` each; every other message runs the same two
+statements as before.
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ from parley.bot.contacts import ContactIdentifier, Evidence
 from parley.bot.conversations import Conversation, Message, channel_of
 from parley.bot.storage import get_engine
 
-# `returning`: whether this statement created the conversation. Both times are this
-# message's on an insert; an update moves only last_customer_at.
+# Both times are this message's on an insert; an update moves only last_customer_at.
 TOUCH = ("INSERT INTO conversations (id, channel, display_name, rating_state, created_at, "
          "last_customer_at) VALUES (?, ?, ?, 'none', ?, ?) ON CONFLICT (id) DO UPDATE SET "
-         "last_customer_at = excluded.last_customer_at{name}{returning}")
+         "last_customer_at = excluded.last_customer_at{name}")
 MESSAGE_COLUMNS = ("conversation_id", "author", "text", "payload", "delivery",
                    "platform_message_id", "inbox_state", "attempts", "created_at")
 INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
@@ -61,8 +62,6 @@ class _Prepared:
 
     touch: str
     touch_with_name: str
-    touch_returning: str
-    touch_with_name_returning: str
     insert_message: str
     insert_identifier: str
     when: Processor  # an aware UTC datetime, as the driver wants it
@@ -80,13 +79,9 @@ def _prepared(dialect: Dialect) -> _Prepared:
     def sql(text: str) -> str:
         return text if dialect.paramstyle == "qmark" else text.replace("?", "%s")
 
-    name = ", display_name = excluded.display_name"
-    returning = " RETURNING created_at = last_customer_at"
     return _Prepared(
-        touch=sql(TOUCH.format(name="", returning="")),
-        touch_with_name=sql(TOUCH.format(name=name, returning="")),
-        touch_returning=sql(TOUCH.format(name="", returning=returning)),
-        touch_with_name_returning=sql(TOUCH.format(name=name, returning=returning)),
+        touch=sql(TOUCH.format(name="")),
+        touch_with_name=sql(TOUCH.format(name=", display_name = excluded.display_name")),
         insert_message=sql(INSERT_MESSAGE),
         insert_identifier=sql(INSERT_IDENTIFIER),
         when=_processor(Conversation.__table__, "created_at", dialect),
@@ -126,21 +121,14 @@ def store_inbound(conversation_id: str, display_name: str, message: dict[str, An
     redelivered platform id fails the unique index: IntegrityError, nothing stored."""
     with _transaction(database_url) as (cursor, prepared):
         when = prepared.when(message["created_at"])
-        touch_values = (conversation_id, channel_of(conversation_id), display_name, when, when)
-        created = False
-        if evidence is not None and evidence.platform_phone:
-            cursor.execute(prepared.touch_with_name_returning if display_name
-                           else prepared.touch_returning, touch_values)
-            created = bool(cursor.fetchone()[0])
-        else:
-            cursor.execute(prepared.touch_with_name if display_name else prepared.touch,
-                           touch_values)
+        cursor.execute(prepared.touch_with_name if display_name else prepared.touch,
+                       (conversation_id, channel_of(conversation_id), display_name, when, when))
         cursor.execute(prepared.insert_message, tuple(
             process(message[c]) for c, process in zip(MESSAGE_COLUMNS, prepared.message,
                                                        strict=True)))
         message_id = int(cursor.fetchone()[0])
         recorded = 0
-        for kind, digest, verified, source in (evidence.rows(created) if evidence else ()):
+        for kind, digest, verified, source in (evidence.rows() if evidence else ()):
             values = (conversation_id, kind, digest, verified, source, message["created_at"])
             cursor.execute(prepared.insert_identifier, tuple(
                 process(v) for v, process in zip(values, prepared.identifier, strict=True)))

@@ -1,9 +1,10 @@
 """A customer's data: export it, erase it, and forget old conversations (retention).
 
 "One customer" is a list of conversation ids, one per channel they wrote from
-(`telegram:123`, `whatsapp:351912345678`); their contact (`parley.bot.contacts`),
-which an export includes, lists the conversations linked to them. What is stored
-about a conversation, and covered here:
+(`telegram:123`, `whatsapp:351912345678`); an export includes their contacts
+(`parley.bot.contacts`), each with those of the ids it groups and a count of its
+other conversations (never their ids: a WhatsApp id is a phone number). What is
+stored about a conversation, and covered here:
 
 - Parley's database: the conversation (name, language), its messages (customer,
   bot and agent turns, agents' notes), its tickets (reason, context packet, tags,
@@ -197,7 +198,7 @@ def _gather(session: Session, ids: list[str]) -> Gathered:
     for desk_event in desk_events:
         owner = of_ticket.get(desk_event.ticket_id) or desk_event.conversation_id
         holder(owner)["desk_events"].append(_row(desk_event))
-    identifiers, links, linked, members = contacts.rows_of(session, ids)
+    identifiers, links, linked, members, others = contacts.rows_of(session, ids)
     for identifier in identifiers:
         holder(identifier.conversation_id)["contact_identifiers"].append(
             _row(identifier, ("conversation_id",)))
@@ -205,8 +206,8 @@ def _gather(session: Session, ids: list[str]) -> Gathered:
         if link.agent_id:
             out.agent_ids.add(link.agent_id)
         holder(link.conversation_id)["contact_link"] = _row(link, ("conversation_id",))
-    out.contacts = [{**_row(contact), "conversations": members.get(contact.id, [])}
-                    for contact in linked]
+    out.contacts = [{**_row(contact), "conversations": members.get(contact.id, []),
+                     "other_conversations": others.get(contact.id, 0)} for contact in linked]
     out.counts = {"conversations": rows,
                   "messages": len(messages), "tickets": len(tickets), "ratings": len(ratings),
                   "surveys": len(surveys),
@@ -222,8 +223,8 @@ def export(conversation_ids: Iterable[str], actor: str,
     """Everything stored about these conversations, JSON-able, grouped by conversation
     (messages, tickets with their notes and rating, surveys with their answers, desk
     events, contact identifiers and link, Rasa's tracker events), with their contacts
-    (each listing its conversations), recorded in the audit trail. Ids with nothing
-    stored are listed in `not_found`."""
+    (each listing those of these conversations it groups, and counting its others),
+    recorded in the audit trail. Ids with nothing stored are listed in `not_found`."""
     ids = parse_ids(conversation_ids)
     location = tracker_events.locate()  # a configuration error stops the export here
     tracker = tracker_events.events_of(location, ids)
@@ -303,6 +304,9 @@ def erase(conversation_ids: Iterable[str], actor: str,
     in_tracker = tracker_events.present(location, ids)
     try:
         with session_scope(database_url) as session:
+            # The contact lock first, as contact changes take it before they lock a
+            # conversation's row (`contacts.serialise`): a link waits, or is waited for.
+            contacts.serialise(session)
             # Row locks: a handoff racing the erasure waits, then finds no conversation.
             found = set(session.execute(select(Conversation.id).where(Conversation.id.in_(ids))
                                         .with_for_update()).scalars())
@@ -356,6 +360,7 @@ def _retain(session: Session, cutoff: datetime, now: datetime, batch: int) -> di
                                    ).rowcount)
 
     counts: dict[str, int] = {}
+    contacts.serialise(session)  # before any row lock, as in `erase`
     survey_ids = _oldest(session, select(Survey.id).where(
         func.coalesce(Survey.finished_at, Survey.started_at) < cutoff).order_by(Survey.id),
         batch)

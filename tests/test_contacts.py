@@ -136,8 +136,11 @@ def test_a_failed_link_never_loses_the_message(any_db: str,
     assert members(any_db, WEB) == set()
     monkeypatch.undo()
     monkeypatch.setenv(personal_data.SECRET_ENV, "contacts-test-secret-0123456789")
-    write(any_db, WEB, "or my email maria@example.com")  # the next identifier settles it
+    write(any_db, WEB, "ok")  # nothing typed: nothing to retry with
+    assert members(any_db, WEB) == set()
+    write(any_db, WEB, "again: " + TYPED)  # the same number, recorded already: retried
     assert members(any_db, WEB) == {WA, WEB}
+    assert len(identifiers(any_db)) == 2
 
 
 def test_concurrent_messages_make_one_contact(any_db: str) -> None:
@@ -211,33 +214,96 @@ def test_link_by_hand_refuses_nonsense(any_db: str) -> None:
     assert contact_count(any_db) == 0
 
 
-def test_contacts_merge_automatically_and_by_hand(any_db: str) -> None:
+def ids_of(conversations: list[dict[str, Any]]) -> list[str]:
+    return [c["id"] for c in conversations]
+
+
+def test_two_verified_numbers_are_never_merged_automatically(any_db: str) -> None:
     ana = agent(any_db, "Ana")
-    write(any_db, "whatsapp:351911111111", "olá", "Ana Costa")
+    wa1, wa2 = "whatsapp:351911111111", "whatsapp:351922222222"
+    write(any_db, wa1, "olá", "Ana Costa")
     write(any_db, "webchat:one", "+351 911 111 111")
-    write(any_db, "whatsapp:351922222222", "olá", "Ana C.")
+    write(any_db, wa2, "olá", "Rui Costa")
     write(any_db, "webchat:two", "+351 922 222 222")
     first = contacts.history("webchat:one", any_db)["contact"]["id"]
     second = contacts.history("webchat:two", any_db)["contact"]["id"]
     assert first != second and contact_count(any_db) == 2
-    contacts.rename(second, "Ana Costa (VIP)", any_db)
+    contacts.rename(second, "Rui Costa (VIP)", any_db)
+    one, two = {wa1, "webchat:one"}, {wa2, "webchat:two"}
 
-    # One message with both numbers: both contacts become one (the older id, the name kept).
+    # One message with two people's numbers: linked to neither, the two stay apart;
+    # the desk shows each as "may be the same person".
     write(any_db, "telegram:3", "my numbers: 911 111 111 and 922 222 222")
-    everyone = {"whatsapp:351911111111", "webchat:one", "whatsapp:351922222222",
-                "webchat:two", "telegram:3"}
-    assert members(any_db, "webchat:two") == everyone
-    merged = contacts.history("telegram:3", any_db)["contact"]
-    assert merged["id"] == first and merged["name"] == "Ana Costa (VIP)"
-    assert contact_count(any_db) == 1
+    assert members(any_db, "telegram:3") == set() and contact_count(any_db) == 2
+    assert members(any_db, wa1) == one and members(any_db, wa2) == two
+    assert ids_of(contacts.history("telegram:3", any_db)["maybe_same"]) == [wa1, wa2]
+    assert ids_of(contacts.history("webchat:one", any_db)["maybe_same"]) == ["telegram:3"]
+
+    # A WhatsApp customer who types someone else's number ("call my husband at ..."):
+    # not linked to him (nor is anyone who typed either number).
+    write(any_db, wa1, "liguem ao meu marido: 922 222 222")
+    assert members(any_db, wa1) == one and members(any_db, wa2) == two
+    assert contacts.settle(wa1, any_db) == first and contacts.settle(wa2, any_db) == second
+    assert ids_of(contacts.history(wa2, any_db)["maybe_same"]) == ["telegram:3", wa1]
+    assert ids_of(contacts.history(wa1, any_db)["maybe_same"]) == ["telegram:3", wa2]
+    # Her own number, typed on another channel, still links to her alone.
+    write(any_db, "messenger:1", "911 111 111")
+    assert members(any_db, wa1) == one | {"messenger:1"}
+
+    # An agent says they are one person: merged by hand (the older id, the name kept),
+    # each moved conversation keeping how it was linked, the one named now the agent's.
+    merged = contacts.link("webchat:two", "webchat:one", ana, any_db)
+    everyone = one | two | {"messenger:1"}
+    assert merged == first and members(any_db, wa2) == everyone and contact_count(any_db) == 1
+    data = contacts.history("telegram:3", any_db)
+    assert data["contact"] is None and ids_of(data["maybe_same"]) == [wa1, wa2]
+    data = contacts.history(wa1, any_db)
+    assert data["contact"]["name"] == "Rui Costa (VIP)"
+    assert {c["id"]: c["linked_by"] for c in data["conversations"]} == {
+        wa1: "automatic", "webchat:one": "automatic", "messenger:1": "automatic",
+        wa2: "automatic", "webchat:two": "Ana"}
+    # Both numbers now point at one contact (an agent's): the two-number message links.
+    write(any_db, "telegram:3", "911 111 111 or 922 222 222, as I said")
+    assert members(any_db, "telegram:3") == everyone | {"telegram:3"}
+    assert contacts.history(wa1, any_db)["maybe_same"] == []
 
     # By hand: an agent merges a separate pair into it.
     write(any_db, "whatsapp:351933333333", "olá")
     write(any_db, "messenger:77", "+351 933 333 333")
     contacts.link("messenger:77", "webchat:one", ana, any_db)
-    assert members(any_db, "webchat:one") == everyone | {"whatsapp:351933333333",
-                                                         "messenger:77"}
+    assert members(any_db, "webchat:one") == everyone | {
+        "telegram:3", "whatsapp:351933333333", "messenger:77"}
     assert contact_count(any_db) == 1
+
+
+def test_a_merge_keeps_who_linked_each_conversation(any_db: str) -> None:
+    bo = agent(any_db, "Bo")
+    write(any_db, WA, "olá", "Maria Silva")
+    write(any_db, WEB, TYPED)  # the older contact: WA and WEB, automatically
+    write(any_db, "telegram:1", "hi", "Maria")
+    write(any_db, "messenger:1", "hi", "Maria")
+    contacts.link("messenger:1", "telegram:1", bo, any_db)  # Bo's pair, no number yet
+    write(any_db, "telegram:1", TYPED)  # now the two contacts merge automatically
+    data = contacts.history(WA, any_db)
+    assert {c["id"]: c["linked_by"] for c in data["conversations"]} == {
+        WA: "automatic", WEB: "automatic", "telegram:1": "Bo", "messenger:1": "Bo"}
+    with storage.session_scope(any_db) as s:
+        assert {r.conversation_id: r.agent_id for r in s.execute(sa.select(ContactLink))
+                .scalars()} == {WA: None, WEB: None, "telegram:1": bo, "messenger:1": bo}
+
+
+def test_an_older_whatsapp_conversation_is_linked_by_its_next_message(any_db: str) -> None:
+    write(any_db, WA, "olá", "Maria Silva")
+    with storage.session_scope(any_db) as s:  # as if written before contacts existed
+        s.execute(sa.delete(ContactIdentifier))
+    write(any_db, WEB, TYPED)
+    assert members(any_db, WEB) == set()  # nothing verified to match yet
+    write(any_db, WA, "ainda aí?", "Maria Silva")  # its number is recorded now
+    assert identifiers(any_db)[-1] == (WA, "phone", phone_hash("351912345678"), True,
+                                       "platform")
+    assert members(any_db, WA) == {WA, WEB}
+    write(any_db, WA, "olá?", "Maria Silva")  # once there, nothing more is recorded
+    assert len(identifiers(any_db)) == 2
 
 
 # -- what the ticket view shows --------------------------------------------------------------
@@ -345,6 +411,18 @@ def test_search_by_name_channel_and_identifier(any_db: str) -> None:
         contacts.search("x" * 201, database_url=any_db)
 
 
+def test_search_ignores_the_case_of_accented_letters(any_db: str) -> None:
+    write(any_db, "telegram:77", "olá", "Élodie Núñez")
+    write(any_db, WA, "olá", "Maria")
+    write(any_db, WEB, TYPED)
+    contacts.rename(contacts.history(WA, any_db)["contact"]["id"], "DONA ÂNGELA", any_db)
+    for query in ("élodie", "ÉLODIE", "núñez", "NÚÑEZ", "Élodie Núñez"):
+        assert found(contacts.search(query, database_url=any_db)) == [{"telegram:77"}], query
+    for query in ("ângela", "dona â"):
+        assert found(contacts.search(query, database_url=any_db)) == [{WA, WEB}], query
+    assert found(contacts.search("elodie", database_url=any_db)) == []  # accents count
+
+
 # -- privacy ---------------------------------------------------------------------------
 
 
@@ -368,9 +446,16 @@ def test_export_has_the_contact_and_erasure_removes_it(any_db: str,
     assert data["contacts"] == [{"id": contact_id, "name": None,
                                  "created_at": data["contacts"][0]["created_at"],
                                  "updated_at": data["contacts"][0]["updated_at"],
-                                 "conversations": [WEB, WA]}]
+                                 "conversations": [WEB, WA], "other_conversations": 0}]
     assert data["counts"]["contact_identifiers"] == 3 and data["counts"]["contact_links"] == 3
     assert data["agents"] == {str(ana): "Ana"}
+
+    # One side's export names only what was asked for: the contact's other
+    # conversations are counted (a WhatsApp id is a phone number).
+    mine = privacy.export([WEB], audit.CLI, any_db)
+    assert [(c["id"], c["conversations"], c["other_conversations"]) for c in mine["contacts"]
+            ] == [(contact_id, [WEB], 1)]
+    assert "351912345678" not in json.dumps(mine) and WA not in json.dumps(mine)
 
     # Erasing one side dissolves the contact: a contact of one is none.
     erased = privacy.erase([WEB], audit.CLI, any_db)["erased"]
@@ -380,6 +465,39 @@ def test_export_has_the_contact_and_erasure_removes_it(any_db: str,
     with storage.session_scope(any_db) as s:
         for table in (Contact, ContactIdentifier, ContactLink):
             assert s.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+
+
+def test_an_erasure_waits_for_a_link_in_progress(any_db: str,
+                                                tracker: Tracker) -> None:  # noqa: F811
+    ana = agent(any_db, "Ana")
+    write(any_db, WA, "olá", "Maria Silva")
+    write(any_db, WEB, TYPED)
+    write(any_db, "telegram:5", "hi")
+    contact_id = contacts.history(WA, any_db)["contact"]["id"]
+    erased: list[Any] = []
+
+    def erase() -> None:
+        try:
+            erased.append(privacy.erase([WEB], audit.CLI, any_db))
+        except BaseException as exc:  # reported below
+            erased.append(exc)
+
+    # An agent's link half done: the contact lock taken, telegram:5 put in the
+    # contact, not committed yet. The erasure of the web chat waits for it, then
+    # counts the contact whole: two conversations are left, so it stays.
+    with storage.session_scope(any_db) as s:
+        contacts.serialise(s)
+        s.add(ContactLink(conversation_id="telegram:5", contact_id=contact_id, agent_id=ana,
+                          changed_at=utcnow()))
+        s.flush()
+        thread = threading.Thread(target=erase)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive() and erased == []
+    thread.join(30)
+    assert not thread.is_alive() and not isinstance(erased[0], BaseException), erased
+    assert erased[0]["erased"]["contact_links"] == 1
+    assert members(any_db, WA) == {WA, "telegram:5"} and contact_count(any_db) == 1
 
 
 # -- the desk's routes -----------------------------------------------------------------

@@ -48,6 +48,23 @@
     return item;
   }
 
+  // Not linked automatically (the evidence pointed at two people, or a link failed):
+  // the agent decides.
+  function maybeItem(c, conversationId) {
+    const item = el("li");
+    item.dataset.conversation = c.id;
+    item.append(el("strong", c.channel), document.createTextNode(" · " + c.display_name),
+      el("span", " · last message " + when(c.last_message_at), "muted"));
+    const label = c.display_name + " (" + c.channel + ")";
+    item.append(" ", button("Link", async () => {
+      await api("/api/contacts/link", { body: { conversation_id: conversationId, with_conversation_id: c.id } });
+      toast("Linked: " + label + ".");
+      await load(shown.ticket);
+    }, "Link " + label + " to this customer"));
+    if (c.open_ticket_id) item.append(" ", button("Open", () => openTicket(c.open_ticket_id), "Open ticket of " + label));
+    return item;
+  }
+
   function ticketItem(t) {
     const item = el("li");
     item.dataset.ticket = t.id;
@@ -89,6 +106,13 @@
       box.append(el("h4", "Other conversations"));
       const list = el("ul", null, "plain contact-conversations");
       for (const c of others) list.append(conversationItem(c));
+      box.append(list);
+    }
+    if (data.maybe_same && data.maybe_same.length) {
+      box.append(el("h4", "May be the same person as"),
+        el("p", "A phone number or email matches, but it was not linked automatically.", "muted"));
+      const list = el("ul", null, "plain contact-maybe");
+      for (const c of data.maybe_same) list.append(maybeItem(c, data.conversation_id));
       box.append(list);
     }
     const own = data.conversations.find((c) => c.current);
