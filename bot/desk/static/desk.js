@@ -202,6 +202,32 @@ function approvalItem(r) {
   return item;
 }
 
+// Satisfaction survey (bot/survey.py): what the customer answered about this ticket.
+const SURVEY_QUESTIONS = { answer: "The answer", time: "Time it took", agent: "Agent's help", improve: "To improve" };
+const SURVEY_STATES = { asking: "waiting for answers", done: "finished", expired: "not sent: the platform's window closed", stopped: "stopped: the customer moved on" };
+async function loadSurvey(id, background = false) {
+  let box = $("survey");
+  if (!box) {
+    box = el("section", null, "survey");
+    box.id = "survey";
+    document.querySelector("#conversation .context").appendChild(box);
+  }
+  const data = await api("/api/tickets/" + id + "/survey", { background });
+  if (state.current !== id) return;  // another ticket opened meanwhile
+  box.replaceChildren(el("h3", "Survey"));
+  if (!data.surveys.length) { box.append(el("p", "No survey for this ticket.", "muted")); return; }
+  for (const s of data.surveys) {
+    box.append(el("p", SURVEY_STATES[s.state] || s.state, "state"));
+    const dl = el("dl");
+    for (const a of s.answers) {
+      const value = a.score !== null ? el("dd", "★".repeat(a.score) + "☆".repeat(5 - a.score) + " " + a.score + "/5", "score") : el("dd", a.text);
+      dl.append(el("dt", SURVEY_QUESTIONS[a.question] || a.question), value);
+    }
+    if (!s.answers.length) box.append(el("p", "No answers.", "muted"));
+    else box.append(dl);
+  }
+}
+
 async function openTicket(id, background = false) {
   state.current = id;
   const data = await api("/api/tickets/" + id, { background });
