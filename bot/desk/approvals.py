@@ -11,14 +11,11 @@ from sanic.response import HTTPResponse
 from parley.bot import agents, conversations
 from parley.bot.desk.auth import requires_session
 from parley.bot.desk.errors import BadRequest, body_json, row_id, text_field
+from parley.bot.desk.tickets import desk_names
 from parley.bot.handoff import approvals
 from parley.bot.storage import off_loop, utcnow
 
 bp = Blueprint("desk_approvals")
-
-
-async def names(database_url: str | None) -> dict[int, str]:
-    return {a.id: a.display_name for a in await off_loop(agents.list_agents, database_url)}
 
 
 def review_id(raw: int) -> int:
@@ -35,7 +32,7 @@ async def queue(request: Request) -> HTTPResponse:
     waiting = await off_loop(approvals.waiting, database_url)
     customers = await off_loop(conversations.display_names,
                                [r.conversation_id for r in waiting], database_url)
-    who = await names(database_url)
+    who = await desk_names(database_url)
     now = utcnow()
     items = []
     for review in waiting:
@@ -57,7 +54,7 @@ async def _decide(request: Request, decide: object, *args: object) -> HTTPRespon
         raise NotFound("no such reply") from None
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    return response.json(view.as_json(await names(database_url)))
+    return response.json(view.as_json(await desk_names(database_url)))
 
 
 @bp.post("/api/approvals/<rid:int>/approve")

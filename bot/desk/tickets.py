@@ -29,13 +29,19 @@ bp = Blueprint("desk_tickets")
 REPLY_NAME = re.compile(r"utter_[a-z0-9_]{1,94}")  # fits messages.reply_name (100)
 
 
-async def ticket_json(views: list[handoff.TicketView], database_url: str | None
-                      ) -> list[dict[str, Any]]:
+async def desk_names(database_url: str | None) -> dict[int, str]:
+    """Every desk user's display name by id (disabled users' too: they held tickets)."""
+    return {a.id: a.display_name for a in await off_loop(agents.list_agents, database_url)}
+
+
+async def ticket_json(views: list[handoff.TicketView], database_url: str | None,
+                      agent_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """`agent_names`: `desk_names`, when the caller has them already."""
     ids = [t.conversation_id for t in views]
     names = await off_loop(conversations.display_names, ids, database_url)
     spoken = await off_loop(language.of_conversations, ids, database_url)
-    agent_names = {a.id: a.display_name
-                   for a in await off_loop(agents.list_agents, database_url)}
+    if agent_names is None:
+        agent_names = await desk_names(database_url)
     now = utcnow()
     out = []
     for view in views:
@@ -104,13 +110,13 @@ async def ticket_detail(request: Request, ticket_id: int) -> HTTPResponse:
     view = await held(ticket_id, database_url)
     lines = await off_loop(conversations.transcript, view.conversation_id, database_url)
     reviews = await off_loop(approvals.of_ticket, view.id, database_url)
-    names = {a.id: a.display_name for a in await off_loop(agents.list_agents, database_url)}
+    names = await desk_names(database_url)  # read once: the ticket's and the transcript's
     transcript = []
     for line in lines:
         item = line.as_json()
         item["approved_by_name"] = names.get(line.approved_by or -1)
         transcript.append(item)
-    return response.json({"ticket": (await ticket_json([view], database_url))[0],
+    return response.json({"ticket": (await ticket_json([view], database_url, names))[0],
                           "transcript": transcript,
                           "reviews": [r.as_json(names) for r in reviews],
                           "languages": language.choices()})

@@ -75,13 +75,21 @@ function passwordInput(id, autocomplete) {
   return input;
 }
 
+// A <dialog> panel titled by its heading (for screen readers), as every dialog built
+// in script starts: the account here, contacts.js's search, privacy.js's customer data.
+function panelDialog(id, heading, cls = "panel") {
+  const box = el("dialog", null, cls);
+  box.id = id;
+  box.setAttribute("aria-labelledby", id + "-title");
+  const title = el("h2", heading);
+  title.id = id + "-title";
+  box.appendChild(title);
+  return box;
+}
+
 // The account dialog, built here so every page that has "Account" gets the same one.
 function accountDialog() {
-  const box = el("dialog", null, "panel");
-  box.id = "account";
-  box.setAttribute("aria-labelledby", "account-title");
-  const title = el("h2", "Your account");
-  title.id = "account-title";
+  const box = panelDialog("account", "Your account");
   const who = el("p", null, "muted");
   who.id = "account-who";
   const form = el("form", null, "stack");
@@ -106,7 +114,7 @@ function accountDialog() {
     labelled("New password", fresh),
     labelled("New password again", passwordInput("pw-again", "new-password")),
     hint, status, buttons);
-  box.append(title, who, form);
+  box.append(who, form);
   return box;
 }
 

@@ -151,11 +151,7 @@
 
   // -- the search dialog ---------------------------------------------------------------
   function dialog() {
-    const box = el("dialog", null, "panel wide");
-    box.id = "contacts";
-    box.setAttribute("aria-labelledby", "contacts-title");
-    const title = el("h2", "Contacts");
-    title.id = "contacts-title";
+    const box = panelDialog("contacts", "Contacts", "panel wide");
     const form = el("form", null, "row contacts-form");
     form.id = "contacts-form";
     const q = el("input");
@@ -181,7 +177,7 @@
     close.type = "button";
     const foot = el("div", null, "row");
     foot.append(close);
-    box.append(title, form, status, results, foot);
+    box.append(form, status, results, foot);
     form.addEventListener("submit", (e) => { e.preventDefault(); act(search); });
     return box;
   }

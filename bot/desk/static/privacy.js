@@ -9,11 +9,7 @@ document.addEventListener("parley:ticket-opened", (e) => {
 });
 
 function privacyDialog() {
-  const box = el("dialog", null, "panel wide");
-  box.id = "privacy";
-  box.setAttribute("aria-labelledby", "privacy-title");
-  const title = el("h2", "Customer data");
-  title.id = "privacy-title";
+  const box = panelDialog("privacy", "Customer data", "panel wide");
   const help = el("p", "A customer's conversations, one per channel (for example telegram:123456, " +
     "whatsapp:351912345678), separated by commas. The open conversation is filled in.", "muted");
   const ids = el("input");
@@ -47,7 +43,7 @@ function privacyDialog() {
   close.type = "button";
   const closeRow = el("div", null, "row");
   closeRow.appendChild(close);
-  box.append(title, help, labelled("Conversations", ids), actions, status,
+  box.append(help, labelled("Conversations", ids), actions, status,
     el("h3", "Audit trail"), trail, closeRow);
   return box;
 }
