@@ -4,7 +4,8 @@ against Rasa's default, side by side in one run (`make bench-nlu DATASET=path`).
 The dataset is CLINC150's JSON format: splits `train`, `val`, `test`, `oos_train`,
 `oos_val`, `oos_test`, each a list of `[text, intent]`. Each pipeline is trained on
 `train` (plus `oos_train` as the intent `out_of_scope`, when there is any), its
-fallback thresholds are tuned on `val` + `oos_val` only, and it is scored on `test`
+fallback thresholds are tuned on `val` + `oos_val` only (the best in-scope accuracy
+that still finds 85 % of `oos_val`), and it is scored on `test`
 + `oos_test`: a message is called out of scope when it becomes `nlu_fallback` or
 `out_of_scope`. Then the demo bot (this project's data/) is trained with the
 shipped pipeline and scored per language on tests/nlu/heldout_*.yml.
@@ -180,19 +181,28 @@ def scores(predicted: list[str], truth: list[str]) -> dict[str, float | None]:
             "oos_f1": f1}
 
 
-def tune(parsed: list[Parsed], truth: list[str]) -> tuple[float, float]:
-    """The thresholds that maximise in-scope accuracy + out-of-scope recall on the
-    validation split (a balance that does not depend on how many of each it has)."""
+# Val's out-of-scope split is small (CLINC150: 100 messages, so a recall measured on
+# it is +-0.04): aim one standard error above the 0.80 target.
+TUNE_RECALL = 0.85
+
+
+def tune(parsed: list[Parsed], truth: list[str],
+         recall: float = TUNE_RECALL) -> tuple[float, float]:
+    """The thresholds with the highest in-scope accuracy on the validation split
+    among those that find at least `recall` of its out-of-scope messages (the
+    highest accuracy alone when it has none, or when nothing reaches `recall`)."""
     confidences = np.array([p.confidence for p in parsed])
     candidates = np.unique(np.quantile(confidences, np.linspace(0, 0.7, 141)))
-    best = (-1.0, 0.0, 0.0)
+    best: tuple[float, float, float, float] = (-1.0, -1.0, 0.0, 0.0)
     for ambiguity in (0.0, 0.02, 0.05, 0.1):
         for threshold in candidates:
             s = scores(outcome(parsed, float(threshold), ambiguity), truth)
-            value = float(s["in_scope_accuracy"] or 0) + float(s["oos_recall"] or 0)
-            if value > best[0]:
-                best = (value, float(threshold), ambiguity)
-    return best[1], best[2]
+            reached = float(s["oos_recall"] or 0) >= recall if s["oos_recall"] is not None \
+                else True
+            key = (float(reached), float(s["in_scope_accuracy"] or 0))
+            if key > best[:2]:
+                best = (*key, float(threshold), ambiguity)
+    return best[2], best[3]
 
 
 def evaluate(label: str, pipeline: list[dict[str, Any]],

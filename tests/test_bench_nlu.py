@@ -107,3 +107,20 @@ def test_a_malformed_dataset_is_a_clear_error(tmp_path: Path, broken: dict[str, 
     path.write_text(json.dumps(data))
     with pytest.raises(SystemExit, match=message):
         nlu.main([str(path), "--baseline", "0", "--demo", "0", "--chart", ""])
+
+
+def test_thresholds_keep_the_most_in_scope_accuracy_that_finds_enough_out_of_scope() -> None:
+    def parsed(intent: str, confidence: float) -> nlu.Parsed:
+        return nlu.Parsed(intent, confidence, 0.0, 1.0)
+
+    # In scope at 0.3 and 0.6 (the first one wrong anyway, the second right);
+    # out of scope at 0.2, 0.4 and 0.5.
+    val = [parsed("b", 0.3), parsed("a", 0.6), parsed("a", 0.2), parsed("a", 0.4),
+           parsed("a", 0.5)]
+    truth = ["a", "a", "out_of_scope", "out_of_scope", "out_of_scope"]
+    threshold, ambiguity = nlu.tune(val, truth, recall=0.6)
+    # 2 of 3 out of scope need a threshold above 0.4; above 0.6 loses the right one.
+    assert 0.4 < threshold <= 0.6 and ambiguity == 0.0
+    assert nlu.scores(nlu.outcome(val, threshold, ambiguity), truth)["in_scope_accuracy"] == 0.5
+    low, _ = nlu.tune(val, truth, recall=0.3)
+    assert 0.2 < low <= 0.4  # one of three is enough: the lowest threshold that finds it

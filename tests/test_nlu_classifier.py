@@ -33,7 +33,7 @@ EXAMPLES = {
 
 def classifier(tmp_path: Path, **config: object) -> tuple[SentenceIntentClassifier,
                                                            LocalModelStorage, Resource]:
-    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model").mkdir(parents=True, exist_ok=True)
     storage = LocalModelStorage(tmp_path / "model")
     resource = Resource("intent_classifier")
     context = ExecutionContext(GraphSchema({}), "test")
@@ -71,7 +71,32 @@ def test_new_phrasings_in_both_languages_find_their_intent(trained) -> None:
         assert ranking[0] == message.get(INTENT)
         confidences = [r["confidence"] for r in ranking]
         assert confidences == sorted(confidences, reverse=True)
-        assert abs(sum(confidences) - 1.0) < 1e-3  # every intent is in the ranking here
+        # Every intent is in the ranking here: they add up to the familiarity.
+        assert 0.0 < sum(confidences) <= 1.0 + 1e-6
+
+
+def test_confidence_is_the_probability_times_familiarity(trained, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = ("how long does shipping take to portugal", "recommend a good pizza topping")
+    known, unknown = parse(trained, *texts)
+    total = [sum(r["confidence"] for r in m.get(INTENT_RANKING_KEY)) for m in (known, unknown)]
+    assert total[0] > 0.3 and total[1] < total[0] / 2  # unlike every in-scope example
+    # Switched off (0 neighbours), the same model gives the softmax alone.
+    monkeypatch.setenv("PARLEY_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    plain, storage, resource = classifier(tmp_path / "plain", neighbours=0)
+    plain.train(training_data())
+    softmax = parse(plain, *texts)
+    for m in softmax:
+        assert abs(sum(r["confidence"] for r in m.get(INTENT_RANKING_KEY)) - 1.0) < 1e-3
+    assert softmax[1].get(INTENT)["confidence"] > unknown.get(INTENT)["confidence"]
+
+
+def test_out_of_scope_examples_are_not_what_the_bot_knows(trained) -> None:
+    examples = trained.model.examples
+    in_scope = sum(len(v) for k, v in EXAMPLES.items() if k != "out_of_scope")
+    assert examples.shape == (in_scope, encoder.DIM)  # kept through save and load
+    oos = encoder.embed(EXAMPLES["out_of_scope"])
+    assert float((examples @ oos.T).max()) < 0.999  # none of them is among the examples
 
 
 def test_a_clear_message_is_more_confident_than_a_vague_one(trained) -> None:
