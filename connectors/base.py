@@ -30,6 +30,8 @@ from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
+from rasa.shared.core.events import BotUttered, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -52,6 +54,8 @@ TURN_TIMEOUT = 90.0  # seconds: a Rasa turn taking longer is abandoned and retri
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 T = TypeVar("T")
+# In a turn's user event (its metadata): which stored message the turn answered.
+MESSAGE_ID = "parley_message_id"
 
 
 class DeliveryFailed(Exception):
@@ -92,6 +96,49 @@ async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
         _turn_errors.reset(token)
     if errors:
         raise TurnFailed(errors[0])
+
+
+def recorded_replies(tracker: DialogueStateTracker, message_id: int
+                     ) -> list[dict[str, Any]] | None:
+    """The bot's messages of a turn the tracker already holds for this stored
+    message, or None when no turn answered it."""
+    events = list(tracker.events)
+    for n in range(len(events) - 1, -1, -1):
+        event = events[n]
+        if isinstance(event, UserUttered) and (event.metadata or {}).get(MESSAGE_ID) == message_id:
+            replies = []
+            for later in events[n + 1:]:
+                if isinstance(later, UserUttered):
+                    break
+                if isinstance(later, BotUttered):
+                    replies.append(later.message())
+            return replies
+    return None
+
+
+def at_most_once(agent: Any, message_id: int) -> OnNewMessage:
+    """A stored message's turn, run once however many workers try it (a lease ran
+    out, a process died): inside Rasa's lock on the conversation, so after any turn
+    still running for it, a tracker that already holds the message gives that turn's
+    replies again, and no second turn runs (no second user event, no action run
+    twice). Rasa's `Agent.handle_message`, with that check before the turn."""
+
+    async def turn(message: UserMessage) -> None:
+        if not agent.is_ready():  # no model loaded: what Rasa's own handler does
+            await agent.handle_message(message)
+            return
+        async with agent.lock_store.lock(message.sender_id):
+            tracker = await agent.tracker_store.retrieve(message.sender_id)
+            replies = recorded_replies(tracker, message_id) if tracker else None
+            if replies is None:
+                await agent.processor.handle_message(message)
+                return
+            logger.info("message %s was answered by an earlier turn: its replies again",
+                        message_id)
+            for reply in replies:
+                await message.output_channel.send_response(message.sender_id, reply)
+
+    return turn
 
 
 class TurnLoop:
@@ -327,9 +374,11 @@ class ChannelWorkers:
         self.turns = asyncio.Semaphore(self.settings.turns_in_flight)
         self.active: set[str] = set()
         self.finished: dict[int, asyncio.Event] = {}
+        self.app: Any = None  # the Rasa server, once started (its agent runs the turns)
 
     def start(self, app: Any) -> None:
         global _heartbeat_started
+        self.app = app
         lease = self.settings.lease_seconds
         app.add_task(supervision.supervise(f"{self.name} inbox", self._inbox_tick, idle=0.5,
                                            wake=self.inbox_wake))
@@ -394,11 +443,17 @@ class ChannelWorkers:
                 message = UserMessage(
                     pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                     input_channel=self.name,
-                    metadata={"display_name": pending.display_name, "language": spoken})
+                    metadata={"display_name": pending.display_name, "language": spoken,
+                              MESSAGE_ID: pending.id})
+                # Every attempt, the first too: a worker whose lease ran out before its
+                # turn began must find the turn its successor ran, not run another.
+                agent = getattr(getattr(self.app, "ctx", None), "agent", None)
+                handler = at_most_once(agent, pending.id) if agent is not None \
+                    else self.on_new_message
                 async with self.turns:
                     started = time.perf_counter()
                     try:
-                        await TURNS.run(TURN_TIMEOUT, rasa_turn(self.on_new_message, message))
+                        await TURNS.run(TURN_TIMEOUT, rasa_turn(handler, message))
                     finally:
                         metrics.turn_took(self.name, time.perf_counter() - started)
                 ours = await off_loop(gate.finish_bot, pending, OWNER, collector.messages,
