@@ -127,8 +127,18 @@ def train(pipeline: list[dict[str, Any]], nlu: str, workdir: Path, label: str) -
         sort_keys=False))
     say(f"[{label}] training ({len(pipeline)} components)…")
     started = time.monotonic()
-    model = train_nlu(str(workdir / "config.yml"), str(workdir / "nlu.yml"),
-                      str(workdir / "models"), fixed_model_name=label)
+    # Rasa hides its epoch bars (DIET's 100 epochs take over an hour here) when
+    # LOG_LEVEL says WARNING, which quiet() set for its log lines: show them.
+    level = os.environ.get("LOG_LEVEL")
+    os.environ["LOG_LEVEL"] = "INFO"
+    try:
+        model = train_nlu(str(workdir / "config.yml"), str(workdir / "nlu.yml"),
+                          str(workdir / "models"), fixed_model_name=label)
+    finally:
+        if level is None:
+            os.environ.pop("LOG_LEVEL", None)
+        else:
+            os.environ["LOG_LEVEL"] = level
     seconds = time.monotonic() - started
     if not model:
         raise SystemExit(f"bench-nlu: training {label} failed")

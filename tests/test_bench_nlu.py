@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,17 @@ def test_thresholds_keep_the_most_in_scope_accuracy_that_finds_enough_out_of_sco
     assert nlu.scores(nlu.outcome(val, threshold, ambiguity), truth)["in_scope_accuracy"] == 0.5
     low, _ = nlu.tune(val, truth, recall=0.3)
     assert 0.2 < low <= 0.4  # one of three is enough: the lowest threshold that finds it
+
+
+def test_rasas_default_pipeline_runs_side_by_side_and_shows_its_epochs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert nlu.main([str(dataset(tmp_path)), "--baseline", "1", "--demo", "0",
+                     "--chart", ""]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) == {"shipped", "rasa_default"}
+    assert set(result["rasa_default"]) == set(result["shipped"])
+    assert result["rasa_default"]["train_seconds"] > 0
+    # DIET's epochs are the progress of a training that takes an hour on CLINC150.
+    assert "Epochs:" in err and "100/100" in err
+    assert os.environ.get("LOG_LEVEL") != "INFO"  # put back after training
