@@ -127,7 +127,8 @@ def drop_database(name: str) -> None:
     engine.dispose()
 
 
-def start_durable(label: str, processes: int, fake_url: str) -> System:
+def start_durable(label: str, processes: int, fake_url: str,
+                  env: dict[str, str] | None = None) -> System:
     tag = uuid.uuid4().hex[:8]
     schema, url = fresh_schema()
     overrides, tracker_db = stores(tag)
@@ -138,7 +139,7 @@ def start_durable(label: str, processes: int, fake_url: str) -> System:
                                      "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
     stack = launcher.Stack(PROJECT_ROOT, rasa_port=free_port(), action_port=free_port(),
                            desk_port=free_port(), var_dir=state,
-                           env={"PARLEY_SUPPORT_HOURS": str(hours)},
+                           env={"PARLEY_SUPPORT_HOURS": str(hours), **(env or {})},
                            channels=telegram_channel(fake_url), database_url=url,
                            extra_rasa_ports=[free_port() for _ in range(processes - 1)],
                            endpoint_overrides=overrides)
@@ -520,6 +521,9 @@ def main() -> None:
                         help="after measuring, record each configuration's Rasa processes "
                              "with py-spy (--gil) at this level and print where the time went")
     parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument("--variant", default="", metavar="NAME=VALUE",
+                        help="also measure one process with this environment variable set "
+                             "(a setting under trial), at every level")
     args = parser.parse_args()
     if args.profile and not py_spy():
         parser.error("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
@@ -536,6 +540,10 @@ def main() -> None:
                                      [lambda: start_durable(TWO, 2, fake.url)]]
         if inline_levels:
             starters.append([lambda: start_inline(fake.url, args.inline_commit)])
+        if args.variant:
+            name, _, value = args.variant.partition("=")
+            starters.append([lambda: start_durable(f"{ONE}, {args.variant}", 1, fake.url,
+                                                   {name: value})])
         systems = start_all(starters)
         print(f"stacks up after {time.monotonic() - began:.0f} s", flush=True)
         results = asyncio.run(measure(args, fake.url, systems, levels, inline_levels))
@@ -600,7 +608,8 @@ async def measure(args: argparse.Namespace, fake_url: str, systems: list[System]
             await drive(system, arrivals, 10, 5.0, 0.0, None, per_turn)
             print(f"warmed: {system.label}", flush=True)
         for level in levels:
-            here = [s for s in systems if s.label in (ONE, TWO) or level in inline_levels]
+            here = [s for s in systems if s.label.startswith(ONE) or s.label == TWO
+                    or level in inline_levels]
             for r in range(args.rounds):
                 for system in here if r % 2 == 0 else list(reversed(here)):
                     for other in systems:

@@ -183,6 +183,9 @@ SLOTS: dict[str, dict[str, Any]] = {REASON_SLOT: {
 # The pipeline entries and their settings `parley init` adds (after the
 # project's own classifiers: FallbackClassifier, then the keyword override last).
 FALLBACK_SETTINGS: dict[str, Any] = {"threshold": 0.6, "ambiguity_threshold": 0.1}
+# Behind Parley's SentenceIntentClassifier, whose confidence is probability times
+# familiarity (lower than a softmax alone): the demo's tuned setting.
+SENTENCE_FALLBACK_SETTINGS: dict[str, Any] = {"threshold": 0.1, "ambiguity_threshold": 0.0}
 KEYWORD_SETTINGS: dict[str, Any] = {"keywords": {"agent": HANDOFF_INTENT}}
 
 

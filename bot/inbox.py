@@ -42,6 +42,9 @@ class Pending:
     # The conversation's stored language and its source, as `parley.bot.language` reads them.
     language: str | None = None
     language_source: str | None = None
+    # The try before this one raised (`try_failed`): its Rasa turn, if it ran, is not
+    # the answer, so this try runs one afresh rather than giving its replies again.
+    after_failure: bool = False
 
 
 def store(conversation_id: str, text: str, *, platform_message_id: str | None = None,
@@ -134,9 +137,11 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
         conversation.lease_until = now + timedelta(seconds=lease_seconds)
         message.inbox_state = "processing"
         message.attempts = (message.attempts or 0) + 1
+        after_failure = message.retry_at is not None  # only try_failed sets it
+        message.retry_at = None
         return Pending(message.id, conversation_id, message.text, dict(message.payload or {}),
                        message.attempts, conversation.display_name or "",
-                       conversation.language, conversation.language_source)
+                       conversation.language, conversation.language_source, after_failure)
 
 
 def holds(session: Any, conversation_id: str, owner: str) -> bool:
@@ -147,6 +152,17 @@ def holds(session: Any, conversation_id: str, owner: str) -> bool:
     ).one_or_none()
     return lease is not None and lease[0] == owner and lease[1] is not None \
         and lease[1] >= utcnow()
+
+
+def still_ours(message_id: int, conversation_id: str, owner: str,
+               database_url: str | None = None) -> bool:
+    """The message is still in progress under `owner`'s live lease: checked right
+    before its first Rasa turn, so a worker whose lease ran out meanwhile leaves the
+    turn to whoever holds the conversation now."""
+    with session_scope(database_url) as session:
+        message = session.get(Message, message_id)
+        return message is not None and message.inbox_state == "processing" \
+            and holds(session, conversation_id, owner)
 
 
 def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:

@@ -181,10 +181,11 @@ class Init:
         if contract.FALLBACK_CLASSIFIER not in present:
             at = max((i + 1 for i, name in enumerate(present) if name in CLASSIFIERS),
                      default=len(pipeline))
-            pipeline.insert(at, _commented({"name": contract.FALLBACK_CLASSIFIER,
-                                            **contract.FALLBACK_SETTINGS}))
+            settings = contract.SENTENCE_FALLBACK_SETTINGS \
+                if contract.SENTENCE_CLASSIFIER in present else contract.FALLBACK_SETTINGS
+            pipeline.insert(at, _commented({"name": contract.FALLBACK_CLASSIFIER, **settings}))
             self.note(f"config.yml: added {contract.FALLBACK_CLASSIFIER} "
-                      f"(threshold {contract.FALLBACK_SETTINGS['threshold']})")
+                      f"(threshold {settings['threshold']})")
         if contract.KEYWORD_COMPONENT not in present:
             pipeline.append(_commented({"name": contract.KEYWORD_COMPONENT,
                                         **contract.KEYWORD_SETTINGS}))

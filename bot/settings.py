@@ -65,6 +65,9 @@ class Settings:
     follow_up_hours: float  # 0: no follow-up message
     lease_seconds: float  # how long a dead worker's conversations and sends stay taken
     turns_in_flight: int  # Rasa turns one process runs at once (keeps webhook acks fast)
+    # How long a thread holding the GIL (a Rasa turn) runs before one waiting for it (a
+    # webhook's acknowledgement) gets it: Python's sys.setswitchinterval, in ms.
+    gil_switch_ms: float
     request_max_bytes: int  # Sanic refuses larger bodies before reading them
     survey: tuple[str, ...] = SURVEY_QUESTIONS  # in order; () turns the survey off
     spike_factor: float = 3.0  # inbound this many times the usual for the hour of week
@@ -284,6 +287,7 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         follow_up_hours=_hours(env, "PARLEY_FOLLOWUP_HOURS", 24.0),
         lease_seconds=_positive(env, "PARLEY_LEASE_SECONDS", 30.0),
         turns_in_flight=int(_positive(env, "PARLEY_TURNS_IN_FLIGHT", 4)),
+        gil_switch_ms=_positive(env, "PARLEY_GIL_SWITCH_MS", 5.0),
         request_max_bytes=int(_positive(env, "PARLEY_REQUEST_MAX_BYTES", 1024 * 1024)),
         survey=_survey(raw, path),
         spike_factor=spike_factor,

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,8 @@ from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
-from rasa.shared.core.events import BotUttered, UserUttered
+from rasa.core.lock_store import LOCK_LIFETIME
+from rasa.shared.core.events import BotUttered, UserUtteranceReverted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 from sanic import Blueprint, response
 from sanic.request import Request
@@ -50,7 +52,10 @@ from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_j
 logger = logging.getLogger(__name__)
 # This process, as lease owner: unique across replicas and restarts.
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-TURN_TIMEOUT = 90.0  # seconds: a Rasa turn taking longer is abandoned and retried
+# Seconds: a Rasa turn taking longer is abandoned and retried. Within the lifetime of
+# Rasa's conversation lock (TICKET_LOCK_LIFETIME, 60 s by default), which `at_most_once`
+# relies on to keep a retry out until the turn it waits for is saved.
+TURN_TIMEOUT = max(5.0, LOCK_LIFETIME - 5.0)
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 T = TypeVar("T")
@@ -98,45 +103,70 @@ async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
         raise TurnFailed(errors[0])
 
 
-def recorded_replies(tracker: DialogueStateTracker, message_id: int
+def recorded_replies(tracker: DialogueStateTracker, message_id: int, text: str
                      ) -> list[dict[str, Any]] | None:
-    """The bot's messages of a turn the tracker already holds for this stored
-    message, or None when no turn answered it."""
+    """The bot's messages of the last turn the tracker holds for this stored message,
+    or None when no turn ran for it (or the turn was reverted). The text must match
+    too: a database may reuse an erased message's id."""
     events = list(tracker.events)
     for n in range(len(events) - 1, -1, -1):
         event = events[n]
-        if isinstance(event, UserUttered) and (event.metadata or {}).get(MESSAGE_ID) == message_id:
+        if isinstance(event, UserUttered) and event.text == text \
+                and (event.metadata or {}).get(MESSAGE_ID) == message_id:
             replies = []
             for later in events[n + 1:]:
                 if isinstance(later, UserUttered):
                     break
+                if isinstance(later, UserUtteranceReverted):
+                    return None
                 if isinstance(later, BotUttered):
                     replies.append(later.message())
             return replies
     return None
 
 
-def at_most_once(agent: Any, message_id: int) -> OnNewMessage:
+def _primary(store: Any) -> Any:
+    """Behind Rasa's FailSafeTrackerStore, the configured store: the fail-safe one
+    answers a database error with "no tracker", which here would mean "no turn yet"
+    and let a second turn run. An error must fail this try instead."""
+    return getattr(store, "_tracker_store", store)
+
+
+def at_most_once(agent: Any, pending: Pending,
+                 still_ours: Callable[[], Awaitable[bool]]) -> OnNewMessage:
     """A stored message's turn, run once however many workers try it (a lease ran
-    out, a process died): inside Rasa's lock on the conversation, so after any turn
-    still running for it, a tracker that already holds the message gives that turn's
-    replies again, and no second turn runs (no second user event, no action run
-    twice). Rasa's `Agent.handle_message`, with that check before the turn."""
+    out, a process died). Rasa's `Agent.handle_message`, with a check inside Rasa's
+    lock on the conversation, so after any turn still running for it:
+    - a first try runs only if this worker still holds the conversation (else the
+      worker that took it over answers);
+    - a later try finds the tracker's turn for this message, if one ran, and gives
+      its replies again: no second user event, no action run twice;
+    - a try after a failed one (an action failed: TurnFailed) runs a turn afresh.
+    Holds while turns end within Rasa's lock lifetime, hence TURN_TIMEOUT; the
+    tracker read covers the current session only."""
 
     async def turn(message: UserMessage) -> None:
         if not agent.is_ready():  # no model loaded: what Rasa's own handler does
             await agent.handle_message(message)
             return
-        async with agent.lock_store.lock(message.sender_id):
-            tracker = await agent.tracker_store.retrieve(message.sender_id)
-            replies = recorded_replies(tracker, message_id) if tracker else None
-            if replies is None:
-                await agent.processor.handle_message(message)
-                return
-            logger.info("message %s was answered by an earlier turn: its replies again",
-                        message_id)
-            for reply in replies:
-                await message.output_channel.send_response(message.sender_id, reply)
+        sender = message.sender_id
+        async with agent.lock_store.lock(sender):
+            if pending.attempts <= 1:
+                if not await still_ours():
+                    logger.info("message %s: lease gone before its turn", pending.id)
+                    return
+            elif not pending.after_failure:
+                store = _primary(agent.tracker_store)
+                tracker = await store.retrieve(sender)
+                replies = recorded_replies(tracker, pending.id, pending.text) \
+                    if tracker else None
+                if replies is not None:
+                    logger.info("message %s was answered by an earlier turn: its replies "
+                                "again", pending.id)
+                    for reply in replies:
+                        await message.output_channel.send_response(sender, reply)
+                    return
+            await agent.processor.handle_message(message)
 
     return turn
 
@@ -379,6 +409,7 @@ class ChannelWorkers:
     def start(self, app: Any) -> None:
         global _heartbeat_started
         self.app = app
+        sys.setswitchinterval(self.settings.gil_switch_ms / 1000)
         lease = self.settings.lease_seconds
         app.add_task(supervision.supervise(f"{self.name} inbox", self._inbox_tick, idle=0.5,
                                            wake=self.inbox_wake))
@@ -445,11 +476,11 @@ class ChannelWorkers:
                     input_channel=self.name,
                     metadata={"display_name": pending.display_name, "language": spoken,
                               MESSAGE_ID: pending.id})
-                # Every attempt, the first too: a worker whose lease ran out before its
-                # turn began must find the turn its successor ran, not run another.
                 agent = getattr(getattr(self.app, "ctx", None), "agent", None)
-                handler = at_most_once(agent, pending.id) if agent is not None \
-                    else self.on_new_message
+                handler = self.on_new_message if agent is None else at_most_once(
+                    agent, pending,
+                    lambda: off_loop(inbox.still_ours, pending.id, pending.conversation_id,
+                                     OWNER))
                 async with self.turns:
                     started = time.perf_counter()
                     try:

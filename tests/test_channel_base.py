@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from rasa.core.agent import Agent
 from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
-from rasa.shared.core.events import BotUttered, UserUttered
+from rasa.shared.core.events import BotUttered, UserUtteranceReverted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 from sqlalchemy.exc import OperationalError
 
 from parley.bot import inbox
 from parley.bot.conversations import Message, add_message, ensure_conversation, transcript
+from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
 from parley.bot.outbox import Send
-from parley.bot.storage import session_scope
+from parley.bot.storage import session_scope, utcnow
 from parley.connectors.base import (
     MESSAGE_ID,
     OWNER,
@@ -118,16 +119,23 @@ def test_a_storage_error_while_sending_is_not_a_platform_refusal(db_url: str) ->
 
 @pytest.fixture(scope="module")
 def agent() -> Any:
-    """The demo bot's trained model, with Rasa's in-memory tracker and lock stores."""
+    """The demo bot's trained model, with Rasa's in-memory tracker and lock stores
+    (no action server: a turn that needs a custom action fails, as when it is down)."""
     path = model_path(REPO_ROOT)
     if not path.exists():
         pytest.fail("no trained model: run `make test` (it trains first)")
     return Agent.load(str(path))
 
 
-def stored(text: str, message_id: int, conversation_id: str) -> UserMessage:
-    return UserMessage(text, Collector("webchat"), conversation_id, input_channel="webchat",
-                       metadata={MESSAGE_ID: message_id})
+def pending(message_id: int, conversation_id: str, text: str, attempts: int,
+            after_failure: bool = False) -> Pending:
+    return Pending(message_id, conversation_id, text, {}, attempts,
+                   after_failure=after_failure)
+
+
+def stored(item: Pending) -> UserMessage:
+    return UserMessage(item.text, Collector("webchat"), item.conversation_id,
+                       input_channel="webchat", metadata={MESSAGE_ID: item.id})
 
 
 def texts(message: UserMessage) -> list[str]:
@@ -136,7 +144,36 @@ def texts(message: UserMessage) -> list[str]:
 
 def user_events(agent: Any, conversation_id: str) -> list[UserUttered]:
     tracker = asyncio.run(agent.tracker_store.retrieve(conversation_id))
-    return [e for e in tracker.events if isinstance(e, UserUttered)]
+    if tracker is None:
+        return []
+    return [e for e in tracker.applied_events() if isinstance(e, UserUttered)]
+
+
+async def ours() -> bool:
+    return True
+
+
+async def not_ours() -> bool:
+    return False
+
+
+def once(agent: Any, item: Pending, still_ours: Any = ours) -> UserMessage:
+    message = stored(item)
+    asyncio.run(rasa_turn(at_most_once(agent, item, still_ours), message))
+    return message
+
+
+def gated(agent: Any, gate: asyncio.Event) -> SimpleNamespace:
+    """The agent, with Rasa's processor held at the gate: a turn in progress."""
+    rasa = agent.processor
+
+    async def handle_message(message: UserMessage) -> None:
+        await gate.wait()
+        await rasa.handle_message(message)
+
+    return SimpleNamespace(is_ready=agent.is_ready, lock_store=agent.lock_store,
+                           tracker_store=agent.tracker_store,
+                           processor=SimpleNamespace(handle_message=handle_message))
 
 
 # Rasa's own expected warning about the demo's slots (rasa.utils.common filters it in
@@ -148,36 +185,89 @@ RASA_SLOT_WARNING = "ignore:Slot auto-fill has been removed:UserWarning"
 def test_a_message_taken_again_gets_the_turn_that_already_ran(agent: Any) -> None:
     """A worker whose lease ran out after Rasa's turn (or whose process died before
     recording the answer): the next worker's try replays that turn's replies."""
-    first = stored("hello", 7, "webchat:fence")
-    asyncio.run(rasa_turn(agent.handle_message, first))
+    first = once(agent, pending(7, "webchat:fence", "hello", 1))
     assert texts(first)  # the greeting
-    again = stored("hello", 7, "webchat:fence")
-    asyncio.run(rasa_turn(at_most_once(agent, 7), again))
+    again = once(agent, pending(7, "webchat:fence", "hello", 2))
     assert texts(again) == texts(first)
     assert [m.get("utter_action") for m in again.output_channel.messages] == \
         [m.get("utter_action") for m in first.output_channel.messages]  # type: ignore[union-attr]
     assert len(user_events(agent, "webchat:fence")) == 1  # Rasa saw one turn
     # Another stored message is a turn of its own.
-    other = stored("what are your opening hours", 8, "webchat:fence")
-    asyncio.run(rasa_turn(at_most_once(agent, 8), other))
+    other = once(agent, pending(8, "webchat:fence", "what are your opening hours", 1))
     assert texts(other) and texts(other) != texts(first)
     assert len(user_events(agent, "webchat:fence")) == 2
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
 def test_a_retry_waits_for_the_turn_still_running(agent: Any) -> None:
-    """Both tries at once: the retry waits on Rasa's conversation lock, then finds
-    the first turn's answer instead of running a second turn."""
-    first, again = stored("thanks", 9, "webchat:race"), stored("thanks", 9, "webchat:race")
+    """The first try is mid-turn (held at a gate) when the retry starts: the retry
+    waits on Rasa's conversation lock, then finds the first turn's answer instead of
+    running a second turn."""
+    first_try, retry = pending(9, "webchat:race", "thanks", 1), pending(9, "webchat:race",
+                                                                          "thanks", 2)
+    first, again = stored(first_try), stored(retry)
+    finished: list[str] = []
 
     async def both() -> None:
-        running = asyncio.ensure_future(rasa_turn(agent.handle_message, first))
-        await asyncio.sleep(0)  # the first turn holds the lock
-        await asyncio.gather(running, rasa_turn(at_most_once(agent, 9), again))
+        gate = asyncio.Event()
+
+        async def run(name: str, turn: Any) -> None:
+            await turn
+            finished.append(name)
+
+        running = asyncio.ensure_future(run("first", rasa_turn(
+            at_most_once(gated(agent, gate), first_try, ours), first)))
+        await asyncio.sleep(0.05)  # the first try holds the lock, its turn not yet run
+        retrying = asyncio.ensure_future(run("retry", rasa_turn(
+            at_most_once(agent, retry, ours), again)))
+        await asyncio.sleep(1.5)  # the lock store polls every second
+        assert finished == [] and await agent.tracker_store.retrieve("webchat:race") is None
+        gate.set()
+        await asyncio.gather(running, retrying)
 
     asyncio.run(both())
+    assert finished == ["first", "retry"]
     assert texts(first) and texts(again) == texts(first)
     assert len(user_events(agent, "webchat:race")) == 1
+
+
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_a_first_try_whose_lease_is_gone_runs_no_turn(agent: Any) -> None:
+    message = once(agent, pending(11, "webchat:gone", "hello", 1), not_ours)
+    assert texts(message) == [] and user_events(agent, "webchat:gone") == []
+
+
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_a_try_after_a_failed_turn_runs_again_not_replayed(agent: Any) -> None:
+    """Rasa saves the tracker of a turn whose custom action failed (the action
+    server is down here): the retry runs a turn of its own rather than giving the
+    failed turn's replies as the answer."""
+    conversation = "webchat:failed"
+    with pytest.raises(TurnFailed):
+        once(agent, pending(12, conversation, "where is my order 10234", 1))
+    with pytest.raises(TurnFailed):  # run again (and fails again: still no action server)
+        once(agent, pending(12, conversation, "where is my order 10234", 2, after_failure=True))
+    assert len(user_events(agent, conversation)) == 2
+
+
+def test_a_try_knows_whether_the_one_before_it_failed(db_url: str) -> None:
+    conversation = "telegram:77"
+    stored_id = inbox.store(conversation, "hi", platform_message_id="f1", database_url=db_url)
+
+    def next_try() -> Pending:
+        inbox.release(conversation, OWNER, db_url)
+        assert inbox.claim("telegram", OWNER, 30, 10, db_url) == [conversation]
+        item = inbox.begin(conversation, OWNER, 30, db_url)
+        assert item is not None and item.id == stored_id
+        return item
+
+    assert not next_try().after_failure  # the first
+    assert not next_try().after_failure  # after a lease ran out: its turn may stand
+    assert not inbox.try_failed(stored_id, "TurnFailed: boom", db_url)
+    with session_scope(db_url) as session:  # due now rather than after the backoff
+        session.get(Message, stored_id).retry_at = utcnow()
+    assert next_try().after_failure  # after a failed turn: run afresh
+    assert not next_try().after_failure  # and only right after it
 
 
 def test_recorded_replies_are_only_those_of_that_turn() -> None:
@@ -185,12 +275,16 @@ def test_recorded_replies_are_only_those_of_that_turn() -> None:
         UserUttered("hi", metadata={MESSAGE_ID: 1}), BotUttered("hello"),
         UserUttered("bye", metadata={MESSAGE_ID: 2}), BotUttered("see you"),
         BotUttered("take care", metadata={"utter_action": "utter_goodbye"}),
-        UserUttered("typed into Rasa directly"), BotUttered("?")])
-    assert [r["text"] for r in recorded_replies(tracker, 1) or []] == ["hello"]
-    replies = recorded_replies(tracker, 2) or []
+        UserUttered("typed into Rasa directly"), BotUttered("?"),
+        UserUttered("order 1", metadata={MESSAGE_ID: 4}), BotUttered("checking"),
+        UserUtteranceReverted()])
+    assert [r["text"] for r in recorded_replies(tracker, 1, "hi") or []] == ["hello"]
+    replies = recorded_replies(tracker, 2, "bye") or []
     assert [r["text"] for r in replies] == ["see you", "take care"]
     assert replies[1]["utter_action"] == "utter_goodbye"
-    assert recorded_replies(tracker, 3) is None
+    assert recorded_replies(tracker, 3, "x") is None  # no turn
+    assert recorded_replies(tracker, 1, "another text") is None  # an id used again
+    assert recorded_replies(tracker, 4, "order 1") is None  # a failed turn, reverted
 
 
 class Silent(ParleyInput):
@@ -213,7 +307,6 @@ def test_a_worker_that_lost_its_lease_mid_turn_leaves_one_turn(agent: Any, db_ur
     conversation = "telegram:4242"
     stored_id = inbox.store(conversation, "hello", platform_message_id="u1", database_url=db_url)
     workers = ChannelWorkers(Silent(), on_new_message=agent.handle_message)
-    workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=agent))
     rasa = agent.processor
 
     async def lease_runs_out_during_the_turn(message: UserMessage) -> None:
@@ -225,10 +318,10 @@ def test_a_worker_that_lost_its_lease_mid_turn_leaves_one_turn(agent: Any, db_ur
         assert inbox.claim("telegram", OWNER, 30, 10, db_url) == [conversation]
         first = inbox.begin(conversation, OWNER, 30, db_url)
         assert first is not None and first.id == stored_id
-        workers.app.ctx.agent = SimpleNamespace(
+        workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=SimpleNamespace(
             is_ready=agent.is_ready, lock_store=agent.lock_store,
             tracker_store=agent.tracker_store,
-            processor=SimpleNamespace(handle_message=lease_runs_out_during_the_turn))
+            processor=SimpleNamespace(handle_message=lease_runs_out_during_the_turn))))
         await workers._process(first)
         assert [m.author for m in transcript(conversation, db_url)] == ["customer"]
         inbox.release(conversation, "other", db_url)  # the other process died too

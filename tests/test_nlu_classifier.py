@@ -75,20 +75,44 @@ def test_new_phrasings_in_both_languages_find_their_intent(trained) -> None:
         assert 0.0 < sum(confidences) <= 1.0 + 1e-6
 
 
-def test_confidence_is_the_probability_times_familiarity(trained, tmp_path: Path,
+def test_confidence_is_the_probability_times_familiarity(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bot without out-of-scope examples: an unfamiliar message still wins some
+    intent's softmax, and familiarity is what brings its confidence down."""
+    monkeypatch.setenv("PARLEY_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    in_scope = TrainingData([m for m in training_data().intent_examples
+                             if m.get(INTENT) != "out_of_scope"])
+    familiar, _, _ = classifier(tmp_path / "familiar")
+    plain, _, _ = classifier(tmp_path / "plain", neighbours=0)  # the softmax alone
+    familiar.train(in_scope)
+    plain.train(in_scope)
     texts = ("how long does shipping take to portugal", "recommend a good pizza topping")
-    known, unknown = parse(trained, *texts)
+    known, unknown = parse(familiar, *texts)
     total = [sum(r["confidence"] for r in m.get(INTENT_RANKING_KEY)) for m in (known, unknown)]
     assert total[0] > 0.3 and total[1] < total[0] / 2  # unlike every in-scope example
-    # Switched off (0 neighbours), the same model gives the softmax alone.
-    monkeypatch.setenv("PARLEY_EMBEDDING_CACHE", str(tmp_path / "cache"))
-    plain, storage, resource = classifier(tmp_path / "plain", neighbours=0)
-    plain.train(training_data())
     softmax = parse(plain, *texts)
     for m in softmax:
         assert abs(sum(r["confidence"] for r in m.get(INTENT_RANKING_KEY)) - 1.0) < 1e-3
-    assert softmax[1].get(INTENT)["confidence"] > unknown.get(INTENT)["confidence"]
+    assert [m.get(INTENT)["name"] for m in softmax] == [m.get(INTENT)["name"]
+                                                         for m in (known, unknown)]
+    assert softmax[1].get(INTENT)["confidence"] > 2 * unknown.get(INTENT)["confidence"]
+
+
+def test_an_out_of_scope_answer_keeps_its_probability(trained, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """It is the bot saying it does not know (the out-of-scope reply), not a reason
+    to ask the customer to rephrase and then hand off."""
+    monkeypatch.setenv("PARLEY_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    plain, _, _ = classifier(tmp_path / "plain", neighbours=0)
+    plain.train(training_data())
+    [off_topic] = parse(trained, "who is the president of france")
+    [plain_off_topic] = parse(plain, "who is the president of france")
+    assert off_topic.get(INTENT)["name"] == "out_of_scope"
+    assert off_topic.get(INTENT)["confidence"] == pytest.approx(
+        plain_off_topic.get(INTENT)["confidence"], abs=1e-5)
+    ranking, plain_ranking = (m.get(INTENT_RANKING_KEY) for m in (off_topic, plain_off_topic))
+    assert ranking[1]["name"] == plain_ranking[1]["name"]  # the rest is scaled down
+    assert ranking[1]["confidence"] < plain_ranking[1]["confidence"] / 2
 
 
 def test_out_of_scope_examples_are_not_what_the_bot_knows(trained) -> None:
@@ -100,8 +124,11 @@ def test_out_of_scope_examples_are_not_what_the_bot_knows(trained) -> None:
 
 
 def test_a_clear_message_is_more_confident_than_a_vague_one(trained) -> None:
-    clear, vague = parse(trained, "what is your return policy", "hmm about that thing")
-    assert clear.get(INTENT)["confidence"] > vague.get(INTENT)["confidence"] + 0.2
+    clear, vague = parse(trained, "what is your return policy", "tell me about that thing")
+    assert clear.get(INTENT)["name"] == "return_policy"
+    # Vague: either the bot's "I don't know", or an intent it is far less sure of.
+    assert vague.get(INTENT)["name"] == "out_of_scope" \
+        or clear.get(INTENT)["confidence"] > vague.get(INTENT)["confidence"] + 0.2
 
 
 def test_empty_texts_and_an_untrained_model_are_left_alone(tmp_path: Path) -> None:

@@ -197,7 +197,9 @@ def test_fallback_classifier_is_configured() -> None:
     config = load(PROJECT_ROOT / "config.yml")
     fallback = [c for c in config["pipeline"] if c["name"] == "FallbackClassifier"]
     assert len(fallback) == 1
-    assert 0.2 <= fallback[0]["threshold"] <= 0.9
+    # SentenceIntentClassifier's confidences are probability x familiarity: lower
+    # than a plain softmax's (docs/benchmarks.md), so is its threshold.
+    assert 0.05 <= fallback[0]["threshold"] <= 0.5
     names = [c["name"] for c in config["pipeline"]]
     # The fallback must see the classifier's final confidences, and the AGENT
     # keyword must come after it so no confidence can out-vote it.

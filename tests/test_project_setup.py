@@ -181,6 +181,26 @@ def test_init_never_overwrites_a_choice_the_project_made(tmp_path: Path) -> None
     assert any(p.startswith(f"config.yml: move {contract.KEYWORD_COMPONENT} after") for p in left)
 
 
+@pytest.mark.parametrize("classifier, threshold", [
+    ("DIETClassifier", contract.FALLBACK_SETTINGS["threshold"]),
+    (contract.SENTENCE_CLASSIFIER, contract.SENTENCE_FALLBACK_SETTINGS["threshold"]),
+])
+def test_the_fallback_threshold_suits_the_projects_classifier(
+        tmp_path: Path, classifier: str, threshold: float) -> None:
+    """Parley's classifier scores probability x familiarity, lower than DIET's
+    softmax: DIET's 0.6 would send nearly every message to the fallback."""
+    root = minimal(tmp_path)
+    (root / "config.yml").write_text(
+        "language: en\npipeline:\n  - name: WhitespaceTokenizer\n"
+        f"  - name: {classifier}\npolicies:\n  - name: RulePolicy\n")
+    result = project_init.init(load_settings(env={}, root=root))
+    assert f"config.yml: added FallbackClassifier (threshold {threshold})" in result.changes
+    pipeline = yaml.safe_load((root / "config.yml").read_text())["pipeline"]
+    [fallback] = [c for c in pipeline if c["name"] == "FallbackClassifier"]
+    assert fallback["threshold"] == threshold
+    assert [c["name"] for c in pipeline].index("FallbackClassifier") == 2  # after it
+
+
 def test_a_conflicting_fallback_rule_is_named_not_overwritten(tmp_path: Path) -> None:
     root = minimal(tmp_path)
     (root / "data" / "rules.yml").write_text(

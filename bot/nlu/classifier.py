@@ -8,7 +8,8 @@ has one, is learnt like any other and sharpens what counts as unknown.
 
 The confidence the standard FallbackClassifier after it compares with its threshold
 is the softmax probability times how much the message resembles what the bot was
-trained on (the mean cosine to its nearest in-scope training examples, rescaled):
+trained on (the mean cosine to its nearest in-scope training examples, rescaled;
+an `out_of_scope` prediction keeps its probability):
 a softmax only says which intent wins, so a message unlike every example can still
 win one with a high probability. Measured on CLINC150 (docs/benchmarks.md), the
 product separates out-of-scope messages better than either part alone; the rules,
@@ -184,11 +185,16 @@ class SentenceIntentClassifier(GraphComponent):
         familiar = self.model.familiarity(
             vectors, int(self.config["neighbours"]), float(self.config["similarity_floor"]),
             float(self.config["similarity_power"]))
+        unknown = set(self.config["unknown_intents"] or ())
         for message, p, f in zip(todo, self.model.predict(vectors), familiar, strict=True):
             # Each intent's probability times the familiarity: the order stays the
-            # softmax's, and the confidences add up to how familiar the message is.
-            ranking = [{"name": self.model.intents[i], "confidence": float(p[i] * f)}
-                       for i in np.argsort(-p)[:RANKING_LENGTH]]
+            # softmax's. An out-of-scope answer is the bot already saying it does not
+            # know: unfamiliarity must not lower it into a request to rephrase.
+            order = np.argsort(-p)[:RANKING_LENGTH]
+            kept = self.model.intents[order[0]] in unknown
+            ranking = [{"name": self.model.intents[i],
+                        "confidence": float(p[i] if kept and n == 0 else p[i] * f)}
+                       for n, i in enumerate(order)]
             message.set(INTENT, ranking[0], add_to_output=True)
             message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
         return messages
