@@ -683,8 +683,9 @@ def targets(results: dict[tuple[str, int], Cell], levels: list[int],
 def report(args: argparse.Namespace, systems: list[System], levels: list[int],
            results: dict[tuple[str, int], Cell], took: float) -> None:
     labels = [s.label for s in systems]
-    inline_label = next((x for x in labels if x not in (ONE, TWO)), None)
-    names = {ONE: "1 process", TWO: "2 processes", inline_label: "inline"}
+    inline_label = next((x for x in labels if x.startswith("inline")), None)
+    names = {ONE: "1 process", TWO: "2 processes", inline_label: "inline",
+             **{x: x.removeprefix("durable, ") for x in labels if x.startswith(f"{ONE}, ")}}
     groups = [f"{level} concurrent" for level in levels]
     nan = float("nan")
     latency: dict[str, list[float]] = {}

@@ -83,6 +83,7 @@ class Message(Base):
     attempts = Column(Integer, nullable=False, default=0)  # processing or sending tries
     reply_to = Column(Integer, nullable=True, index=True)  # the customer message answered
     retry_at = Column(UTCDateTime, nullable=True)  # not before: after a failed try
+    failed_turn = Column(Integer, nullable=True)  # the last try whose Rasa turn failed
     claimed_by = Column(String(120), nullable=True)  # outbox: the sender holding it
     claimed_until = Column(UTCDateTime, nullable=True)
     # The writer-owned reply this message was rendered from (`utter_…`): the bot's

@@ -42,9 +42,9 @@ class Pending:
     # The conversation's stored language and its source, as `parley.bot.language` reads them.
     language: str | None = None
     language_source: str | None = None
-    # The try before this one raised (`try_failed`): its Rasa turn, if it ran, is not
-    # the answer, so this try runs one afresh rather than giving its replies again.
-    after_failure: bool = False
+    # The last try whose Rasa turn failed (`try_failed(turn_failed=True)`): a turn the
+    # tracker holds from that try or before is not the answer.
+    failed_turn: int | None = None
 
 
 def store(conversation_id: str, text: str, *, platform_message_id: str | None = None,
@@ -137,11 +137,10 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
         conversation.lease_until = now + timedelta(seconds=lease_seconds)
         message.inbox_state = "processing"
         message.attempts = (message.attempts or 0) + 1
-        after_failure = message.retry_at is not None  # only try_failed sets it
-        message.retry_at = None
         return Pending(message.id, conversation_id, message.text, dict(message.payload or {}),
                        message.attempts, conversation.display_name or "",
-                       conversation.language, conversation.language_source, after_failure)
+                       conversation.language, conversation.language_source,
+                       message.failed_turn)
 
 
 def holds(session: Any, conversation_id: str, owner: str) -> bool:
@@ -174,13 +173,18 @@ def release(conversation_id: str, owner: str, database_url: str | None = None) -
             .execution_options(synchronize_session=False))
 
 
-def try_failed(message_id: int, error: str, database_url: str | None = None) -> bool:
-    """A bot turn raised: try again after a backoff, or, after MAX_ATTEMPTS, give
-    up (state `failed`). Returns True when it gave up: a person must take over."""
+def try_failed(message_id: int, error: str, database_url: str | None = None, *,
+               turn_failed: bool = False) -> bool:
+    """A try raised: try again after a backoff, or, after MAX_ATTEMPTS, give up
+    (state `failed`). `turn_failed`: Rasa's turn itself failed (an action, a
+    timeout), so whatever it left in the tracker is not the answer. Returns True
+    when it gave up: a person must take over."""
     with session_scope(database_url) as session:
         message = session.get(Message, message_id)
         if message is None or message.inbox_state != "processing":
             return False
+        if turn_failed:
+            message.failed_turn = message.attempts
         if (message.attempts or 0) >= MAX_ATTEMPTS:
             message.inbox_state = "failed"
             message.delivery_error = f"the bot could not process it: {error}"[:300]

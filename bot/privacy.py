@@ -51,7 +51,7 @@ MAX_CONVERSATIONS = 50  # per export or erasure: one customer's channels, with r
 CONVERSATION_ID = re.compile(r"[a-z][a-z0-9_]{0,31}:[A-Za-z0-9_.@+=-]{1,160}")
 # Worker plumbing (leases, send claims, retries): about our processes, not the customer.
 INTERNAL = {"lease_owner", "lease_until", "claimed_by", "claimed_until", "attempts",
-            "retry_at"}
+            "retry_at", "failed_turn"}
 RETENTION_BATCH = 1000  # rows per table per run: a backlog goes in short transactions
 
 

@@ -59,8 +59,10 @@ TURN_TIMEOUT = max(5.0, LOCK_LIFETIME - 5.0)
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 T = TypeVar("T")
-# In a turn's user event (its metadata): which stored message the turn answered.
+# In a turn's user event (its metadata): which stored message the turn answered, and
+# on which try.
 MESSAGE_ID = "parley_message_id"
+ATTEMPT = "parley_attempt"
 
 
 class DeliveryFailed(Exception):
@@ -103,25 +105,34 @@ async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
         raise TurnFailed(errors[0])
 
 
-def recorded_replies(tracker: DialogueStateTracker, message_id: int, text: str
+def recorded_replies(tracker: DialogueStateTracker, pending: Pending
                      ) -> list[dict[str, Any]] | None:
     """The bot's messages of the last turn the tracker holds for this stored message,
-    or None when no turn ran for it (or the turn was reverted). The text must match
-    too: a database may reuse an erased message's id."""
+    or None when none counts: no turn ran, or the last one failed (its try is at or
+    before `pending.failed_turn`). The text must match too (Rasa strips it): a
+    database may reuse an erased message's id."""
+    text = pending.text.strip()
     events = list(tracker.events)
     for n in range(len(events) - 1, -1, -1):
         event = events[n]
-        if isinstance(event, UserUttered) and event.text == text \
-                and (event.metadata or {}).get(MESSAGE_ID) == message_id:
-            replies = []
-            for later in events[n + 1:]:
-                if isinstance(later, UserUttered):
-                    break
-                if isinstance(later, UserUtteranceReverted):
-                    return None
-                if isinstance(later, BotUttered):
-                    replies.append(later.message())
-            return replies
+        if not isinstance(event, UserUttered):
+            continue
+        metadata = event.metadata or {}
+        if metadata.get(MESSAGE_ID) != pending.id or (event.text or "").strip() != text:
+            continue
+        attempt = metadata.get(ATTEMPT)
+        if pending.failed_turn is not None and (
+                not isinstance(attempt, int) or attempt <= pending.failed_turn):
+            return None
+        replies = []
+        for later in events[n + 1:]:
+            if isinstance(later, UserUttered):
+                break
+            if isinstance(later, UserUtteranceReverted):
+                return None
+            if isinstance(later, BotUttered):
+                replies.append(later.message())
+        return replies
     return None
 
 
@@ -135,15 +146,15 @@ def _primary(store: Any) -> Any:
 def at_most_once(agent: Any, pending: Pending,
                  still_ours: Callable[[], Awaitable[bool]]) -> OnNewMessage:
     """A stored message's turn, run once however many workers try it (a lease ran
-    out, a process died). Rasa's `Agent.handle_message`, with a check inside Rasa's
+    out, a process died). Rasa's `Agent.handle_message`, with checks inside Rasa's
     lock on the conversation, so after any turn still running for it:
-    - a first try runs only if this worker still holds the conversation (else the
-      worker that took it over answers);
-    - a later try finds the tracker's turn for this message, if one ran, and gives
-      its replies again: no second user event, no action run twice;
-    - a try after a failed one (an action failed: TurnFailed) runs a turn afresh.
+    - a try runs only while its worker holds the conversation (else the worker that
+      took it over answers);
+    - a try after the first finds the tracker's turn for this message, if one ran
+      and did not fail, and gives its replies again: no second user event, no action
+      run twice.
     Holds while turns end within Rasa's lock lifetime, hence TURN_TIMEOUT; the
-    tracker read covers the current session only."""
+    tracker read covers the current session only (docs/reliability.md)."""
 
     async def turn(message: UserMessage) -> None:
         if not agent.is_ready():  # no model loaded: what Rasa's own handler does
@@ -151,15 +162,12 @@ def at_most_once(agent: Any, pending: Pending,
             return
         sender = message.sender_id
         async with agent.lock_store.lock(sender):
-            if pending.attempts <= 1:
-                if not await still_ours():
-                    logger.info("message %s: lease gone before its turn", pending.id)
-                    return
-            elif not pending.after_failure:
-                store = _primary(agent.tracker_store)
-                tracker = await store.retrieve(sender)
-                replies = recorded_replies(tracker, pending.id, pending.text) \
-                    if tracker else None
+            if not await still_ours():
+                logger.info("message %s: lease gone before its turn", pending.id)
+                return
+            if pending.attempts > 1:
+                tracker = await _primary(agent.tracker_store).retrieve(sender)
+                replies = recorded_replies(tracker, pending) if tracker else None
                 if replies is not None:
                     logger.info("message %s was answered by an earlier turn: its replies "
                                 "again", pending.id)
@@ -475,7 +483,7 @@ class ChannelWorkers:
                     pending.text, collector, pending.conversation_id,  # type: ignore[arg-type]
                     input_channel=self.name,
                     metadata={"display_name": pending.display_name, "language": spoken,
-                              MESSAGE_ID: pending.id})
+                              MESSAGE_ID: pending.id, ATTEMPT: pending.attempts})
                 agent = getattr(getattr(self.app, "ctx", None), "agent", None)
                 handler = self.on_new_message if agent is None else at_most_once(
                     agent, pending,
@@ -495,7 +503,10 @@ class ChannelWorkers:
             error = f"{exc.__class__.__name__}: {exc}"
             logger.exception("processing message %s of %s failed", pending.id,
                              pending.conversation_id)
-            if await off_loop(inbox.try_failed, pending.id, error):
+            # The turn itself failed (an action, the time limit): what it left in the
+            # tracker is not the answer. Any other error leaves a turn that ran standing.
+            turn_failed = isinstance(exc, (TurnFailed, asyncio.TimeoutError))
+            if await off_loop(inbox.try_failed, pending.id, error, turn_failed=turn_failed):
                 await off_loop(gate.give_up, pending, error)
         finally:
             done = self.finished.pop(pending.id, None)

@@ -19,8 +19,9 @@ from parley.bot.conversations import Message, add_message, ensure_conversation, 
 from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
 from parley.bot.outbox import Send
-from parley.bot.storage import session_scope, utcnow
+from parley.bot.storage import session_scope
 from parley.connectors.base import (
+    ATTEMPT,
     MESSAGE_ID,
     OWNER,
     ChannelWorkers,
@@ -128,14 +129,14 @@ def agent() -> Any:
 
 
 def pending(message_id: int, conversation_id: str, text: str, attempts: int,
-            after_failure: bool = False) -> Pending:
-    return Pending(message_id, conversation_id, text, {}, attempts,
-                   after_failure=after_failure)
+            failed_turn: int | None = None) -> Pending:
+    return Pending(message_id, conversation_id, text, {}, attempts, failed_turn=failed_turn)
 
 
 def stored(item: Pending) -> UserMessage:
     return UserMessage(item.text, Collector("webchat"), item.conversation_id,
-                       input_channel="webchat", metadata={MESSAGE_ID: item.id})
+                       input_channel="webchat",
+                       metadata={MESSAGE_ID: item.id, ATTEMPT: item.attempts})
 
 
 def texts(message: UserMessage) -> list[str]:
@@ -232,9 +233,13 @@ def test_a_retry_waits_for_the_turn_still_running(agent: Any) -> None:
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
-def test_a_first_try_whose_lease_is_gone_runs_no_turn(agent: Any) -> None:
+def test_a_try_whose_lease_is_gone_runs_no_turn(agent: Any) -> None:
     message = once(agent, pending(11, "webchat:gone", "hello", 1), not_ours)
     assert texts(message) == [] and user_events(agent, "webchat:gone") == []
+    ran = once(agent, pending(11, "webchat:gone", "hello", 2))
+    assert texts(ran)
+    late = once(agent, pending(11, "webchat:gone", "hello", 3), not_ours)  # nor a replay
+    assert texts(late) == [] and len(user_events(agent, "webchat:gone")) == 1
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
@@ -246,28 +251,53 @@ def test_a_try_after_a_failed_turn_runs_again_not_replayed(agent: Any) -> None:
     with pytest.raises(TurnFailed):
         once(agent, pending(12, conversation, "where is my order 10234", 1))
     with pytest.raises(TurnFailed):  # run again (and fails again: still no action server)
-        once(agent, pending(12, conversation, "where is my order 10234", 2, after_failure=True))
+        once(agent, pending(12, conversation, "where is my order 10234", 2, failed_turn=1))
     assert len(user_events(agent, conversation)) == 2
 
 
-def test_a_try_knows_whether_the_one_before_it_failed(db_url: str) -> None:
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_only_a_turn_after_the_last_failed_one_is_replayed(agent: Any) -> None:
+    """Try 1's turn failed; try 2 ran afresh and its worker died before recording
+    it; try 3 replays try 2's turn, not try 1's."""
+    conversation = "webchat:third"
+    first = once(agent, pending(13, conversation, "hello", 1))  # as if it had failed
+    second = once(agent, pending(13, conversation, "thanks", 2, failed_turn=1))
+    assert texts(second) and texts(second) != texts(first)
+    assert len(user_events(agent, conversation)) == 2
+    # (try 2's text stands in for the same message: the tracker keeps what each try saw)
+    third = once(agent, pending(13, conversation, "thanks", 3, failed_turn=1))
+    assert texts(third) == texts(second) and len(user_events(agent, conversation)) == 2
+    after_two_failures = once(agent, pending(13, conversation, "thanks", 4, failed_turn=3))
+    assert len(user_events(agent, conversation)) == 3 and texts(after_two_failures)
+
+
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_a_message_with_spaces_around_it_is_still_found(agent: Any) -> None:
+    """Rasa strips a message's text; the stored one keeps what the customer sent."""
+    first = once(agent, pending(14, "webchat:spaces", "  hello \n", 1))
+    again = once(agent, pending(14, "webchat:spaces", "  hello \n", 2))
+    assert texts(again) == texts(first) and len(user_events(agent, "webchat:spaces")) == 1
+
+
+def test_a_try_knows_which_earlier_turn_failed(db_url: str) -> None:
     conversation = "telegram:77"
     stored_id = inbox.store(conversation, "hi", platform_message_id="f1", database_url=db_url)
 
     def next_try() -> Pending:
         inbox.release(conversation, OWNER, db_url)
+        with session_scope(db_url) as session:  # due now rather than after the backoff
+            session.get(Message, stored_id).retry_at = None
         assert inbox.claim("telegram", OWNER, 30, 10, db_url) == [conversation]
         item = inbox.begin(conversation, OWNER, 30, db_url)
         assert item is not None and item.id == stored_id
         return item
 
-    assert not next_try().after_failure  # the first
-    assert not next_try().after_failure  # after a lease ran out: its turn may stand
-    assert not inbox.try_failed(stored_id, "TurnFailed: boom", db_url)
-    with session_scope(db_url) as session:  # due now rather than after the backoff
-        session.get(Message, stored_id).retry_at = utcnow()
-    assert next_try().after_failure  # after a failed turn: run afresh
-    assert not next_try().after_failure  # and only right after it
+    assert next_try().failed_turn is None  # the first
+    assert not inbox.try_failed(stored_id, "OperationalError: gone", db_url)  # not the turn
+    assert next_try().failed_turn is None  # a turn that ran on try 1 still counts
+    assert not inbox.try_failed(stored_id, "TurnFailed: boom", db_url, turn_failed=True)
+    assert next_try().failed_turn == 2  # try 2's turn failed
+    assert next_try().failed_turn == 2  # and stays known to every later try
 
 
 def test_recorded_replies_are_only_those_of_that_turn() -> None:
@@ -278,13 +308,16 @@ def test_recorded_replies_are_only_those_of_that_turn() -> None:
         UserUttered("typed into Rasa directly"), BotUttered("?"),
         UserUttered("order 1", metadata={MESSAGE_ID: 4}), BotUttered("checking"),
         UserUtteranceReverted()])
-    assert [r["text"] for r in recorded_replies(tracker, 1, "hi") or []] == ["hello"]
-    replies = recorded_replies(tracker, 2, "bye") or []
+    assert [r["text"] for r in recorded_replies(tracker, pending(1, "c", "hi", 2)) or []] == [
+        "hello"]
+    replies = recorded_replies(tracker, pending(2, "c", "bye", 2)) or []
     assert [r["text"] for r in replies] == ["see you", "take care"]
     assert replies[1]["utter_action"] == "utter_goodbye"
-    assert recorded_replies(tracker, 3, "x") is None  # no turn
-    assert recorded_replies(tracker, 1, "another text") is None  # an id used again
-    assert recorded_replies(tracker, 4, "order 1") is None  # a failed turn, reverted
+    assert recorded_replies(tracker, pending(3, "c", "x", 2)) is None  # no turn
+    assert recorded_replies(tracker, pending(1, "c", "other", 2)) is None  # an id used again
+    assert recorded_replies(tracker, pending(4, "c", "order 1", 2)) is None  # reverted
+    # Without the try's number (an older turn), a known failure leaves nothing to replay.
+    assert recorded_replies(tracker, pending(2, "c", "bye", 3, failed_turn=1)) is None
 
 
 class Silent(ParleyInput):
