@@ -42,8 +42,8 @@ class Pending:
     # The conversation's stored language and its source, as `parley.bot.language` reads them.
     language: str | None = None
     language_source: str | None = None
-    # The last try whose Rasa turn failed (`try_failed(turn_failed=True)`): a turn the
-    # tracker holds from that try or before is not the answer.
+    # The last try whose Rasa turn failed (`turn_failed`, or a turn cut at its time
+    # limit): a turn the tracker holds from that try or before is not the answer.
     failed_turn: int | None = None
 
 
@@ -153,15 +153,27 @@ def holds(session: Any, conversation_id: str, owner: str) -> bool:
         and lease[1] >= utcnow()
 
 
-def still_ours(message_id: int, conversation_id: str, owner: str,
-               database_url: str | None = None) -> bool:
-    """The message is still in progress under `owner`'s live lease: checked right
-    before its first Rasa turn, so a worker whose lease ran out meanwhile leaves the
-    turn to whoever holds the conversation now."""
+def turn_check(message_id: int, conversation_id: str, owner: str,
+               database_url: str | None = None) -> tuple[bool, int | None]:
+    """Right before a Rasa turn, inside Rasa's lock on the conversation: whether the
+    message is still in progress under `owner`'s live lease (else the worker that
+    took the conversation over answers), and the last try whose turn failed, as it
+    stands now (a turn that failed just before holds the same lock to mark it)."""
     with session_scope(database_url) as session:
         message = session.get(Message, message_id)
-        return message is not None and message.inbox_state == "processing" \
-            and holds(session, conversation_id, owner)
+        if message is None:
+            return False, None
+        return (message.inbox_state == "processing" and holds(session, conversation_id, owner),
+                message.failed_turn)
+
+
+def turn_failed(message_id: int, attempt: int, database_url: str | None = None) -> None:
+    """Try `attempt`'s Rasa turn failed: what it left in the tracker is not the
+    answer (kept as the highest such try)."""
+    with session_scope(database_url) as session:
+        message = session.get(Message, message_id)
+        if message is not None and (message.failed_turn or 0) < attempt:
+            message.failed_turn = attempt
 
 
 def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:
@@ -174,17 +186,20 @@ def release(conversation_id: str, owner: str, database_url: str | None = None) -
 
 
 def try_failed(message_id: int, error: str, database_url: str | None = None, *,
-               turn_failed: bool = False) -> bool:
-    """A try raised: try again after a backoff, or, after MAX_ATTEMPTS, give up
-    (state `failed`). `turn_failed`: Rasa's turn itself failed (an action, a
-    timeout), so whatever it left in the tracker is not the answer. Returns True
-    when it gave up: a person must take over."""
+               attempt: int | None = None, failed_turn: bool = False) -> bool:
+    """Try `attempt` raised: try again after a backoff, or, after MAX_ATTEMPTS, give
+    up (state `failed`); nothing when another try has begun since. `failed_turn`:
+    Rasa's turn itself failed (a turn cut at its time limit), so whatever it left
+    in the tracker is not the answer. Returns True when it gave up: a person must
+    take over."""
     with session_scope(database_url) as session:
         message = session.get(Message, message_id)
-        if message is None or message.inbox_state != "processing":
+        if failed_turn and attempt is not None and message is not None \
+                and (message.failed_turn or 0) < attempt:
+            message.failed_turn = attempt
+        if message is None or message.inbox_state != "processing" \
+                or (attempt is not None and message.attempts != attempt):
             return False
-        if turn_failed:
-            message.failed_turn = message.attempts
         if (message.attempts or 0) >= MAX_ATTEMPTS:
             message.inbox_state = "failed"
             message.delivery_error = f"the bot could not process it: {error}"[:300]

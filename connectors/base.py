@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # This process, as lease owner: unique across replicas and restarts.
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 # Seconds: a Rasa turn taking longer is abandoned and retried. Within the lifetime of
-# Rasa's conversation lock (TICKET_LOCK_LIFETIME, 60 s by default), which `at_most_once`
+# Rasa's conversation lock (TICKET_LOCK_LIFETIME, 60 s by default), which `AtMostOnce`
 # relies on to keep a retry out until the turn it waits for is saved.
 TURN_TIMEOUT = max(5.0, LOCK_LIFETIME - 5.0)
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
@@ -105,12 +105,13 @@ async def rasa_turn(on_new_message: OnNewMessage, message: UserMessage) -> None:
         raise TurnFailed(errors[0])
 
 
-def recorded_replies(tracker: DialogueStateTracker, pending: Pending
-                     ) -> list[dict[str, Any]] | None:
+def recorded_replies(tracker: DialogueStateTracker, pending: Pending,
+                     failed_turn: int | None = None) -> list[dict[str, Any]] | None:
     """The bot's messages of the last turn the tracker holds for this stored message,
     or None when none counts: no turn ran, or the last one failed (its try is at or
-    before `pending.failed_turn`). The text must match too (Rasa strips it): a
-    database may reuse an erased message's id."""
+    before `failed_turn`, by default `pending.failed_turn`). The text must match too
+    (Rasa strips it): a database may reuse an erased message's id."""
+    failed = pending.failed_turn if failed_turn is None else failed_turn
     text = pending.text.strip()
     events = list(tracker.events)
     for n in range(len(events) - 1, -1, -1):
@@ -121,8 +122,7 @@ def recorded_replies(tracker: DialogueStateTracker, pending: Pending
         if metadata.get(MESSAGE_ID) != pending.id or (event.text or "").strip() != text:
             continue
         attempt = metadata.get(ATTEMPT)
-        if pending.failed_turn is not None and (
-                not isinstance(attempt, int) or attempt <= pending.failed_turn):
+        if failed is not None and (not isinstance(attempt, int) or attempt <= failed):
             return None
         replies = []
         for later in events[n + 1:]:
@@ -143,8 +143,7 @@ def _primary(store: Any) -> Any:
     return getattr(store, "_tracker_store", store)
 
 
-def at_most_once(agent: Any, pending: Pending,
-                 still_ours: Callable[[], Awaitable[bool]]) -> OnNewMessage:
+class AtMostOnce:
     """A stored message's turn, run once however many workers try it (a lease ran
     out, a process died). Rasa's `Agent.handle_message`, with checks inside Rasa's
     lock on the conversation, so after any turn still running for it:
@@ -152,31 +151,45 @@ def at_most_once(agent: Any, pending: Pending,
       took it over answers);
     - a try after the first finds the tracker's turn for this message, if one ran
       and did not fail, and gives its replies again: no second user event, no action
-      run twice.
+      run twice;
+    - a turn whose action failed is marked so (`inbox.turn_failed`) before the lock
+      is let go, so no try can take its replies for the answer.
     Holds while turns end within Rasa's lock lifetime, hence TURN_TIMEOUT; the
     tracker read covers the current session only (docs/reliability.md)."""
 
-    async def turn(message: UserMessage) -> None:
+    def __init__(self, agent: Any, pending: Pending,
+                 check: Callable[[], Awaitable[tuple[bool, int | None]]],
+                 mark_failed: Callable[[], Awaitable[None]]) -> None:
+        self.agent = agent
+        self.pending = pending
+        self.check = check
+        self.mark_failed = mark_failed
+        self.ran = False  # Rasa's turn began (a time limit hit before it is no failed turn)
+
+    async def __call__(self, message: UserMessage) -> None:
+        agent, pending = self.agent, self.pending
         if not agent.is_ready():  # no model loaded: what Rasa's own handler does
             await agent.handle_message(message)
             return
         sender = message.sender_id
         async with agent.lock_store.lock(sender):
-            if not await still_ours():
+            ours, failed_turn = await self.check()
+            if not ours:
                 logger.info("message %s: lease gone before its turn", pending.id)
                 return
             if pending.attempts > 1:
                 tracker = await _primary(agent.tracker_store).retrieve(sender)
-                replies = recorded_replies(tracker, pending) if tracker else None
+                replies = recorded_replies(tracker, pending, failed_turn) if tracker else None
                 if replies is not None:
                     logger.info("message %s was answered by an earlier turn: its replies "
                                 "again", pending.id)
                     for reply in replies:
                         await message.output_channel.send_response(sender, reply)
                     return
+            self.ran = True
             await agent.processor.handle_message(message)
-
-    return turn
+            if _turn_errors.get():  # Rasa went on past a failed action: not the answer
+                await self.mark_failed()
 
 
 class TurnLoop:
@@ -471,6 +484,7 @@ class ChannelWorkers:
 
     async def _process(self, pending: Pending) -> None:
         delivery = self.channel.delivery
+        once: AtMostOnce | None = None
         try:
             # The conversation's language first: the gate's notices and the turn use it.
             spoken = await off_loop(language.for_turn, pending)
@@ -485,10 +499,13 @@ class ChannelWorkers:
                     metadata={"display_name": pending.display_name, "language": spoken,
                               MESSAGE_ID: pending.id, ATTEMPT: pending.attempts})
                 agent = getattr(getattr(self.app, "ctx", None), "agent", None)
-                handler = self.on_new_message if agent is None else at_most_once(
-                    agent, pending,
-                    lambda: off_loop(inbox.still_ours, pending.id, pending.conversation_id,
-                                     OWNER))
+                handler: OnNewMessage = self.on_new_message
+                if agent is not None:
+                    handler = once = AtMostOnce(
+                        agent, pending,
+                        lambda: off_loop(inbox.turn_check, pending.id,
+                                         pending.conversation_id, OWNER),
+                        lambda: off_loop(inbox.turn_failed, pending.id, pending.attempts))
                 async with self.turns:
                     started = time.perf_counter()
                     try:
@@ -503,10 +520,13 @@ class ChannelWorkers:
             error = f"{exc.__class__.__name__}: {exc}"
             logger.exception("processing message %s of %s failed", pending.id,
                              pending.conversation_id)
-            # The turn itself failed (an action, the time limit): what it left in the
-            # tracker is not the answer. Any other error leaves a turn that ran standing.
-            turn_failed = isinstance(exc, (TurnFailed, asyncio.TimeoutError))
-            if await off_loop(inbox.try_failed, pending.id, error, turn_failed=turn_failed):
+            # The turn itself failed (an action, or the time limit once Rasa's turn had
+            # begun): what it left in the tracker is not the answer. Any other error
+            # (storage, the lock) leaves a turn that ran standing.
+            failed_turn = isinstance(exc, TurnFailed) or (
+                isinstance(exc, asyncio.TimeoutError) and (once is None or once.ran))
+            if await off_loop(inbox.try_failed, pending.id, error, attempt=pending.attempts,
+                              failed_turn=failed_turn):
                 await off_loop(gate.give_up, pending, error)
         finally:
             done = self.finished.pop(pending.id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -20,16 +21,17 @@ from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
 from parley.bot.outbox import Send
 from parley.bot.storage import session_scope
+from parley.connectors import base
 from parley.connectors.base import (
     ATTEMPT,
     MESSAGE_ID,
     OWNER,
+    AtMostOnce,
     ChannelWorkers,
     Collector,
     Held,
     ParleyInput,
     TurnFailed,
-    at_most_once,
     rasa_turn,
     recorded_replies,
 )
@@ -150,18 +152,27 @@ def user_events(agent: Any, conversation_id: str) -> list[UserUttered]:
     return [e for e in tracker.applied_events() if isinstance(e, UserUttered)]
 
 
-async def ours() -> bool:
-    return True
+FAILED: dict[int, int] = {}  # message id -> last try whose turn failed (the inbox's part)
 
 
-async def not_ours() -> bool:
-    return False
+def turn(agent: Any, item: Pending, ours: bool = True) -> AtMostOnce:
+    async def check() -> tuple[bool, int | None]:
+        return ours, FAILED.get(item.id)
+
+    async def mark_failed() -> None:
+        FAILED[item.id] = max(FAILED.get(item.id, 0), item.attempts)
+
+    return AtMostOnce(agent, item, check, mark_failed)
 
 
-def once(agent: Any, item: Pending, still_ours: Any = ours) -> UserMessage:
+def once(agent: Any, item: Pending, ours: bool = True) -> UserMessage:
     message = stored(item)
-    asyncio.run(rasa_turn(at_most_once(agent, item, still_ours), message))
+    asyncio.run(rasa_turn(turn(agent, item, ours), message))
     return message
+
+
+def attempts(agent: Any, conversation_id: str) -> list[int]:
+    return [e.metadata[ATTEMPT] for e in user_events(agent, conversation_id)]
 
 
 def gated(agent: Any, gate: asyncio.Event) -> SimpleNamespace:
@@ -217,10 +228,9 @@ def test_a_retry_waits_for_the_turn_still_running(agent: Any) -> None:
             finished.append(name)
 
         running = asyncio.ensure_future(run("first", rasa_turn(
-            at_most_once(gated(agent, gate), first_try, ours), first)))
+            turn(gated(agent, gate), first_try), first)))
         await asyncio.sleep(0.05)  # the first try holds the lock, its turn not yet run
-        retrying = asyncio.ensure_future(run("retry", rasa_turn(
-            at_most_once(agent, retry, ours), again)))
+        retrying = asyncio.ensure_future(run("retry", rasa_turn(turn(agent, retry), again)))
         await asyncio.sleep(1.5)  # the lock store polls every second
         assert finished == [] and await agent.tracker_store.retrieve("webchat:race") is None
         gate.set()
@@ -234,41 +244,42 @@ def test_a_retry_waits_for_the_turn_still_running(agent: Any) -> None:
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
 def test_a_try_whose_lease_is_gone_runs_no_turn(agent: Any) -> None:
-    message = once(agent, pending(11, "webchat:gone", "hello", 1), not_ours)
+    message = once(agent, pending(11, "webchat:gone", "hello", 1), ours=False)
     assert texts(message) == [] and user_events(agent, "webchat:gone") == []
     ran = once(agent, pending(11, "webchat:gone", "hello", 2))
     assert texts(ran)
-    late = once(agent, pending(11, "webchat:gone", "hello", 3), not_ours)  # nor a replay
+    late = once(agent, pending(11, "webchat:gone", "hello", 3), ours=False)  # nor a replay
     assert texts(late) == [] and len(user_events(agent, "webchat:gone")) == 1
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
 def test_a_try_after_a_failed_turn_runs_again_not_replayed(agent: Any) -> None:
     """Rasa saves the tracker of a turn whose custom action failed (the action
-    server is down here): the retry runs a turn of its own rather than giving the
-    failed turn's replies as the answer."""
+    server is down here); the failure is marked before Rasa's lock is let go, and
+    the retry runs a turn of its own rather than giving those replies as the answer."""
     conversation = "webchat:failed"
     with pytest.raises(TurnFailed):
         once(agent, pending(12, conversation, "where is my order 10234", 1))
+    assert FAILED[12] == 1
     with pytest.raises(TurnFailed):  # run again (and fails again: still no action server)
-        once(agent, pending(12, conversation, "where is my order 10234", 2, failed_turn=1))
-    assert len(user_events(agent, conversation)) == 2
+        once(agent, pending(12, conversation, "where is my order 10234", 2))
+    assert attempts(agent, conversation) == [1, 2] and FAILED[12] == 2
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
 def test_only_a_turn_after_the_last_failed_one_is_replayed(agent: Any) -> None:
     """Try 1's turn failed; try 2 ran afresh and its worker died before recording
-    it; try 3 replays try 2's turn, not try 1's."""
+    it; try 3 replays try 2's turn, not try 1's; after try 3 fails too, try 4 runs."""
     conversation = "webchat:third"
-    first = once(agent, pending(13, conversation, "hello", 1))  # as if it had failed
-    second = once(agent, pending(13, conversation, "thanks", 2, failed_turn=1))
-    assert texts(second) and texts(second) != texts(first)
-    assert len(user_events(agent, conversation)) == 2
-    # (try 2's text stands in for the same message: the tracker keeps what each try saw)
-    third = once(agent, pending(13, conversation, "thanks", 3, failed_turn=1))
-    assert texts(third) == texts(second) and len(user_events(agent, conversation)) == 2
-    after_two_failures = once(agent, pending(13, conversation, "thanks", 4, failed_turn=3))
-    assert len(user_events(agent, conversation)) == 3 and texts(after_two_failures)
+    once(agent, pending(13, conversation, "hello", 1))
+    FAILED[13] = 1  # as if try 1's action had failed
+    second = once(agent, pending(13, conversation, "hello", 2))
+    assert texts(second) and attempts(agent, conversation) == [1, 2]
+    third = once(agent, pending(13, conversation, "hello", 3))
+    assert texts(third) == texts(second) and attempts(agent, conversation) == [1, 2]
+    FAILED[13] = 3  # try 3 replayed, then failed after its turn (a timeout, say)
+    fourth = once(agent, pending(13, conversation, "hello", 4))
+    assert texts(fourth) and attempts(agent, conversation) == [1, 2, 4]
 
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
@@ -293,11 +304,24 @@ def test_a_try_knows_which_earlier_turn_failed(db_url: str) -> None:
         return item
 
     assert next_try().failed_turn is None  # the first
-    assert not inbox.try_failed(stored_id, "OperationalError: gone", db_url)  # not the turn
+    assert inbox.turn_check(stored_id, conversation, OWNER, db_url) == (True, None)
+    assert inbox.turn_check(stored_id, conversation, "other", db_url) == (False, None)
+    assert not inbox.try_failed(stored_id, "OperationalError: gone", db_url, attempt=1)
     assert next_try().failed_turn is None  # a turn that ran on try 1 still counts
-    assert not inbox.try_failed(stored_id, "TurnFailed: boom", db_url, turn_failed=True)
-    assert next_try().failed_turn == 2  # try 2's turn failed
-    assert next_try().failed_turn == 2  # and stays known to every later try
+    inbox.turn_failed(stored_id, 2, db_url)  # inside Rasa's lock, by the failed turn
+    assert inbox.turn_check(stored_id, conversation, OWNER, db_url) == (True, 2)
+    assert not inbox.try_failed(stored_id, "TurnFailed: boom", db_url, attempt=2,
+                                failed_turn=True)
+    assert next_try().failed_turn == 2 and next_try().failed_turn == 2  # kept
+    inbox.turn_failed(stored_id, 1, db_url)  # a late mark of an older try lowers nothing
+    third = next_try()
+    assert (third.attempts, third.failed_turn) == (5, 2)
+    # A slow worker's failure, reported after another try began, changes nothing else.
+    assert not inbox.try_failed(stored_id, "TimeoutError", db_url, attempt=4, failed_turn=True)
+    with session_scope(db_url) as session:
+        message = session.get(Message, stored_id)
+        assert (message.inbox_state, message.attempts, message.failed_turn) == (
+            "processing", 5, 4)
 
 
 def test_recorded_replies_are_only_those_of_that_turn() -> None:
@@ -370,3 +394,51 @@ def test_a_worker_that_lost_its_lease_mid_turn_leaves_one_turn(agent: Any, db_ur
     assert all(m.author == "bot" for m in lines[1:])
     assert inbox.state_of(stored_id, db_url) == "answered"
     assert len(user_events(agent, conversation)) == 1
+
+
+class SlowLock:
+    """Rasa's lock store, with the lock taking its time (another turn holds it)."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    @contextlib.asynccontextmanager
+    async def lock(self, _conversation_id: str) -> Any:
+        await asyncio.sleep(self.wait)
+        yield
+
+
+@pytest.mark.parametrize("how, failed", [
+    ("an action failed", 1), ("the turn ran past its time", 1),
+    ("the lock took all the time", None)])
+def test_the_worker_marks_a_failed_turn_and_only_a_failed_turn(
+        agent: Any, db_url: str, always_open: None, monkeypatch: pytest.MonkeyPatch,
+        how: str, failed: int | None) -> None:
+    monkeypatch.setattr(base, "TURN_TIMEOUT", 0.5)
+    conversation = "telegram:31"
+    stored_id = inbox.store(conversation, "hello", platform_message_id="t1", database_url=db_url)
+
+    async def rasa(message: UserMessage) -> None:
+        if how == "an action failed":  # what rasa.core.processor._run_action logs
+            logging.getLogger("rasa.core.processor").error(
+                "Encountered an exception while running action 'action_x'.",
+                exc_info=ConnectionError("action server unreachable"))
+        else:
+            await asyncio.sleep(2)
+
+    workers = ChannelWorkers(Silent(), on_new_message=agent.handle_message)
+    workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=SimpleNamespace(
+        is_ready=lambda: True, tracker_store=agent.tracker_store,
+        lock_store=SlowLock(2 if how == "the lock took all the time" else 0),
+        processor=SimpleNamespace(handle_message=rasa))))
+
+    async def one_try() -> None:
+        assert inbox.claim("telegram", OWNER, 30, 10, db_url) == [conversation]
+        first = inbox.begin(conversation, OWNER, 30, db_url)
+        assert first is not None
+        await workers._process(first)
+
+    asyncio.run(one_try())
+    with session_scope(db_url) as session:
+        message = session.get(Message, stored_id)
+        assert (message.inbox_state, message.failed_turn) == ("received", failed)
