@@ -165,6 +165,7 @@ class AtMostOnce:
         self.check = check
         self.mark_failed = mark_failed
         self.ran = False  # Rasa's turn began (a time limit hit before it is no failed turn)
+        self.failed = False  # its action failed (the worker marks it, should the mark here fail)
 
     async def __call__(self, message: UserMessage) -> None:
         agent, pending = self.agent, self.pending
@@ -189,6 +190,7 @@ class AtMostOnce:
             self.ran = True
             await agent.processor.handle_message(message)
             if _turn_errors.get():  # Rasa went on past a failed action: not the answer
+                self.failed = True
                 await self.mark_failed()
 
 
@@ -523,8 +525,8 @@ class ChannelWorkers:
             # The turn itself failed (an action, or the time limit once Rasa's turn had
             # begun): what it left in the tracker is not the answer. Any other error
             # (storage, the lock) leaves a turn that ran standing.
-            failed_turn = isinstance(exc, TurnFailed) or (
-                isinstance(exc, asyncio.TimeoutError) and (once is None or once.ran))
+            failed_turn = isinstance(exc, TurnFailed) or (once is not None and once.failed) \
+                or (isinstance(exc, asyncio.TimeoutError) and (once is None or once.ran))
             if await off_loop(inbox.try_failed, pending.id, error, attempt=pending.attempts,
                               failed_turn=failed_turn):
                 await off_loop(gate.give_up, pending, error)
