@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import yaml
@@ -129,16 +130,9 @@ def train(pipeline: list[dict[str, Any]], nlu: str, workdir: Path, label: str) -
     started = time.monotonic()
     # Rasa hides its epoch bars (DIET's 100 epochs take over an hour here) when
     # LOG_LEVEL says WARNING, which quiet() set for its log lines: show them.
-    level = os.environ.get("LOG_LEVEL")
-    os.environ["LOG_LEVEL"] = "INFO"
-    try:
+    with mock.patch.dict(os.environ, {"LOG_LEVEL": "INFO"}):
         model = train_nlu(str(workdir / "config.yml"), str(workdir / "nlu.yml"),
                           str(workdir / "models"), fixed_model_name=label)
-    finally:
-        if level is None:
-            os.environ.pop("LOG_LEVEL", None)
-        else:
-            os.environ["LOG_LEVEL"] = level
     seconds = time.monotonic() - started
     if not model:
         raise SystemExit(f"bench-nlu: training {label} failed")
@@ -207,8 +201,7 @@ def tune(parsed: list[Parsed], truth: list[str],
     for ambiguity in (0.0, 0.02, 0.05, 0.1):
         for threshold in candidates:
             s = scores(outcome(parsed, float(threshold), ambiguity), truth)
-            reached = float(s["oos_recall"] or 0) >= recall if s["oos_recall"] is not None \
-                else True
+            reached = s["oos_recall"] is None or s["oos_recall"] >= recall
             key = (float(reached), float(s["in_scope_accuracy"] or 0))
             if key > best[:2]:
                 best = (*key, float(threshold), ambiguity)

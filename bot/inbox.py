@@ -171,9 +171,12 @@ def turn_failed(message_id: int, attempt: int, database_url: str | None = None) 
     """Try `attempt`'s Rasa turn failed: what it left in the tracker is not the
     answer (kept as the highest such try)."""
     with session_scope(database_url) as session:
-        message = session.get(Message, message_id)
-        if message is not None and (message.failed_turn or 0) < attempt:
-            message.failed_turn = attempt
+        _mark_failed_turn(session.get(Message, message_id), attempt)
+
+
+def _mark_failed_turn(message: Message | None, attempt: int) -> None:
+    if message is not None and (message.failed_turn or 0) < attempt:
+        message.failed_turn = attempt
 
 
 def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:
@@ -194,9 +197,8 @@ def try_failed(message_id: int, error: str, database_url: str | None = None, *,
     take over."""
     with session_scope(database_url) as session:
         message = session.get(Message, message_id)
-        if failed_turn and attempt is not None and message is not None \
-                and (message.failed_turn or 0) < attempt:
-            message.failed_turn = attempt
+        if failed_turn and attempt is not None:
+            _mark_failed_turn(message, attempt)
         if message is None or message.inbox_state != "processing" \
                 or (attempt is not None and message.attempts != attempt):
             return False

@@ -432,15 +432,15 @@ class ChannelWorkers:
     def start(self, app: Any) -> None:
         global _heartbeat_started
         self.app = app
-        sys.setswitchinterval(self.settings.gil_switch_ms / 1000)
         lease = self.settings.lease_seconds
         app.add_task(supervision.supervise(f"{self.name} inbox", self._inbox_tick, idle=0.5,
                                            wake=self.inbox_wake))
         if self.channel.delivery == "push":
             app.add_task(supervision.supervise(f"{self.name} outbox", self._outbox_tick,
                                                idle=0.5, wake=self.outbox_wake))
-        if not _heartbeat_started:
+        if not _heartbeat_started:  # once per process, whatever its channels
             _heartbeat_started = True
+            sys.setswitchinterval(self.settings.gil_switch_ms / 1000)
             app.add_task(supervision.supervise("lease heartbeat", self._heartbeat,
                                                idle=lease / 3))
 
