@@ -524,6 +524,8 @@ def main() -> None:
     parser.add_argument("--variant", default="", metavar="NAME=VALUE",
                         help="also measure one process with this environment variable set "
                              "(a setting under trial), at every level")
+    parser.add_argument("--variant-processes", default="1", metavar="N[,N]",
+                        help="Rasa processes of the variant's stacks: 1, 2 or 1,2")
     args = parser.parse_args()
     if args.profile and not py_spy():
         parser.error("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
@@ -542,8 +544,10 @@ def main() -> None:
             starters.append([lambda: start_inline(fake.url, args.inline_commit)])
         if args.variant:
             name, _, value = args.variant.partition("=")
-            starters.append([lambda: start_durable(f"{ONE}, {args.variant}", 1, fake.url,
-                                                   {name: value})])
+            for count in sorted({int(n) for n in args.variant_processes.split(",") if n}):
+                base = {1: ONE, 2: TWO}[count]
+                starters.append([lambda base=base, count=count: start_durable(
+                    f"{base}, {args.variant}", count, fake.url, {name: value})])
         systems = start_all(starters)
         print(f"stacks up after {time.monotonic() - began:.0f} s", flush=True)
         results = asyncio.run(measure(args, fake.url, systems, levels, inline_levels))
@@ -589,7 +593,8 @@ def start_all(sequences: list[list[Any]]) -> list[System]:
                 system.stop()
         raise RuntimeError(f"a stack did not start: {failed[0]!r}")
     order = [ONE, TWO]  # a stable order for the tables, whichever started first
-    return sorted(systems, key=lambda s: order.index(s.label) if s.label in order else 9)
+    return sorted(systems, key=lambda s: (order.index(s.label) if s.label in order else 9,
+                                          s.label))
 
 
 async def measure(args: argparse.Namespace, fake_url: str, systems: list[System],
@@ -608,7 +613,7 @@ async def measure(args: argparse.Namespace, fake_url: str, systems: list[System]
             await drive(system, arrivals, 10, 5.0, 0.0, None, per_turn)
             print(f"warmed: {system.label}", flush=True)
         for level in levels:
-            here = [s for s in systems if s.label.startswith(ONE) or s.label == TWO
+            here = [s for s in systems if s.label.startswith((ONE, TWO))
                     or level in inline_levels]
             for r in range(args.rounds):
                 for system in here if r % 2 == 0 else list(reversed(here)):
@@ -685,7 +690,8 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
     labels = [s.label for s in systems]
     inline_label = next((x for x in labels if x.startswith("inline")), None)
     names = {ONE: "1 process", TWO: "2 processes", inline_label: "inline",
-             **{x: x.removeprefix("durable, ") for x in labels if x.startswith(f"{ONE}, ")}}
+             **{x: x.removeprefix("durable, ") for x in labels
+                if x.startswith((f"{ONE}, ", f"{TWO}, "))}}
     groups = [f"{level} concurrent" for level in levels]
     nan = float("nan")
     latency: dict[str, list[float]] = {}

@@ -448,3 +448,31 @@ def test_the_worker_marks_a_failed_turn_and_only_a_failed_turn(
     with session_scope(db_url) as session:
         message = session.get(Message, stored_id)
         assert (message.inbox_state, message.failed_turn) == ("received", failed)
+
+
+@pytest.mark.parametrize("configured", ["1", "2"])
+def test_a_serving_process_runs_numpy_on_the_threads_it_is_given(
+        monkeypatch: pytest.MonkeyPatch, configured: str) -> None:
+    """An idle BLAS thread spins on a core between a turn's tiny products: a serving
+    process keeps NumPy's BLAS to PARLEY_TURN_THREADS (1 by default)."""
+    import sys
+
+    import threadpoolctl
+
+    monkeypatch.setattr(base, "_heartbeat_started", False)
+    monkeypatch.setenv("PARLEY_TURN_THREADS", configured)
+    started: list[str] = []
+
+    def add_task(coroutine: Any) -> None:
+        started.append(coroutine.__qualname__)
+        coroutine.close()
+
+    switch = sys.getswitchinterval()
+    with threadpoolctl.threadpool_limits(3, user_api="blas"):  # restored on leaving
+        ChannelWorkers(FlakyStorageChannel(), on_new_message=None).start(  # type: ignore[arg-type]
+            SimpleNamespace(add_task=add_task))
+        blas = threadpoolctl.threadpool_info()
+        sys.setswitchinterval(switch)
+    assert blas and all(pool["num_threads"] == int(configured) for pool in blas
+                        if pool["user_api"] == "blas")
+    assert len(started) == 3  # the inbox worker, the outbox sender and the heartbeat

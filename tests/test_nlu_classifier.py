@@ -158,3 +158,22 @@ def test_a_retrain_embeds_only_new_examples(tmp_path: Path) -> None:
 def test_an_unknown_encoder_variant_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown encoder variant 'large'"):
         encoder.embed(["hi"], "large")
+
+
+def test_a_message_is_encoded_on_one_thread_and_a_batch_on_every_core(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A customer's message must not take the cores other turns and the webhooks need;
+    a training batch may."""
+    import os
+
+    engine = encoder._model("original")._lib  # OpenMP keeps its count per calling thread
+    encoder.embed(["where is my order"])
+    assert engine.omp_get_max_threads() == 1
+    encoder.embed(["where is my order"] * encoder.BATCH)
+    assert engine.omp_get_max_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv(encoder.THREADS_ENV, "2")
+    encoder.embed(["where is my order"])
+    assert engine.omp_get_max_threads() == 2
+    monkeypatch.setenv(encoder.THREADS_ENV, "many")
+    encoder.embed(["where is my order"])
+    assert engine.omp_get_max_threads() == 1

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("original", "enpt")  # multilingual-e5-small, and its EN+PT-pruned variant
 BATCH = 64  # sentences per engine call: a batch costs much less than one call each
 DIM = 384
+# Threads for one message (a call of fewer than BATCH sentences): 1 unless set. A
+# second OpenMP thread halves a message's 16 ms but costs as much CPU again (the
+# threads spin between layers), on a core that another conversation's turn, a
+# webhook's acknowledgement or a second Rasa process needs. A training batch gets
+# every core. Also NumPy's BLAS in a serving process (parley.connectors.base).
+THREADS_ENV = "PARLEY_TURN_THREADS"
 
 _models: dict[str, Any] = {}
 _lock = threading.Lock()  # the C engine's thread safety is not documented
@@ -48,8 +54,22 @@ def embed(texts: Sequence[str], variant: str = "original") -> np.ndarray:
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     with _lock:
-        vectors = _model(variant).query(list(texts))
+        model = _model(variant)
+        # Per call: OpenMP keeps the count per calling thread.
+        model._lib.omp_set_num_threads(_threads(len(texts)))
+        vectors = model.query(list(texts))
     return np.asarray(vectors, dtype=np.float32).reshape(len(texts), DIM)
+
+
+def turn_threads() -> int:
+    """PARLEY_TURN_THREADS (a serving process's settings refuse a bad value at start-up;
+    here it falls back to 1)."""
+    configured = os.environ.get(THREADS_ENV, "1")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else 1
+
+
+def _threads(count: int) -> int:
+    return (os.cpu_count() or 1) if count >= BATCH else turn_threads()
 
 
 def _version() -> str:
