@@ -71,7 +71,6 @@ class Settings:
     # Threads one message's numeric work may use (the encoder's OpenMP, NumPy's BLAS):
     # bot/nlu/encoder.py reads the same variable.
     turn_threads: int
-    turn_nice: int  # CPU priority of the thread Rasa's turns run on (0-19, higher: lower)
     request_max_bytes: int  # Sanic refuses larger bodies before reading them
     survey: tuple[str, ...] = SURVEY_QUESTIONS  # in order; () turns the survey off
     spike_factor: float = 3.0  # inbound this many times the usual for the hour of week
@@ -128,13 +127,6 @@ def _positive(env: Mapping[str, str], key: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{key} must be more than 0, got {raw!r}")
     return value
-
-
-def _nice(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key, str(default))
-    if not raw.isdigit() or int(raw) > 19:
-        raise ValueError(f"{key} must be a whole number from 0 to 19, got {raw!r}")
-    return int(raw)
 
 
 def read_project_file(path: Path) -> dict[str, Any]:
@@ -300,7 +292,6 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         turns_in_flight=int(_positive(env, "PARLEY_TURNS_IN_FLIGHT", 4)),
         gil_switch_ms=_positive(env, "PARLEY_GIL_SWITCH_MS", 5.0),
         turn_threads=int(_positive(env, "PARLEY_TURN_THREADS", 1)),
-        turn_nice=_nice(env, "PARLEY_TURN_NICE", 0),
         request_max_bytes=int(_positive(env, "PARLEY_REQUEST_MAX_BYTES", 1024 * 1024)),
         survey=_survey(raw, path),
         spike_factor=spike_factor,

@@ -204,22 +204,15 @@ class TurnLoop:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self.nice = 0  # the thread's CPU priority, below the webhooks' (set before a turn)
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=self._serve, args=(loop,), name="parley-rasa-turns",
+                threading.Thread(target=loop.run_forever, name="parley-rasa-turns",
                                  daemon=True).start()
                 self._loop = loop
             return self._loop
-
-    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.nice and sys.platform == "linux":  # there a thread has a priority of its own
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        loop.run_forever()
 
     async def run(self, timeout: float, coroutine: Awaitable[T]) -> T:
         """The turn's result; TimeoutError (and the turn cancelled) after `timeout`:
@@ -453,7 +446,6 @@ class ChannelWorkers:
             # BLAS thread saves nothing and spins on a core between them, the core
             # that webhooks, other turns and a second Rasa process need.
             threadpoolctl.threadpool_limits(self.settings.turn_threads, user_api="blas")
-            TURNS.nice = self.settings.turn_nice
             app.add_task(supervision.supervise("lease heartbeat", self._heartbeat,
                                                idle=lease / 3))
 
