@@ -728,6 +728,10 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
     command = (f"Command: `.venv/bin/python -m bench.webhook_latency --levels {args.levels} "
                f"--duration {args.duration:g} --warmup {args.warmup:g} --rounds {args.rounds}"
                + (f" --inline-levels {args.inline_levels}" if args.inline_levels != "1,50"
+                  else "")
+               + (f" --variant {args.variant} --variant-processes {args.variant_processes}"
+                  if args.variant else "")
+               + (f" --platform-nice {args.platform_nice}" if args.platform_nice != -5
                   else "") + "`")
     turns_in_flight = os.environ.get("PARLEY_TURNS_IN_FLIGHT", "4 (default)")
     write_section("Webhook latency and throughput: the durable path", "\n".join([
@@ -746,7 +750,13 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
         f"{args.warmup:g} s + 40 ms per conversation of warm-up and then {args.duration:g} s "
         "measured; the ones not being measured are frozen (SIGSTOP). With two processes "
         "the webhooks go round-robin to both ports, as a load balancer would; either "
-        "process's worker may take the conversation. The inline path is the previous "
+        "process's worker may take the conversation. Once the stacks are up, the load "
+        f"generator and the fake Bot API run at nice {args.platform_nice} (on a deployment "
+        "the platform is other machines; here it must not queue for the cores behind the "
+        "stacks it measures). "
+        + (f"The variant rows run with {args.variant} (a setting under trial). "
+           if args.variant else "")
+        + "The inline path is the previous "
         f"commit ({args.inline_commit}): the Rasa turn inside the webhook, which answered 200 "
         "only after the reply was sent, on the same PostgreSQL + Redis set-up. CPU per "
         "reply, during the measured windows: of the Rasa processes; of everything the "
