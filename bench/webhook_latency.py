@@ -532,6 +532,10 @@ def main() -> None:
                              "platform is other machines; here it must not queue for the "
                              "cores behind the stacks it measures")
     args = parser.parse_args()
+    if args.platform_nice < 0 and os.geteuid() != 0:
+        parser.error("--platform-nice below 0 needs root (or pass --platform-nice 0)")
+    if not {n for n in args.variant_processes.split(",") if n} <= {"1", "2"}:
+        parser.error("--variant-processes takes 1, 2 or 1,2")
     if args.profile and not py_spy():
         parser.error("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -573,7 +577,8 @@ def main() -> None:
 def renice(pid: int, nice: int) -> None:
     """Every thread of the process (Linux sets a priority per thread)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
-        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def start_all(sequences: list[list[Any]]) -> list[System]:

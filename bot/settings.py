@@ -129,6 +129,13 @@ def _positive(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
+def _whole(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, str(default)).strip()
+    if not raw.isdecimal() or int(raw) < 1:
+        raise ValueError(f"{key} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
 def read_project_file(path: Path) -> dict[str, Any]:
     """The file's mapping, with unknown keys and wrong types refused by name."""
     if not path.is_file():
@@ -289,9 +296,9 @@ def _load(root: Path, _mtime: float, parley_env: tuple[tuple[str, str], ...]) ->
         host=env.get("PARLEY_HOST", "127.0.0.1"),
         follow_up_hours=_hours(env, "PARLEY_FOLLOWUP_HOURS", 24.0),
         lease_seconds=_positive(env, "PARLEY_LEASE_SECONDS", 30.0),
-        turns_in_flight=int(_positive(env, "PARLEY_TURNS_IN_FLIGHT", 4)),
+        turns_in_flight=_whole(env, "PARLEY_TURNS_IN_FLIGHT", 4),
         gil_switch_ms=_positive(env, "PARLEY_GIL_SWITCH_MS", 5.0),
-        turn_threads=int(_positive(env, "PARLEY_TURN_THREADS", 1)),
+        turn_threads=_whole(env, "PARLEY_TURN_THREADS", 1),
         request_max_bytes=int(_positive(env, "PARLEY_REQUEST_MAX_BYTES", 1024 * 1024)),
         survey=_survey(raw, path),
         spike_factor=spike_factor,

@@ -39,7 +39,14 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     loop = getattr(_thread, "loop", None)
     if loop is None or loop.is_closed():
         loop = _thread.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(coroutine)
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:  # what asyncio.run did: nothing the call left behind runs in a later one
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
 
 async def _in_thread(coroutine: Coroutine[Any, Any, T]) -> T:

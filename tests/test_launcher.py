@@ -141,3 +141,13 @@ def test_stack_from_settings_uses_configured_ports(tmp_path: Path) -> None:
     assert stack.rasa_url == "http://127.0.0.1:6111"
     assert stack.webchat_url == "http://127.0.0.1:6111/webhooks/webchat/"
     assert stack.database_url == f"sqlite:///{tmp_path / 'parley.db'}"
+
+
+@pytest.mark.parametrize("name", ["PARLEY_TURN_THREADS", "PARLEY_TURNS_IN_FLIGHT"])
+@pytest.mark.parametrize("value", ["0", "0.5", "2.5", "many"])
+def test_a_count_setting_must_be_a_whole_number(tmp_path: Path, name: str, value: str) -> None:
+    """0.5 once became 0: no turn ever ran, or every core for BLAS."""
+    with pytest.raises(ValueError, match=f"{name} must be a whole number of at least 1"):
+        load_settings({name: value, "PARLEY_VAR_DIR": str(tmp_path)})
+    assert getattr(load_settings({name: "3", "PARLEY_VAR_DIR": str(tmp_path)}),
+                   name.removeprefix("PARLEY_").lower()) == 3

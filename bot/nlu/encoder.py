@@ -65,11 +65,17 @@ def turn_threads() -> int:
     """PARLEY_TURN_THREADS (a serving process's settings refuse a bad value at start-up;
     here it falls back to 1)."""
     configured = os.environ.get(THREADS_ENV, "1")
-    return int(configured) if configured.isdigit() and int(configured) > 0 else 1
+    return int(configured) if configured.isdecimal() and int(configured) > 0 else 1
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
 
 
 def _threads(count: int) -> int:
-    return (os.cpu_count() or 1) if count >= BATCH else turn_threads()
+    return cores() if count >= BATCH else turn_threads()
 
 
 def _version() -> str:
