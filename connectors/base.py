@@ -22,13 +22,12 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import threadpoolctl
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
@@ -49,6 +48,7 @@ from parley.bot.storage import off_loop, off_loop_urgent
 from parley.connectors import gate
 from parley.connectors.outbound import Retryable
 from parley.connectors.requests import DEFAULT_MAX_BODY, RejectedRequest, read_json_object
+from parley.connectors.turns import TURNS, conversation_lock, prepare_nlu
 
 logger = logging.getLogger(__name__)
 # This process, as lease owner: unique across replicas and restarts.
@@ -59,7 +59,6 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 TURN_TIMEOUT = max(5.0, LOCK_LIFETIME - 5.0)
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
-T = TypeVar("T")
 # In a turn's user event (its metadata): which stored message the turn answered, and
 # on which try.
 MESSAGE_ID = "parley_message_id"
@@ -174,7 +173,7 @@ class AtMostOnce:
             await agent.handle_message(message)
             return
         sender = message.sender_id
-        async with agent.lock_store.lock(sender):
+        async with conversation_lock(agent.lock_store, sender):
             ours, failed_turn = await self.check()
             if not ours:
                 logger.info("message %s: lease gone before its turn", pending.id)
@@ -193,38 +192,6 @@ class AtMostOnce:
             if _turn_errors.get():  # Rasa went on past a failed action: not the answer
                 self.failed = True
                 await self.mark_failed()
-
-
-class TurnLoop:
-    """An event loop on a thread of its own where Rasa's turns run. Rasa's NLU and
-    policies compute without yielding; on the server's loop they held up every
-    webhook's acknowledgement for the length of a prediction. Rasa's models run
-    here, the webhooks there (TensorFlow releases the GIL while it computes)."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="parley-rasa-turns",
-                                 daemon=True).start()
-                self._loop = loop
-            return self._loop
-
-    async def run(self, timeout: float, coroutine: Awaitable[T]) -> T:
-        """The turn's result; TimeoutError (and the turn cancelled) after `timeout`:
-        a stuck turn is retried, not waited on for ever."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._start())  # type: ignore[arg-type]
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        finally:
-            future.cancel()
-
-
-TURNS = TurnLoop()
 
 
 class Collector(CollectingOutputChannel):
@@ -470,11 +437,13 @@ class ChannelWorkers:
 
     async def _conversation(self, conversation_id: str) -> None:
         """This conversation's pending messages, one at a time, in order."""
+        released = False  # `begin` lets the lease go when it finds nothing due
         try:
             while True:
                 pending = await off_loop(inbox.begin, conversation_id, OWNER,
                                          self.settings.lease_seconds)
                 if pending is None:
+                    released = True
                     return
                 await self._process(pending)
         except Exception:  # (the lease runs out; another try follows)
@@ -483,7 +452,8 @@ class ChannelWorkers:
             self.active.discard(conversation_id)
             Held.conversations.discard(conversation_id)
             try:
-                await off_loop(inbox.release, conversation_id, OWNER)
+                if not released:
+                    await off_loop(inbox.release, conversation_id, OWNER)
             except Exception:
                 logger.warning("could not release %s; its lease will run out",
                                conversation_id)
@@ -513,6 +483,8 @@ class ChannelWorkers:
                         lambda: off_loop(inbox.turn_check, pending.id,
                                          pending.conversation_id, OWNER),
                         lambda: off_loop(inbox.turn_failed, pending.id, pending.attempts))
+                # Encoded first, off the turns' thread, and before a turn's slot.
+                await prepare_nlu(message.text or "")
                 async with self.turns:
                     started = time.perf_counter()
                     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +20,7 @@ from parley.bot import inbox
 from parley.bot.conversations import Message, add_message, ensure_conversation, transcript
 from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
+from parley.bot.nlu import encoder
 from parley.bot.outbox import Send
 from parley.bot.storage import session_scope
 from parley.connectors import base
@@ -476,3 +478,34 @@ def test_a_serving_process_runs_numpy_on_the_threads_it_is_given(
     assert blas and all(pool["num_threads"] == int(configured) for pool in blas
                         if pool["user_api"] == "blas")
     assert len(started) == 3  # the inbox worker, the outbox sender and the heartbeat
+
+
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_a_worker_encodes_the_message_before_the_turn_not_on_the_turns_thread(
+        agent: Any, db_url: str, always_open: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C engine releases the GIL but not its caller: on the thread all turns
+    share, encoding held up every other turn."""
+    encodes: list[tuple[str, str]] = []
+    real = encoder._encode
+
+    def spied(texts: Any, variant: str) -> Any:  # (the engine itself still runs)
+        encodes.extend((threading.current_thread().name, t) for t in texts)
+        return real(texts, variant)
+
+    monkeypatch.setattr(encoder, "_encode", spied)
+    conversation = "telegram:5150"
+    text = "what are your opening hours"
+    stored_id = inbox.store(conversation, text, platform_message_id="p1", database_url=db_url)
+    workers = ChannelWorkers(Silent(), on_new_message=agent.handle_message)
+    workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=agent))
+
+    async def one() -> None:
+        assert inbox.claim("telegram", OWNER, 30, 10, db_url) == [conversation]
+        pending = inbox.begin(conversation, OWNER, 30, db_url)
+        assert pending is not None
+        await workers._process(pending)
+
+    asyncio.run(one())
+    assert inbox.state_of(stored_id, db_url) == "answered"
+    ours = [name for name, t in encodes if t == text]
+    assert ours and all(name.startswith("parley-encoder") for name in ours), ours

@@ -148,6 +148,7 @@ class SentenceIntentClassifier(GraphComponent):
             return cls(config, model_storage, resource)
         # Load the encoder now, not on the first customer's message.
         encoder.embed(["warm up"], loaded.config["variant"])
+        encoder.serve(loaded.config["variant"])
         return loaded
 
     def train(self, training_data: TrainingData) -> Resource:
