@@ -57,6 +57,9 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 # Rasa's conversation lock (TICKET_LOCK_LIFETIME, 60 s by default), which `AtMostOnce`
 # relies on to keep a retry out until the turn it waits for is saved.
 TURN_TIMEOUT = max(5.0, LOCK_LIFETIME - 5.0)
+# Seconds to wait for a message's encoding before its turn (~15 ms): past this the
+# turn goes ahead and encodes for itself.
+PREPARE_TIMEOUT = 5.0
 CLAIM_FACTOR = 2  # conversations a worker holds: this many per turn it may run at once
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 # In a turn's user event (its metadata): which stored message the turn answered, and
@@ -437,13 +440,11 @@ class ChannelWorkers:
 
     async def _conversation(self, conversation_id: str) -> None:
         """This conversation's pending messages, one at a time, in order."""
-        released = False  # `begin` lets the lease go when it finds nothing due
         try:
             while True:
                 pending = await off_loop(inbox.begin, conversation_id, OWNER,
                                          self.settings.lease_seconds)
                 if pending is None:
-                    released = True
                     return
                 await self._process(pending)
         except Exception:  # (the lease runs out; another try follows)
@@ -452,8 +453,7 @@ class ChannelWorkers:
             self.active.discard(conversation_id)
             Held.conversations.discard(conversation_id)
             try:
-                if not released:
-                    await off_loop(inbox.release, conversation_id, OWNER)
+                await off_loop(inbox.release, conversation_id, OWNER)
             except Exception:
                 logger.warning("could not release %s; its lease will run out",
                                conversation_id)
@@ -484,7 +484,7 @@ class ChannelWorkers:
                                          pending.conversation_id, OWNER),
                         lambda: off_loop(inbox.turn_failed, pending.id, pending.attempts))
                 # Encoded first, off the turns' thread, and before a turn's slot.
-                await prepare_nlu(message.text or "")
+                await prepare_nlu(message.text or "", PREPARE_TIMEOUT)
                 async with self.turns:
                     started = time.perf_counter()
                     try:

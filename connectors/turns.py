@@ -2,12 +2,12 @@
 
 Rasa's turns run on one event loop of their own (`TurnLoop`), so the webhooks'
 acknowledgements never wait behind a prediction. Everything that blocks that
-loop holds up every other turn of the process, and two things did, without
-using the GIL: the sentence encoder's C code (41 % of the thread's time at 50
-conversations) and Rasa's synchronous Redis lock store (15 %;
-docs/benchmarks.md). Both now run on threads of their own: a message is encoded
-before its turn (`prepare_nlu`), and the lock's round trips go to a lock-store
-thread (`conversation_lock`).
+loop holds up every other turn of the process, and two things did without
+using the GIL: the sentence encoder's C code (41 % of the thread's wall-clock
+time at 50 conversations) and Rasa's synchronous Redis lock store (15 %;
+docs/benchmarks.md, "Sixth attempt"). Both now run on threads of their own: a
+message is encoded before its turn (`prepare_nlu`), and the lock's round trips
+go to a lock-store thread (`conversation_lock`).
 """
 
 from __future__ import annotations
@@ -67,11 +67,15 @@ class TurnLoop:
 TURNS = TurnLoop()
 
 
-async def prepare_nlu(text: str) -> None:
+async def prepare_nlu(text: str, timeout: float) -> None:
     """Encode a message on the encoder's thread before its turn: the turn then finds
-    the vector (`encoder.prepare`). A failure here only means the turn encodes."""
+    the vector (`encoder.prepare`). A failure or a wait past `timeout` only means
+    the turn encodes for itself."""
+    if not text:  # (the classifier skips an empty text)
+        return
+    loop = asyncio.get_running_loop()
     try:
-        await asyncio.get_running_loop().run_in_executor(_ENCODER, encoder.prepare, text)
+        await asyncio.wait_for(loop.run_in_executor(_ENCODER, encoder.prepare, text), timeout)
     except Exception as exc:
         logger.warning("could not encode a message before its turn: %s",
                        exc.__class__.__name__)
@@ -83,13 +87,34 @@ def _submit(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 def _issue(store: LockStore, conversation_id: str) -> tuple[int, bool]:
     """A ticket, and whether the lock is free for it: Rasa's first two steps in one
-    hop to the lock-store thread."""
+    hop to the lock-store thread. The ticket is given back if the check fails."""
     ticket = store.issue_ticket(conversation_id, LOCK_LIFETIME)
+    try:
+        return ticket, _free(store, conversation_id, ticket)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.cleanup(conversation_id, ticket)
+        raise
+
+
+def _free(store: LockStore, conversation_id: str, ticket: int) -> bool:
     lock = store.get_lock(conversation_id)
-    if not lock:  # expired in between: what LockStore._acquire_lock raises
-        store.cleanup(conversation_id, ticket)
+    if not lock:  # expired while waiting: what LockStore._acquire_lock raises
         raise LockError(f"Could not acquire lock for conversation_id '{conversation_id}'.")
-    return ticket, not lock.is_locked(ticket)
+    return not lock.is_locked(ticket)
+
+
+def _free_after_update(store: LockStore, conversation_id: str, ticket: int) -> bool:
+    store.update_lock(conversation_id)
+    return _free(store, conversation_id, ticket)
+
+
+def _cleanup(store: LockStore, conversation_id: str, ticket: int) -> None:
+    try:
+        store.cleanup(conversation_id, ticket)
+    except Exception as exc:  # (it expires after LOCK_LIFETIME)
+        logger.warning("could not give back the lock ticket of %s: %s", conversation_id,
+                       exc.__class__.__name__)
 
 
 def _give_back_when_issued(store: LockStore, conversation_id: str,
@@ -98,7 +123,7 @@ def _give_back_when_issued(store: LockStore, conversation_id: str,
     it exists, rather than blocking the conversation until it expires."""
     def done(future: asyncio.Future[tuple[int, bool]]) -> None:
         if not future.cancelled() and future.exception() is None:
-            _LOCK_CALLS.submit(store.cleanup, conversation_id, future.result()[0])
+            _LOCK_CALLS.submit(_cleanup, store, conversation_id, future.result()[0])
     issued.add_done_callback(done)
 
 
@@ -107,8 +132,10 @@ async def conversation_lock(store: LockStore, conversation_id: str,
                             wait_seconds: float = 1.0) -> AsyncIterator[None]:
     """Rasa's ticket lock on a conversation, as `LockStore.lock` takes it, with the
     store's calls on the lock-store thread. A store in memory (no round trips) or
-    with a `lock` of its own is used as it is."""
-    if isinstance(store, InMemoryLockStore) or type(store).lock is not LockStore.lock:
+    with a way of locking of its own is used as it is."""
+    kind = type(store)
+    if isinstance(store, InMemoryLockStore) or kind.lock is not LockStore.lock \
+            or kind._acquire_lock is not LockStore._acquire_lock:
         async with store.lock(conversation_id):
             yield
         return
@@ -121,13 +148,8 @@ async def conversation_lock(store: LockStore, conversation_id: str,
     try:
         while not free:
             await asyncio.sleep(wait_seconds)
-            await _submit(store.update_lock, conversation_id)
-            lock = await _submit(store.get_lock, conversation_id)
-            if not lock:
-                raise LockError(
-                    f"Could not acquire lock for conversation_id '{conversation_id}'.")
-            free = not lock.is_locked(ticket)
+            free = await _submit(_free_after_update, store, conversation_id, ticket)
         yield
     finally:
         # Shielded: a cancelled turn (its time limit) still gives its ticket back.
-        await asyncio.shield(_submit(store.cleanup, conversation_id, ticket))
+        await asyncio.shield(_submit(_cleanup, store, conversation_id, ticket))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -494,7 +495,7 @@ def test_a_worker_encodes_the_message_before_the_turn_not_on_the_turns_thread(
 
     monkeypatch.setattr(encoder, "_encode", spied)
     conversation = "telegram:5150"
-    text = "what are your opening hours"
+    text = f"what are your opening hours {uuid.uuid4().hex[:6]}"  # prepared by no other test
     stored_id = inbox.store(conversation, text, platform_message_id="p1", database_url=db_url)
     workers = ChannelWorkers(Silent(), on_new_message=agent.handle_message)
     workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=agent))

@@ -38,7 +38,7 @@ _lock = threading.Lock()  # the C engine's thread safety is not documented
 # A message's vectors computed before its turn (`prepare`), taken by the turn's `embed`:
 # (variant, text) -> the vector and how many turns are still to take it.
 PREPARED_MAX = 512
-_serving: set[str] = set()  # variants a loaded model encodes with
+_serving: set[str] = set()  # variants a loaded model encodes with (at most VARIANTS)
 _prepared: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
 _prepared_lock = threading.Lock()
 
@@ -107,11 +107,14 @@ def prepare(text: str) -> None:
                 _prepared[key] = (vector, waiting + 1)
                 continue
         vector = _encode([text], variant)[0]
+        vector.setflags(write=False)  # one array for every turn that takes it
         with _prepared_lock:
             _, waiting = _prepared.pop(key, (None, 0))
             _prepared[key] = (vector, waiting + 1)
-            while len(_prepared) > PREPARED_MAX:  # never taken (the gate sent it to
-                _prepared.popitem(last=False)     # the desk, or Rasa skipped NLU)
+            # Some are never taken: a retry that gives a recorded turn's replies again,
+            # a lease lost or a lock not had before the turn. The oldest go first.
+            while len(_prepared) > PREPARED_MAX:
+                _prepared.popitem(last=False)
 
 
 def turn_threads() -> int:
