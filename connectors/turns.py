@@ -71,7 +71,7 @@ async def prepare_nlu(text: str, timeout: float) -> None:
     """Encode a message on the encoder's thread before its turn: the turn then finds
     the vector (`encoder.prepare`). A failure or a wait past `timeout` only means
     the turn encodes for itself."""
-    if not text:  # (the classifier skips an empty text)
+    if not text or not encoder.serving():  # (the classifier skips an empty text)
         return
     loop = asyncio.get_running_loop()
     try:

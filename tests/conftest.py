@@ -263,3 +263,20 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         storage.create_schema(url)
         return url
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def encodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Which thread ran each call of the sentence encoder's C engine, and on what
+    text (the engine itself still runs)."""
+    from parley.bot.nlu import encoder
+
+    calls: list[tuple[str, str]] = []
+    real = encoder._encode
+
+    def spied(texts: Any, variant: str) -> Any:
+        calls.extend((threading.current_thread().name, t) for t in texts)
+        return real(texts, variant)
+
+    monkeypatch.setattr(encoder, "_encode", spied)
+    return calls

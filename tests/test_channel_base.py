@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +20,6 @@ from parley.bot import inbox
 from parley.bot.conversations import Message, add_message, ensure_conversation, transcript
 from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
-from parley.bot.nlu import encoder
 from parley.bot.outbox import Send
 from parley.bot.storage import session_scope
 from parley.connectors import base
@@ -483,17 +481,9 @@ def test_a_serving_process_runs_numpy_on_the_threads_it_is_given(
 
 @pytest.mark.filterwarnings(RASA_SLOT_WARNING)
 def test_a_worker_encodes_the_message_before_the_turn_not_on_the_turns_thread(
-        agent: Any, db_url: str, always_open: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        agent: Any, db_url: str, always_open: None, encodes: list[tuple[str, str]]) -> None:
     """The C engine releases the GIL but not its caller: on the thread all turns
     share, encoding held up every other turn."""
-    encodes: list[tuple[str, str]] = []
-    real = encoder._encode
-
-    def spied(texts: Any, variant: str) -> Any:  # (the engine itself still runs)
-        encodes.extend((threading.current_thread().name, t) for t in texts)
-        return real(texts, variant)
-
-    monkeypatch.setattr(encoder, "_encode", spied)
     conversation = "telegram:5150"
     text = f"what are your opening hours {uuid.uuid4().hex[:6]}"  # prepared by no other test
     stored_id = inbox.store(conversation, text, platform_message_id="p1", database_url=db_url)

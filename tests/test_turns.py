@@ -31,21 +31,6 @@ def fresh_encoder_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoder, "_serving", set())
 
 
-@pytest.fixture()
-def encodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Which thread ran each call of the encoder's C engine, and on what text (the
-    engine itself still runs)."""
-    calls: list[tuple[str, str]] = []
-    real = encoder._encode
-
-    def spied(texts: Any, variant: str) -> np.ndarray:
-        calls.extend((threading.current_thread().name, t) for t in texts)
-        return real(texts, variant)
-
-    monkeypatch.setattr(encoder, "_encode", spied)
-    return calls
-
-
 def test_a_prepared_message_is_encoded_once_however_many_turns_take_it(
         encodes: list[tuple[str, str]]) -> None:
     encoder.serve("original")

@@ -93,6 +93,11 @@ def serve(variant: str) -> None:
     _serving.add(variant)
 
 
+def serving() -> bool:
+    """Whether a loaded model uses this encoder (a project on Rasa's own NLU does not)."""
+    return bool(_serving)
+
+
 def prepare(text: str) -> None:
     """Encode a message before its turn, on the caller's thread, for the turn's
     `embed` to take. The C engine releases the GIL but not the thread that calls
