@@ -10,6 +10,7 @@ runs until its standard input closes.
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import sys
@@ -34,10 +35,17 @@ def main() -> None:
     hours = state / "hours.yml"
     hours.write_text(yaml.safe_dump({"timezone": "UTC",
                                      "weekly": dict.fromkeys(DAYS, "00:00-24:00")}))
+    kwargs: dict[str, object] = {}
+    # A commit whose launcher takes endpoint overrides (any durable-path commit, for a
+    # side-by-side trial) gets them so; the inline path's launcher is patched.
+    takes_overrides = "endpoint_overrides" in inspect.signature(launcher.Stack).parameters
+    if takes_overrides:
+        kwargs["endpoint_overrides"] = config["endpoint_overrides"]
     stack = launcher.Stack(Path(config["root"]), rasa_port=free_port(),
                            action_port=free_port(), desk_port=free_port(), var_dir=state,
                            env={"PARLEY_SUPPORT_HOURS": str(hours)},
-                           channels=config["channels"], database_url=config["database_url"])
+                           channels=config["channels"], database_url=config["database_url"],
+                           **kwargs)  # type: ignore[arg-type]
     plain = stack.runtime_endpoints
 
     def runtime_endpoints() -> Path:  # that commit's launcher has no endpoint_overrides
@@ -47,7 +55,8 @@ def main() -> None:
         path.write_text(yaml.safe_dump(endpoints, sort_keys=False))
         return path
 
-    stack.runtime_endpoints = runtime_endpoints  # type: ignore[method-assign]
+    if not takes_overrides:
+        stack.runtime_endpoints = runtime_endpoints  # type: ignore[method-assign]
     stack.start(timeout=600)
     try:
         print(json.dumps({"rasa_url": stack.rasa_url, "log_dir": str(stack.log_dir),

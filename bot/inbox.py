@@ -12,15 +12,15 @@ LOCKED` on PostgreSQL, a guarded UPDATE on SQLite (invariant 3).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from parley.bot import contacts, inbox_sql, metrics
+from parley.bot import contacts, driver_sql, inbox_sql, metrics
 from parley.bot.conversations import Conversation, Message, channel_of, message_values
 from parley.bot.storage import session_scope, utcnow
 
@@ -73,42 +73,42 @@ def store(conversation_id: str, text: str, *, platform_message_id: str | None = 
     return stored.message_id
 
 
+# The columns whose values pass through type processors (datetimes, JSON).
+_LEASE_UNTIL = Conversation.__table__.c.lease_until
+_RETRY_AT = Message.__table__.c.retry_at
+_PAYLOAD = Message.__table__.c.payload
+_FREE = "(lease_until IS NULL OR lease_until < ?)"
+_WAITING = (
+    "SELECT m.conversation_id FROM messages m JOIN conversations c ON c.id = "
+    "m.conversation_id WHERE m.inbox_state IN ('received', 'processing') AND c.channel = ? "
+    "AND (c.lease_until IS NULL OR c.lease_until < ?) GROUP BY m.conversation_id "
+    "HAVING MAX(m.retry_at) IS NULL OR MAX(m.retry_at) <= ? ORDER BY MIN(m.id) LIMIT ?")
+# Row locks on PostgreSQL: a concurrent claimer skips these rows instead of waiting
+# for them; SQLite (one writer at a time) has no such clause and needs none.
+_TAKE_LOCKED = (f"UPDATE conversations SET lease_owner = ?, lease_until = ? WHERE id IN "
+                f"(SELECT id FROM conversations WHERE id IN ({{ids}}) AND {_FREE} "
+                f"FOR UPDATE SKIP LOCKED) RETURNING id")
+_TAKE = (f"UPDATE conversations SET lease_owner = ?, lease_until = ? WHERE id IN ({{ids}}) "
+         f"AND {_FREE} RETURNING id")
+
+
 def claim(channel: str, owner: str, lease_seconds: float, limit: int,
           database_url: str | None = None) -> list[str]:
     """Take the leases of up to `limit` conversations of this channel that have
     pending messages and no live lease; returns their ids, oldest waiting first."""
-    now = utcnow()
-    until = now + timedelta(seconds=lease_seconds)
-    with session_scope(database_url) as session:
-        waiting = session.execute(
-            select(Message.conversation_id)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Message.inbox_state.in_(PENDING), Conversation.channel == channel,
-                   or_(Conversation.lease_until.is_(None), Conversation.lease_until < now))
-            .group_by(Message.conversation_id)
-            .having(or_(func.max(Message.retry_at).is_(None), func.max(Message.retry_at) <= now))
-            .order_by(func.min(Message.id)).limit(limit)
-        ).scalars().all()
+    at = utcnow()
+    with driver_sql.transaction(database_url) as cursor:
+        now = cursor.bind(_LEASE_UNTIL, at)
+        until = cursor.bind(_LEASE_UNTIL, at + timedelta(seconds=lease_seconds))
+        waiting = [row[0] for row in cursor.execute(
+            _WAITING, (channel, now, now, limit)).all()]
         if not waiting:
             return []
-        free = or_(Conversation.lease_until.is_(None), Conversation.lease_until < now)
-        # Row locks on PostgreSQL: a concurrent claimer skips these rows instead of
-        # waiting for them; SQLite (one writer at a time) ignores the clause.
-        lockable = session.execute(
-            select(Conversation.id).where(Conversation.id.in_(waiting), free)
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
-        taken = []
-        for conversation_id in lockable:
-            won = session.execute(
-                update(Conversation).where(Conversation.id == conversation_id, free)
-                .values(lease_owner=owner, lease_until=until)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if won == 1:
-                taken.append(conversation_id)
-        order = {cid: i for i, cid in enumerate(waiting)}
-        return sorted(taken, key=order.__getitem__)
+        take = _TAKE if cursor.dialect.name == "sqlite" else _TAKE_LOCKED
+        taken = {row[0] for row in cursor.execute(
+            take.format(ids=", ".join("?" * len(waiting))),
+            (owner, until, *waiting, now)).all()}
+        return [conversation_id for conversation_id in waiting if conversation_id in taken]
 
 
 def begin(conversation_id: str, owner: str, lease_seconds: float,
@@ -117,30 +117,40 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
     with the lease renewed. None when nothing is due or the lease was lost: then
     the lease is released (if still ours) and the worker moves on."""
     now = utcnow()
-    with session_scope(database_url) as session:
-        conversation = session.execute(
-            select(Conversation).where(Conversation.id == conversation_id,
-                                       Conversation.lease_owner == owner)
-        ).scalar_one_or_none()
-        if conversation is None or conversation.lease_until is None \
-                or conversation.lease_until < now:
+    with driver_sql.transaction(database_url) as cursor:
+        conversation = cursor.execute(
+            "SELECT lease_until, display_name, language, language_source FROM conversations "
+            "WHERE id = ? AND lease_owner = ?", (conversation_id, owner)).one()
+        if conversation is None:
             return None
-        message = session.execute(
-            select(Message).where(Message.conversation_id == conversation_id,
-                                  Message.inbox_state.in_(PENDING))
-            .order_by(Message.id).limit(1)
-        ).scalar_one_or_none()
-        if message is None or (message.retry_at is not None and message.retry_at > now):
-            conversation.lease_owner = None
-            conversation.lease_until = None
+        lease_until = cursor.read(_LEASE_UNTIL, conversation[0])
+        if lease_until is None or lease_until < now:
             return None
-        conversation.lease_until = now + timedelta(seconds=lease_seconds)
-        message.inbox_state = "processing"
-        message.attempts = (message.attempts or 0) + 1
-        return Pending(message.id, conversation_id, message.text, dict(message.payload or {}),
-                       message.attempts, conversation.display_name or "",
-                       conversation.language, conversation.language_source,
-                       message.failed_turn)
+        message = cursor.execute(
+            "SELECT id, text, payload, attempts, retry_at, failed_turn FROM messages "
+            "WHERE conversation_id = ? AND inbox_state IN ('received', 'processing') "
+            "ORDER BY id LIMIT 1", (conversation_id,)).one()
+        retry_at = cursor.read(_RETRY_AT, message[4]) if message is not None else None
+        if message is None or (retry_at is not None and retry_at > now):
+            cursor.execute("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
+                           "WHERE id = ? AND lease_owner = ?", (conversation_id, owner))
+            return None
+        cursor.execute("UPDATE conversations SET lease_until = ? WHERE id = ?",
+                       (cursor.bind(_LEASE_UNTIL, now + timedelta(seconds=lease_seconds)),
+                        conversation_id))
+        attempts = (message[3] or 0) + 1
+        cursor.execute("UPDATE messages SET inbox_state = 'processing', attempts = ? "
+                       "WHERE id = ?", (attempts, message[0]))
+        payload = cursor.read(_PAYLOAD, message[2])
+        return Pending(int(message[0]), conversation_id, message[1],
+                       dict(payload or {}), attempts, conversation[1] or "",
+                       conversation[2], conversation[3], message[5])
+
+
+def live(cursor: driver_sql.Cursor, lease: Sequence[Any], owner: str) -> bool:
+    """Whether (lease_owner, lease_until) is `owner`'s, unexpired."""
+    until = cursor.read(_LEASE_UNTIL, lease[1])
+    return lease[0] == owner and until is not None and until >= utcnow()
 
 
 def holds(session: Any, conversation_id: str, owner: str) -> bool:
@@ -159,12 +169,14 @@ def turn_check(message_id: int, conversation_id: str, owner: str,
     message is still in progress under `owner`'s live lease (else the worker that
     took the conversation over answers), and the last try whose turn failed, as it
     stands now (a turn that failed just before holds the same lock to mark it)."""
-    with session_scope(database_url) as session:
-        message = session.get(Message, message_id)
-        if message is None:
+    with driver_sql.transaction(database_url) as cursor:
+        row = cursor.execute(
+            "SELECT m.inbox_state, m.failed_turn, c.lease_owner, c.lease_until FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ? "
+            "AND c.id = ?", (message_id, conversation_id)).one()
+        if row is None:
             return False, None
-        return (message.inbox_state == "processing" and holds(session, conversation_id, owner),
-                message.failed_turn)
+        return row[0] == "processing" and live(cursor, row[2:], owner), row[1]
 
 
 def turn_failed(message_id: int, attempt: int, database_url: str | None = None) -> None:
@@ -180,12 +192,9 @@ def _mark_failed_turn(message: Message | None, attempt: int) -> None:
 
 
 def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:
-    with session_scope(database_url) as session:
-        session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.lease_owner == owner)
-            .values(lease_owner=None, lease_until=None)
-            .execution_options(synchronize_session=False))
+    with driver_sql.transaction(database_url) as cursor:
+        cursor.execute("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
+                       "WHERE id = ? AND lease_owner = ?", (conversation_id, owner))
 
 
 def try_failed(message_id: int, error: str, database_url: str | None = None, *,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
-from parley.bot import events
+from parley.bot import driver_sql, events
 from parley.bot.conversations import Conversation, Message
 from parley.bot.handoff.tickets import Ticket
 from parley.bot.storage import session_scope, utcnow
@@ -51,38 +51,48 @@ def _pending() -> Any:
             Message.delivery_error.is_(None))
 
 
+_PENDING_SQL = "m.delivery = 'push' AND m.sent_at IS NULL AND m.delivery_error IS NULL"
+_CLAIMED_UNTIL = Message.__table__.c.claimed_until
+_RETRY_AT = Message.__table__.c.retry_at
+_PAYLOAD = Message.__table__.c.payload
+_SENT_AT = Message.__table__.c.sent_at
+
+
 def claim(channel: str, owner: str, lease_seconds: float, limit: int = 100,
           database_url: str | None = None) -> list[Send]:
     """Take pending messages of this channel, oldest first. A conversation whose
     oldest pending message is held by another sender or waiting for a retry gives
-    nothing: its order is kept."""
+    nothing: its order is kept. (On the driver cursor: it runs after every turn.)"""
     now = utcnow()
-    until = now + timedelta(seconds=lease_seconds)
     taken: list[Send] = []
     blocked: set[str] = set()
-    with session_scope(database_url) as session:
-        rows = session.execute(
-            select(Message).join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Conversation.channel == channel, *_pending())
-            .order_by(Message.id).limit(limit)
-        ).scalars().all()
-        for m in rows:
-            if m.conversation_id in blocked:
+    with driver_sql.transaction(database_url) as cursor:
+        rows = cursor.execute(
+            "SELECT m.id, m.conversation_id, m.author, m.text, m.payload, m.attempts, "
+            "m.claimed_until, m.retry_at FROM messages m JOIN conversations c ON c.id = "
+            f"m.conversation_id WHERE c.channel = ? AND {_PENDING_SQL} ORDER BY m.id LIMIT ?",
+            (channel, limit)).all()
+        if not rows:
+            return taken
+        at = cursor.bind(_CLAIMED_UNTIL, now)
+        until = cursor.bind(_CLAIMED_UNTIL, now + timedelta(seconds=lease_seconds))
+        for id_, conversation_id, author, text, payload, attempts, claimed, retry in rows:
+            if conversation_id in blocked:
                 continue
-            free = (m.claimed_until is None or m.claimed_until < now) and \
-                (m.retry_at is None or m.retry_at <= now)
-            won = free and session.execute(
-                update(Message).where(Message.id == m.id, *_pending(),
-                                      or_(Message.claimed_until.is_(None),
-                                          Message.claimed_until < now))
-                .values(claimed_by=owner, claimed_until=until)
-                .execution_options(synchronize_session=False)
-            ).rowcount == 1
+            claimed_until = cursor.read(_CLAIMED_UNTIL, claimed)
+            retry_at = cursor.read(_RETRY_AT, retry)
+            free = (claimed_until is None or claimed_until < now) and \
+                (retry_at is None or retry_at <= now)
+            won = free and cursor.execute(
+                "UPDATE messages SET claimed_by = ?, claimed_until = ? WHERE id = ? AND "
+                "delivery = 'push' AND sent_at IS NULL AND delivery_error IS NULL AND "
+                "(claimed_until IS NULL OR claimed_until < ?)",
+                (owner, until, id_, at)).rowcount == 1
             if not won:
-                blocked.add(m.conversation_id)
+                blocked.add(conversation_id)
                 continue
-            taken.append(Send(m.id, m.conversation_id, m.author, m.text, m.payload,
-                              m.attempts or 0))
+            taken.append(Send(int(id_), conversation_id, author, text,
+                              cursor.read(_PAYLOAD, payload), attempts or 0))
     return taken
 
 
@@ -105,14 +115,17 @@ def confirm(send: Send, owner: str, lease_seconds: float,
     """Just before a send: "send" if the claim is still ours (renewed for the send),
     "withhold" for a bot reply after a person took over, "skip" if the claim ran out
     (another sender has the message: sending too would double it)."""
-    with session_scope(database_url) as session:
-        ours = session.execute(
-            update(Message).where(Message.id == send.id, Message.claimed_by == owner, *_pending())
-            .values(claimed_until=utcnow() + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False)).rowcount == 1
+    with driver_sql.transaction(database_url) as cursor:
+        until = cursor.bind(_CLAIMED_UNTIL, utcnow() + timedelta(seconds=lease_seconds))
+        ours = cursor.execute(
+            "UPDATE messages SET claimed_until = ? WHERE id = ? AND claimed_by = ? AND "
+            "delivery = 'push' AND sent_at IS NULL AND delivery_error IS NULL",
+            (until, send.id, owner)).rowcount == 1
         if not ours:
             return "skip"
-        if send.author == "bot" and _person_holds(session, send.conversation_id):
+        if send.author == "bot" and cursor.execute(
+                "SELECT id FROM tickets WHERE conversation_id = ? AND status = 'assigned' "
+                "LIMIT 1", (send.conversation_id,)).one() is not None:
             return "withhold"
         return "send"
 
@@ -124,8 +137,10 @@ def _finish(message_id: int, owner: str, **values: Any) -> Any:
 
 
 def sent(message_id: int, owner: str, database_url: str | None = None) -> None:
-    with session_scope(database_url) as session:
-        session.execute(_finish(message_id, owner, sent_at=utcnow()))
+    with driver_sql.transaction(database_url) as cursor:
+        cursor.execute("UPDATE messages SET claimed_by = NULL, claimed_until = NULL, "
+                       "sent_at = ? WHERE id = ? AND claimed_by = ?",
+                       (cursor.bind(_SENT_AT, utcnow()), message_id, owner))
 
 
 def release(message_ids: list[int], owner: str, database_url: str | None = None) -> None:

@@ -21,13 +21,15 @@ from parley.bot import (
     agents,
     contract,
     conversations,
+    driver_sql,
     events,
     handoff,
     inbox,
     responses,
     survey,
 )
-from parley.bot.conversations import Conversation, Message, add_message
+from parley.bot.conversations import Conversation, Message, add_message, message_values
+from parley.bot.handoff.tickets import OPEN
 from parley.bot.inbox import Pending
 from parley.bot.outbox import WITHHELD
 from parley.bot.queue_messages import update_reply
@@ -73,10 +75,32 @@ def _say(session: Session, conversation_id: str, name: str, delivery: str, reply
                 payload=extra or None, delivery=delivery, reply_to=reply_to)
 
 
+# The lease, and whether anything but the bot may answer: an open ticket (a person
+# owns the conversation) or an asking survey (it may take the message).
+_BOT_ALONE = (
+    "SELECT c.lease_owner, c.lease_until, "
+    "(SELECT COUNT(*) FROM tickets t WHERE t.conversation_id = c.id "
+    f"AND t.status IN ({', '.join(repr(s) for s in OPEN)})), "
+    "(SELECT COUNT(*) FROM surveys s WHERE s.conversation_id = c.id AND s.state = 'asking') "
+    "FROM conversations c WHERE c.id = ?")
+
+
+def _bot_alone(pending: Pending, owner: str, database_url: str | None) -> bool:
+    """Whether this message is simply the bot's, read on the driver cursor: the
+    lease is ours, no ticket is open and no survey asks. Most messages are; only
+    the others need the full route, which writes."""
+    with driver_sql.transaction(database_url) as cursor:
+        row = cursor.execute(_BOT_ALONE, (pending.conversation_id,)).one()
+        return row is not None and inbox.live(cursor, row[:2], owner) \
+            and row[2] == 0 and row[3] == 0
+
+
 def route(pending: Pending, owner: str, delivery: str,
           database_url: str | None = None) -> Decision:
     """Decide who answers. For anything but the bot the message is finished here,
     in the same transaction as what the gate says."""
+    if _bot_alone(pending, owner, database_url):
+        return Decision("bot")
     conv_id = pending.conversation_id
     with session_scope(database_url) as session:
         if not inbox.holds(session, conv_id, owner):
@@ -116,6 +140,51 @@ def route(pending: Pending, owner: str, delivery: str,
     return Decision("handled")
 
 
+_REPLY_COLUMNS = tuple(message_values("", "bot", ""))
+_INSERT_REPLY = (f"INSERT INTO messages ({', '.join(_REPLY_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(_REPLY_COLUMNS))})")
+_REPLY_TYPES = tuple(Message.__table__.c[name] for name in _REPLY_COLUMNS)
+_ANSWERING = (
+    "SELECT m.inbox_state, c.lease_owner, c.lease_until, "
+    "(SELECT COUNT(*) FROM tickets t WHERE t.conversation_id = c.id "
+    f"AND t.status IN ({', '.join(repr(s) for s in OPEN)})) "
+    "FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?")
+
+
+def _reply_values(conversation_id: str, reply: dict[str, Any], reply_to: int, delivery: str,
+                  ticket_id: int | None, held: bool) -> dict[str, Any]:
+    payload = {k: v for k, v in reply.items()
+               if k not in {"text", "recipient_id", "utter_action"}}
+    reply_name = reply.get("utter_action")
+    return message_values(conversation_id, "bot", reply.get("text") or "",
+                          ticket_id=ticket_id, payload=payload or None,
+                          delivery="none" if held else delivery, reply_to=reply_to,
+                          delivery_error=WITHHELD if held else None,
+                          reply_name=reply_name if isinstance(reply_name, str) else None)
+
+
+def _finish_bot_alone(pending: Pending, owner: str, replies: list[dict[str, Any]],
+                      delivery: str, database_url: str | None) -> bool | None:
+    """`finish_bot` on the driver cursor when no person is involved (no open ticket)
+    and no reply is one a survey follows: most turns. None when that is not the
+    case; then nothing was written and the full path decides."""
+    with driver_sql.transaction(database_url) as cursor:
+        row = cursor.execute(_ANSWERING, (pending.id,)).one()
+        if row is None or row[0] != "processing" or not inbox.live(cursor, row[1:3], owner):
+            return False
+        if row[3]:
+            return None
+        for reply in replies:
+            values = _reply_values(pending.conversation_id, reply, pending.id, delivery,
+                                   None, held=False)
+            cursor.execute(_INSERT_REPLY, tuple(
+                cursor.bind(column, values[name])
+                for name, column in zip(_REPLY_COLUMNS, _REPLY_TYPES, strict=True)))
+        cursor.execute("UPDATE messages SET inbox_state = 'answered' WHERE id = ?",
+                       (pending.id,))
+        return True
+
+
 def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], delivery: str,
                database_url: str | None = None) -> bool:
     """Record the bot's replies to this message as outgoing, and the message as
@@ -124,6 +193,11 @@ def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], deli
     during the turn the replies are kept in the transcript, withheld. False if
     another worker took the message over meanwhile (it will answer; we record
     nothing)."""
+    names = [r["utter_action"] for r in replies if isinstance(r.get("utter_action"), str)]
+    if not any(name in survey.BOT_ONLY_AFTER for name in names):
+        done = _finish_bot_alone(pending, owner, replies, delivery, database_url)
+        if done is not None:
+            return done
     conv_id = pending.conversation_id
     with session_scope(database_url) as session:
         message = session.get(Message, pending.id)
@@ -133,17 +207,10 @@ def finish_bot(pending: Pending, owner: str, replies: list[dict[str, Any]], deli
         ticket = handoff.open_ticket(session, conv_id)
         held = ticket is not None and ticket.status == "assigned"
         for reply in replies:
-            payload = {k: v for k, v in reply.items()
-                       if k not in {"text", "recipient_id", "utter_action"}}
-            reply_name = reply.get("utter_action")
-            add_message(session, conv_id, "bot", reply.get("text") or "",
-                        ticket_id=ticket.id if ticket else None, payload=payload or None,
-                        delivery="none" if held else delivery, reply_to=message.id,
-                        delivery_error=WITHHELD if held else None,
-                        reply_name=reply_name if isinstance(reply_name, str) else None)
+            session.add(Message(**_reply_values(conv_id, reply, message.id, delivery,
+                                                ticket.id if ticket else None, held)))
+        session.flush()
         if ticket is None:
-            names = [r["utter_action"] for r in replies
-                     if isinstance(r.get("utter_action"), str)]
             survey.after_bot_answer(session, message, names, delivery, database_url)
         else:
             survey.stop_open(session, conv_id)

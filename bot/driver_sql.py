@@ -1,0 +1,98 @@
+"""Statements on the pooled driver cursor, for the message path's per-turn work.
+
+One process runs every turn under one GIL. Through an ORM session the webhook's
+store cost 1.6 ms of it on PostgreSQL, against 0.45 ms on the driver's cursor
+(`python -m bench.inbox_store`), and in a profile at 50 conversations SQLAlchemy was
+half of the process's GIL time (docs/benchmarks.md). So the statements every turn runs are
+written out once, in SQL that SQLite (3.35+) and PostgreSQL both speak (`RETURNING`,
+`ON CONFLICT`), with `?` placeholders, and values pass through the columns' own
+SQLAlchemy type processors both ways: what is written and read here is exactly what
+the ORM writes and reads. Anything rarer stays on the ORM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Column
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+
+from parley.bot.storage import get_engine
+
+Processor = Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@cache
+def _statement(dialect: Dialect, text: str) -> str:
+    return text if dialect.paramstyle == "qmark" else text.replace("?", "%s")
+
+
+@cache
+def _bind(dialect: Dialect, column: Column) -> Processor:
+    return column.type.dialect_impl(dialect).bind_processor(dialect) or _same
+
+
+@cache
+def _result(dialect: Dialect, column: Column) -> Processor:
+    return column.type.dialect_impl(dialect).result_processor(dialect, None) or _same
+
+
+class Cursor:
+    """A DBAPI cursor inside one transaction, speaking `?` placeholders."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self.dialect = dialect
+
+    def execute(self, text: str, values: Sequence[Any] = ()) -> Cursor:
+        self._cursor.execute(_statement(self.dialect, text), tuple(values))
+        return self
+
+    def one(self) -> tuple[Any, ...] | None:
+        return self._cursor.fetchone()  # type: ignore[no-any-return]
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return list(self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return max(int(self._cursor.rowcount), 0)
+
+    def bind(self, column: Column, value: Any) -> Any:
+        """`value` as the driver wants it for `column` (an aware datetime, JSON …)."""
+        return _bind(self.dialect, column)(value)
+
+    def read(self, column: Column, value: Any) -> Any:
+        """A value the driver returned for `column`, as the ORM would give it."""
+        return _result(self.dialect, column)(value)
+
+
+@contextmanager
+def transaction(database_url: str | None = None) -> Iterator[Cursor]:
+    """A cursor on a pooled connection, committed on success. Driver errors come
+    out as SQLAlchemy's (IntegrityError, OperationalError …), as from a session."""
+    engine = get_engine(database_url)
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            yield Cursor(cursor, engine.dialect)
+            connection.commit()
+        except engine.dialect.dbapi.Error as exc:
+            connection.rollback()
+            raise DBAPIError.instance(None, None, exc, engine.dialect.dbapi.Error) from exc
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            cursor.close()
+    finally:
+        connection.close()  # back to the pool

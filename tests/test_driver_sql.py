@@ -1,0 +1,70 @@
+"""The driver cursor reads and writes what the ORM does, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from parley.bot import driver_sql
+from parley.bot.conversations import Conversation, Message
+from parley.bot.storage import create_schema, session_scope, utcnow
+
+PAYLOAD = {"buttons": [{"title": "Sim, obrigado", "payload": "/affirm"}], "n": 3}
+
+
+def test_values_written_by_the_orm_read_back_the_same(any_db: str) -> None:
+    create_schema(any_db)
+    lease = utcnow().replace(microsecond=123456) + timedelta(minutes=5)
+    with session_scope(any_db) as session:
+        session.add(Conversation(id="telegram:1", channel="telegram", lease_owner="me",
+                                 lease_until=lease))
+        session.flush()
+        session.add(Message(conversation_id="telegram:1", author="bot", text="olá",
+                            payload=PAYLOAD, delivery="push"))
+    columns = Message.__table__.c
+    with driver_sql.transaction(any_db) as cursor:
+        until = cursor.execute("SELECT lease_until FROM conversations WHERE id = ?",
+                               ("telegram:1",)).one()
+        row = cursor.execute("SELECT payload, created_at FROM messages").one()
+        assert until is not None and row is not None
+        assert cursor.read(Conversation.__table__.c.lease_until, until[0]) == lease
+        assert cursor.read(columns.payload, row[0]) == PAYLOAD
+        created = cursor.read(columns.created_at, row[1])
+        assert created.tzinfo is not None and abs(created - utcnow()) < timedelta(minutes=1)
+        # A datetime bound here compares with stored ones as the ORM's would.
+        later = cursor.bind(Conversation.__table__.c.lease_until, lease + timedelta(seconds=1))
+        assert cursor.execute("SELECT COUNT(*) FROM conversations WHERE lease_until < ?",
+                              (later,)).one() == (1,)
+
+
+def test_values_written_here_read_back_the_same_through_the_orm(any_db: str) -> None:
+    create_schema(any_db)
+    when = utcnow()
+    columns = Message.__table__.c
+    with driver_sql.transaction(any_db) as cursor:
+        cursor.execute("INSERT INTO conversations (id, channel, display_name, rating_state, "
+                       "created_at) VALUES (?, ?, '', 'none', ?)",
+                       ("telegram:2", "telegram", cursor.bind(columns.created_at, when)))
+        cursor.execute("INSERT INTO messages (conversation_id, author, text, payload, "
+                       "delivery, attempts, created_at) VALUES (?, 'bot', ?, ?, 'push', 0, ?)",
+                       ("telegram:2", "olá", cursor.bind(columns.payload, PAYLOAD),
+                        cursor.bind(columns.created_at, when)))
+    with session_scope(any_db) as session:
+        message = session.execute(select(Message)).scalar_one()
+        assert (message.text, message.payload, message.created_at) == ("olá", PAYLOAD, when)
+
+
+def test_a_driver_error_is_sqlalchemys_and_nothing_is_kept(any_db: str) -> None:
+    create_schema(any_db)
+    insert = ("INSERT INTO conversations (id, channel, display_name, rating_state, "
+              "created_at) VALUES (?, 'telegram', '', 'none', ?)")
+    when = utcnow()
+    column = Conversation.__table__.c.created_at
+    with pytest.raises(IntegrityError), driver_sql.transaction(any_db) as cursor:
+        cursor.execute(insert, ("telegram:3", cursor.bind(column, when)))
+        cursor.execute(insert, ("telegram:3", cursor.bind(column, when)))
+    with session_scope(any_db) as session:
+        assert session.execute(select(Conversation)).first() is None
