@@ -114,8 +114,8 @@ def claim(channel: str, owner: str, lease_seconds: float, limit: int,
 def begin(conversation_id: str, owner: str, lease_seconds: float,
           database_url: str | None = None) -> Pending | None:
     """The conversation's oldest pending message, now `processing` (one more try),
-    with the lease renewed. None when nothing is due or the lease was lost: then
-    the lease is released (if still ours) and the worker moves on."""
+    with the lease renewed. None when nothing is due or the lease was lost or ran
+    out: then the lease is released if still ours, and the worker moves on."""
     now = utcnow()
     with driver_sql.transaction(database_url) as cursor:
         conversation = cursor.execute(
@@ -124,9 +124,7 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
         if conversation is None:
             return None
         lease_until = cursor.read(_LEASE_UNTIL, conversation[0])
-        if lease_until is None or lease_until < now:
-            return None
-        message = cursor.execute(
+        message = None if lease_until is None or lease_until < now else cursor.execute(
             "SELECT id, text, payload, attempts, retry_at, failed_turn FROM messages "
             "WHERE conversation_id = ? AND inbox_state IN ('received', 'processing') "
             "ORDER BY id LIMIT 1", (conversation_id,)).one()

@@ -27,10 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
-from parley.bot import events
-from parley.bot.conversations import Conversation, Message, add_message
+from parley.bot import driver_sql, events
+from parley.bot.conversations import Conversation, add_message
 from parley.bot.inbox import Pending
 from parley.bot.personal_data import PLACEHOLDER
 from parley.bot.responses.channels import DEFAULT_LANGUAGE, LANGUAGES, language_code
@@ -158,31 +158,29 @@ def for_turn(pending: Pending, database_url: str | None = None) -> str:
 
 def _first_messages(pending: Pending, database_url: str | None) -> list[str]:
     """The first DETECT_MESSAGES customer messages' texts, or [] once this message
-    is past them (the guess can no longer change, so it is not made again)."""
-    with session_scope(database_url) as session:
-        rows = session.execute(
-            select(Message.id, Message.text)
-            .where(Message.conversation_id == pending.conversation_id,
-                   Message.author == "customer")
-            .order_by(Message.id).limit(DETECT_MESSAGES)).all()
+    is past them (the guess can no longer change, so it is not made again). On the
+    driver cursor, as the worker's other per-turn statements (`bot/driver_sql.py`)."""
+    with driver_sql.transaction(database_url) as cursor:
+        rows = cursor.execute(
+            "SELECT id, text FROM messages WHERE conversation_id = ? AND author = 'customer' "
+            "ORDER BY id LIMIT ?", (pending.conversation_id, DETECT_MESSAGES)).all()
     return [text or "" for _, text in rows] if any(i == pending.id for i, _ in rows) else []
 
 
 def _commit(conversation_id: str, language: str, source: str,
             database_url: str | None) -> str:
     """Store `language` unless a stronger source holds the row; the language in force."""
-    with session_scope(database_url) as session:
-        replaceable = or_(Conversation.language_source.is_(None),
-                          Conversation.language_source.in_(REPLACES[source]))
-        changed = session.execute(
-            update(Conversation).where(Conversation.id == conversation_id, replaceable)
-            .values(language=language, language_source=source)
-            .execution_options(synchronize_session=False)).rowcount
+    weaker = ", ".join("?" * len(REPLACES[source]))
+    with driver_sql.transaction(database_url) as cursor:
+        changed = cursor.execute(
+            "UPDATE conversations SET language = ?, language_source = ? WHERE id = ? AND "
+            f"(language_source IS NULL OR language_source IN ({weaker}))",
+            (language, source, conversation_id, *REPLACES[source])).rowcount
         if changed:
             return language
-        return language_code(session.execute(
-            select(Conversation.language).where(Conversation.id == conversation_id)
-        ).scalar_one_or_none())
+        row = cursor.execute("SELECT language FROM conversations WHERE id = ?",
+                             (conversation_id,)).one()
+        return language_code(row[0] if row else None)
 
 
 # -- the desk ------------------------------------------------------------------------

@@ -440,11 +440,13 @@ class ChannelWorkers:
 
     async def _conversation(self, conversation_id: str) -> None:
         """This conversation's pending messages, one at a time, in order."""
+        released = False  # `begin` found nothing to do and let the lease go itself
         try:
             while True:
                 pending = await off_loop(inbox.begin, conversation_id, OWNER,
                                          self.settings.lease_seconds)
                 if pending is None:
+                    released = True
                     return
                 await self._process(pending)
         except Exception:  # (the lease runs out; another try follows)
@@ -453,7 +455,8 @@ class ChannelWorkers:
             self.active.discard(conversation_id)
             Held.conversations.discard(conversation_id)
             try:
-                await off_loop(inbox.release, conversation_id, OWNER)
+                if not released:
+                    await off_loop(inbox.release, conversation_id, OWNER)
             except Exception:
                 logger.warning("could not release %s; its lease will run out",
                                conversation_id)

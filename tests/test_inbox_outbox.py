@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 
 from parley.bot import agents, events, handoff, inbox, outbox
-from parley.bot.conversations import Message, add_message
+from parley.bot.conversations import Conversation, Message, add_message
 from parley.bot.storage import session_scope
 
 
@@ -47,6 +47,33 @@ def test_messages_come_in_order_and_a_dead_workers_lease_runs_out(any_db: str) -
         session.get(Message, first).inbox_state = "answered"
     nxt = inbox.begin("telegram:1", "alive", 30, any_db)
     assert nxt is not None and nxt.id == second
+
+
+def lease_of(url: str, conversation: str) -> tuple[str | None, object]:
+    with session_scope(url) as session:
+        found = session.get(Conversation, conversation)
+        assert found is not None
+        return found.lease_owner, found.lease_until
+
+
+def test_begin_lets_the_lease_go_when_it_returns_nothing(any_db: str) -> None:
+    """The worker then skips its own release: `begin` must have cleared the lease
+    whether nothing was pending or the lease had run out meanwhile."""
+    [mid] = stored(any_db, "telegram:8", "hi")
+    assert inbox.claim("telegram", "w", 30, 10, any_db) == ["telegram:8"]
+    assert inbox.begin("telegram:8", "w", 30, any_db) is not None
+    with session_scope(any_db) as session:
+        session.get(Message, mid).inbox_state = "answered"
+    assert inbox.begin("telegram:8", "w", 30, any_db) is None  # nothing pending
+    assert lease_of(any_db, "telegram:8") == (None, None)
+    stored(any_db, "telegram:8", "again")
+    assert inbox.claim("telegram", "w", 0.2, 10, any_db) == ["telegram:8"]
+    time.sleep(0.4)
+    assert inbox.begin("telegram:8", "w", 30, any_db) is None  # ran out
+    assert lease_of(any_db, "telegram:8") == (None, None)
+    assert inbox.claim("telegram", "other", 30, 10, any_db) == ["telegram:8"]
+    assert inbox.begin("telegram:8", "w", 30, any_db) is None  # not ours: left alone
+    assert lease_of(any_db, "telegram:8")[0] == "other"
 
 
 def test_heartbeat_keeps_a_live_workers_lease(any_db: str) -> None:
