@@ -75,6 +75,15 @@ class Cursor:
         return _result(self.dialect, column)(value)
 
 
+def roll_back(connection: Any) -> None:
+    """Roll back; a connection that cannot (the server went away) is dropped from
+    the pool instead, and the error that got us here is the one raised."""
+    try:
+        connection.rollback()
+    except Exception:
+        connection.invalidate()
+
+
 @contextmanager
 def transaction(database_url: str | None = None) -> Iterator[Cursor]:
     """A cursor on a pooled connection, committed on success. Driver errors come
@@ -87,10 +96,10 @@ def transaction(database_url: str | None = None) -> Iterator[Cursor]:
             yield Cursor(cursor, engine.dialect)
             connection.commit()
         except engine.dialect.dbapi.Error as exc:
-            connection.rollback()
+            roll_back(connection)
             raise DBAPIError.instance(None, None, exc, engine.dialect.dbapi.Error) from exc
         except BaseException:
-            connection.rollback()
+            roll_back(connection)
             raise
         finally:
             cursor.close()

@@ -133,9 +133,14 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
             cursor.execute("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
                            "WHERE id = ? AND lease_owner = ?", (conversation_id, owner))
             return None
-        cursor.execute("UPDATE conversations SET lease_until = ? WHERE id = ?",
-                       (cursor.bind(_LEASE_UNTIL, now + timedelta(seconds=lease_seconds)),
-                        conversation_id))
+        # Guarded: on SQLite the write may have waited for the lock while the lease ran
+        # out and another process took the conversation.
+        if cursor.execute(
+                "UPDATE conversations SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                "AND lease_until >= ?",
+                (cursor.bind(_LEASE_UNTIL, now + timedelta(seconds=lease_seconds)),
+                 conversation_id, owner, cursor.bind(_LEASE_UNTIL, now))).rowcount != 1:
+            return None
         attempts = (message[3] or 0) + 1
         cursor.execute("UPDATE messages SET inbox_state = 'processing', attempts = ? "
                        "WHERE id = ?", (attempts, message[0]))

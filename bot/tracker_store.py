@@ -26,12 +26,14 @@ from typing import Any, TypeVar
 
 from rasa.core.constants import POSTGRESQL_SCHEMA
 from rasa.core.tracker_store import SQLTrackerStore as RasaSQLTrackerStore
+from rasa.core.tracker_store import create_engine_kwargs
 from rasa.shared.core.events import SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 
+from parley.bot import driver_sql
 from parley.bot.storage import POSTGRESQL_CONNECT_ARGS, off_loop, postgresql_timeouts
 
 T = TypeVar("T")
@@ -73,9 +75,12 @@ class SQLTrackerStore(RasaSQLTrackerStore):
         if self.engine.dialect.name == "postgresql":
             # Rasa's engine has no timeouts: after a database restart a call could wait
             # for ever, and every turn behind it. The same limits as Parley's own engine.
+            # Rasa's own options stay (POSTGRESQL_SCHEMA's search path, the pool size).
+            rasas = create_engine_kwargs(self.engine.url)
+            connect_args = {**POSTGRESQL_CONNECT_ARGS, **rasas.pop("connect_args", {})}
             self.engine.dispose()
             self.engine = create_engine(self.engine.url, pool_pre_ping=True,
-                                        connect_args=POSTGRESQL_CONNECT_ARGS)
+                                        connect_args=connect_args, **rasas)
             event.listen(self.engine, "connect", postgresql_timeouts)
             self.sessionmaker = sessionmaker(bind=self.engine)
 
@@ -147,7 +152,7 @@ class SQLTrackerStore(RasaSQLTrackerStore):
                     "action_name, data) VALUES (?, ?, ?, ?, ?, ?)"), rows)
             connection.commit()
         except BaseException:
-            connection.rollback()
+            driver_sql.roll_back(connection)
             raise
         finally:
             connection.close()

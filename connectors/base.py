@@ -433,6 +433,8 @@ class ChannelWorkers:
         claimed = await off_loop(inbox.claim, self.name, OWNER, self.settings.lease_seconds,
                                  room)
         for conversation_id in claimed:
+            if conversation_id in self.active:  # our task on it outlived its lease: renewed
+                continue
             self.active.add(conversation_id)
             Held.conversations.add(conversation_id)
             asyncio.get_running_loop().create_task(self._conversation(conversation_id))

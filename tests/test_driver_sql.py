@@ -15,9 +15,10 @@ from parley.bot.storage import create_schema, session_scope, utcnow
 PAYLOAD = {"buttons": [{"title": "Sim, obrigado", "payload": "/affirm"}], "n": 3}
 
 
-def test_values_written_by_the_orm_read_back_the_same(any_db: str) -> None:
+@pytest.mark.parametrize("microsecond", [123456, 0])
+def test_values_written_by_the_orm_read_back_the_same(any_db: str, microsecond: int) -> None:
     create_schema(any_db)
-    lease = utcnow().replace(microsecond=123456) + timedelta(minutes=5)
+    lease = utcnow().replace(microsecond=microsecond) + timedelta(minutes=5)
     with session_scope(any_db) as session:
         session.add(Conversation(id="telegram:1", channel="telegram", lease_owner="me",
                                  lease_until=lease))
@@ -34,10 +35,15 @@ def test_values_written_by_the_orm_read_back_the_same(any_db: str) -> None:
         assert cursor.read(columns.payload, row[0]) == PAYLOAD
         created = cursor.read(columns.created_at, row[1])
         assert created.tzinfo is not None and abs(created - utcnow()) < timedelta(minutes=1)
-        # A datetime bound here compares with stored ones as the ORM's would.
-        later = cursor.bind(Conversation.__table__.c.lease_until, lease + timedelta(seconds=1))
-        assert cursor.execute("SELECT COUNT(*) FROM conversations WHERE lease_until < ?",
-                              (later,)).one() == (1,)
+        # A datetime bound here compares with stored ones as the ORM's would (SQLite
+        # compares the text: the format must be the ORM's, whole seconds included).
+        column = Conversation.__table__.c.lease_until
+        for moved, expected in ((1, 1), (0, 0), (-1, 0)):
+            bound = cursor.bind(column, lease + timedelta(microseconds=moved))
+            assert cursor.execute("SELECT COUNT(*) FROM conversations WHERE lease_until < ?",
+                                  (bound,)).one() == (expected,)
+        assert cursor.execute("SELECT COUNT(*) FROM conversations WHERE lease_until = ?",
+                              (cursor.bind(column, lease),)).one() == (1,)
 
 
 def test_values_written_here_read_back_the_same_through_the_orm(any_db: str) -> None:

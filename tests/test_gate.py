@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from parley.bot import agents, conversations, events, handoff, inbox, support_hours, survey
 from parley.bot.storage import session_scope
@@ -238,3 +240,58 @@ def test_bot_replies_are_recorded_in_the_transcript(db_url: str, hours_file) -> 
     assert [(m.author, m.text) for m in lines] == [("customer", "hi"), ("bot", "Hello!")]
     assert lines[1].payload == {"buttons": [{"title": "A", "payload": "/a"}]}
     assert inbox.state_of(turn.pending.id, db_url) == "answered"
+
+
+REPLIES = [{"recipient_id": "x", "text": "Hello!", "utter_action": "utter_greet",
+            "buttons": [{"title": "A", "payload": "/a"}]},
+           {"recipient_id": "x", "text": "How can I help?", "utter_action": "utter_help"},
+           {"recipient_id": "x", "image": "https://example.com/a.png"}]
+COMPARED = ("author", "text", "payload", "delivery", "delivery_error", "reply_name",
+            "inbox_state", "attempts", "sent_at", "claimed_by", "agent_id")
+
+
+def test_the_bots_fast_path_records_what_the_full_path_does(any_db: str, hours_file) -> None:
+    """With no person involved, route and finish_bot run on the driver cursor; their
+    rows must be the ORM path's (which a waiting ticket forces here), column by column."""
+    begun: list[object] = []
+
+    def note(session: object, *_args: object) -> None:  # an ORM transaction began
+        begun.append(session)
+
+    inbox.store("telegram:30", "hi", platform_message_id="f1", database_url=any_db)
+    assert inbox.claim("telegram", OWNER, 30, 10, any_db) == ["telegram:30"]
+    alone = inbox.begin("telegram:30", OWNER, 30, any_db)
+    assert alone is not None
+    sqlalchemy_event.listen(Session, "after_begin", note)
+    try:
+        assert gate.route(alone, OWNER, "push", any_db).route == "bot"
+        assert gate.finish_bot(alone, OWNER, REPLIES, "push", any_db)
+        assert begun == []  # neither took the ORM path
+        handoff.escalate("telegram:31", "intent", database_url=any_db)
+        queued = accept(Inbound("telegram:31", "hi", "f2"), any_db)
+        assert queued.route == "queue"
+        # The same turn recorded by the full path (a ticket is open): as if it had run.
+        with session_scope(any_db) as session:
+            session.get(conversations.Message, queued.pending.id).inbox_state = "processing"
+        assert inbox.claim("telegram", OWNER, 30, 10, any_db) == ["telegram:31"]
+        begun.clear()
+        assert gate.finish_bot(queued.pending, OWNER, REPLIES, "push", any_db)
+        assert begun != []
+    finally:
+        sqlalchemy_event.remove(Session, "after_begin", note)
+
+    def rows(conversation: str) -> list[tuple]:
+        with session_scope(any_db) as session:
+            found = session.execute(
+                select(conversations.Message).where(
+                    conversations.Message.conversation_id == conversation,
+                    conversations.Message.author != "system")
+                .order_by(conversations.Message.id)).scalars().all()
+            return [(*(getattr(m, c) for c in COMPARED), m.reply_to is not None)
+                    for m in found]
+
+    fast, full = rows("telegram:30"), rows("telegram:31")
+    assert fast == full
+    assert [r[1] for r in fast] == ["hi", "Hello!", "How can I help?", ""]  # in order
+    assert fast[1][2] == {"buttons": [{"title": "A", "payload": "/a"}]}
+    assert [r[5] for r in fast] == [None, "utter_greet", "utter_help", None]

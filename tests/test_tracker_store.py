@@ -25,8 +25,8 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from sqlalchemy import event
 
 from parley.bot.tracker_store import SQLTrackerStore
+from tests.conftest import POSTGRES_URL
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 with warnings.catch_warnings():  # Rasa warns about slot auto-fill for any slot given so
     warnings.simplefilter("ignore", UserWarning)
     DOMAIN = Domain.from_dict({"version": "3.1", "intents": ["greet", "thanks"], "slots": {
@@ -60,16 +60,18 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path
     if request.param == "sqlite":
         options = {"dialect": "sqlite", "db": str(tmp_path / "t.db")}
     else:
-        options = {"dialect": "postgresql", "host": "127.0.0.1", "port": 5432,
-                   "username": "postgres", "db": f"tracker_{uuid.uuid4().hex[:8]}",
-                   "login_db": "test"}
+        request.getfixturevalue("pg_url")  # skipped when unreachable, failed in CI
+        server = sa.engine.make_url(POSTGRES_URL)
+        options = {"dialect": "postgresql", "host": server.host, "port": server.port,
+                   "username": server.username, "password": server.password,
+                   "db": f"tracker_{uuid.uuid4().hex[:8]}", "login_db": server.database}
     ours = SQLTrackerStore(DOMAIN, **options)
     rasas = RasaSQLTrackerStore(DOMAIN, **{**options, "login_db": None})
     yield ours, rasas
     ours.engine.dispose()
     rasas.engine.dispose()
     if request.param == "postgresql":
-        admin = sa.create_engine(POSTGRES, future=True, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(POSTGRES_URL, future=True, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE "{options["db"]}" WITH (FORCE)'))
         admin.dispose()
