@@ -12,6 +12,7 @@ the ORM writes and reads. Anything rarer stays on the ORM.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -102,6 +103,7 @@ def transaction(database_url: str | None = None) -> Iterator[Cursor]:
             roll_back(connection)
             raise
         finally:
-            cursor.close()
+            with contextlib.suppress(Exception):  # (closed already if it was dropped)
+                cursor.close()
     finally:
         connection.close()  # back to the pool

@@ -75,8 +75,9 @@ class SQLTrackerStore(RasaSQLTrackerStore):
         if self.engine.dialect.name == "postgresql":
             # Rasa's engine has no timeouts: after a database restart a call could wait
             # for ever, and every turn behind it. The same limits as Parley's own engine.
-            # Rasa's own options stay (POSTGRESQL_SCHEMA's search path, the pool size).
-            rasas = create_engine_kwargs(self.engine.url)
+            # Rasa's own options stay (POSTGRESQL_SCHEMA's search path, the pool size),
+            # except where Rasa drops them itself: it made the database (`login_db`).
+            rasas = {} if kwargs.get("login_db") else create_engine_kwargs(self.engine.url)
             connect_args = {**POSTGRESQL_CONNECT_ARGS, **rasas.pop("connect_args", {})}
             self.engine.dispose()
             self.engine = create_engine(self.engine.url, pool_pre_ping=True,

@@ -397,6 +397,9 @@ class ChannelWorkers:
         self.outbox_wake = asyncio.Event()
         self.turns = asyncio.Semaphore(self.settings.turns_in_flight)
         self.active: set[str] = set()
+        # Conversations claimed again while their task was still running (both on the
+        # loop): the task takes the new lease instead of a second task starting.
+        self.again: set[str] = set()
         self.finished: dict[int, asyncio.Event] = {}
         self.app: Any = None  # the Rasa server, once started (its agent runs the turns)
 
@@ -433,7 +436,8 @@ class ChannelWorkers:
         claimed = await off_loop(inbox.claim, self.name, OWNER, self.settings.lease_seconds,
                                  room)
         for conversation_id in claimed:
-            if conversation_id in self.active:  # our task on it outlived its lease: renewed
+            if conversation_id in self.active:  # its task is ending or outlived its lease:
+                self.again.add(conversation_id)  # it goes on with the new lease
                 continue
             self.active.add(conversation_id)
             Held.conversations.add(conversation_id)
@@ -445,9 +449,12 @@ class ChannelWorkers:
         released = False  # `begin` found nothing to do and let the lease go itself
         try:
             while True:
+                self.again.discard(conversation_id)
                 pending = await off_loop(inbox.begin, conversation_id, OWNER,
                                          self.settings.lease_seconds)
                 if pending is None:
+                    if conversation_id in self.again:  # claimed again meanwhile: ours
+                        continue
                     released = True
                     return
                 await self._process(pending)
@@ -455,6 +462,7 @@ class ChannelWorkers:
             logger.exception("worker stopped on %s", conversation_id)
         finally:
             self.active.discard(conversation_id)
+            self.again.discard(conversation_id)
             Held.conversations.discard(conversation_id)
             try:
                 if not released:

@@ -74,3 +74,16 @@ def test_a_driver_error_is_sqlalchemys_and_nothing_is_kept(any_db: str) -> None:
         cursor.execute(insert, ("telegram:3", cursor.bind(column, when)))
     with session_scope(any_db) as session:
         assert session.execute(select(Conversation)).first() is None
+
+
+def test_a_connection_that_cannot_roll_back_is_dropped_and_the_error_kept(
+        any_db: str) -> None:
+    """The server went away mid-transaction: the error that got us there surfaces
+    (not the failed rollback's), and the pool hands out a working connection next."""
+    with pytest.raises(ValueError, match="ours"), driver_sql.transaction(any_db) as cursor:
+        cursor.execute("SELECT 1")
+        cursor._cursor.connection.close()  # as a dead server leaves it
+        raise ValueError("ours")
+    for _ in range(3):
+        with driver_sql.transaction(any_db) as cursor:
+            assert cursor.execute("SELECT 1").one() == (1,)
