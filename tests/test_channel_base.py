@@ -14,10 +14,17 @@ from rasa.core.agent import Agent
 from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
 from rasa.shared.core.events import BotUttered, UserUtteranceReverted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from parley.bot import inbox
-from parley.bot.conversations import Message, add_message, ensure_conversation, transcript
+from parley.bot.conversations import (
+    Conversation,
+    Message,
+    add_message,
+    ensure_conversation,
+    transcript,
+)
 from parley.bot.inbox import Pending
 from parley.bot.model_freshness import model_path
 from parley.bot.outbox import Send
@@ -500,3 +507,32 @@ def test_a_worker_encodes_the_message_before_the_turn_not_on_the_turns_thread(
     assert inbox.state_of(stored_id, db_url) == "answered"
     ours = [name for name, t in encodes if t == text]
     assert ours and all(name.startswith("parley-encoder") for name in ours), ours
+
+
+@pytest.mark.filterwarnings(RASA_SLOT_WARNING)
+def test_a_conversation_claimed_again_while_its_task_ends_stays_with_that_task(
+        agent: Any, db_url: str, always_open: None) -> None:
+    """A tick may claim a conversation whose task has just found nothing left (its
+    `begin` let the lease go) but has not ended yet: no second task starts on it, and
+    that task answers the new message rather than leaving a lease with no task."""
+    conversation = "telegram:6060"
+    workers = ChannelWorkers(Silent(), on_new_message=agent.handle_message)
+    workers.app = SimpleNamespace(ctx=SimpleNamespace(agent=agent))
+
+    async def run() -> None:
+        workers.active.add(conversation)  # its task, ending
+        stored_id = inbox.store(conversation, "hello", platform_message_id="g1",
+                                database_url=db_url)
+        before = len(asyncio.all_tasks())
+        assert await workers._inbox_tick()  # claimed: the lease is ours again
+        assert len(asyncio.all_tasks()) == before  # and no second task on it
+        assert workers.again == {conversation}
+        await workers._conversation(conversation)  # the ending task goes on
+        assert inbox.state_of(stored_id, db_url) == "answered"
+
+    asyncio.run(run())
+    assert not workers.active and not workers.again
+    with session_scope(db_url) as session:
+        lease = session.execute(select(Conversation.lease_owner).where(
+            Conversation.id == conversation)).scalar_one()
+    assert lease is None  # let go: nothing left behind
