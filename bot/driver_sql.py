@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Column
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
 from parley.bot.storage import get_engine
@@ -57,6 +57,10 @@ class Cursor:
         self._cursor.execute(_statement(self.dialect, text), tuple(values))
         return self
 
+    def execute_many(self, text: str, rows: Sequence[Sequence[Any]]) -> Cursor:
+        self._cursor.executemany(_statement(self.dialect, text), [tuple(r) for r in rows])
+        return self
+
     def one(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()  # type: ignore[no-any-return]
 
@@ -76,7 +80,7 @@ class Cursor:
         return _result(self.dialect, column)(value)
 
 
-def roll_back(connection: Any) -> None:
+def _roll_back(connection: Any) -> None:
     """Roll back; a connection that cannot (the server went away) is dropped from
     the pool instead, and the error that got us here is the one raised."""
     try:
@@ -85,11 +89,16 @@ def roll_back(connection: Any) -> None:
         connection.invalidate()
 
 
+def transaction(database_url: str | None = None) -> contextlib.AbstractContextManager[Cursor]:
+    """A transaction on Parley's database (`on_engine`)."""
+    return on_engine(get_engine(database_url))
+
+
 @contextmanager
-def transaction(database_url: str | None = None) -> Iterator[Cursor]:
-    """A cursor on a pooled connection, committed on success. Driver errors come
-    out as SQLAlchemy's (IntegrityError, OperationalError …), as from a session."""
-    engine = get_engine(database_url)
+def on_engine(engine: Engine) -> Iterator[Cursor]:
+    """A cursor on a pooled connection of `engine`, committed on success. Driver
+    errors come out as SQLAlchemy's (IntegrityError, OperationalError …), as from a
+    session."""
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
@@ -97,10 +106,10 @@ def transaction(database_url: str | None = None) -> Iterator[Cursor]:
             yield Cursor(cursor, engine.dialect)
             connection.commit()
         except engine.dialect.dbapi.Error as exc:
-            roll_back(connection)
+            _roll_back(connection)
             raise DBAPIError.instance(None, None, exc, engine.dialect.dbapi.Error) from exc
         except BaseException:
-            roll_back(connection)
+            _roll_back(connection)
             raise
         finally:
             with contextlib.suppress(Exception):  # (closed already if it was dropped)

@@ -78,6 +78,8 @@ _LEASE_UNTIL = Conversation.__table__.c.lease_until
 _RETRY_AT = Message.__table__.c.retry_at
 _PAYLOAD = Message.__table__.c.payload
 _FREE = "(lease_until IS NULL OR lease_until < ?)"
+_RELEASE = ("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_owner = ?")
 _WAITING = (
     "SELECT m.conversation_id FROM messages m JOIN conversations c ON c.id = "
     "m.conversation_id WHERE m.inbox_state IN ('received', 'processing') AND c.channel = ? "
@@ -130,8 +132,7 @@ def begin(conversation_id: str, owner: str, lease_seconds: float,
             "ORDER BY id LIMIT 1", (conversation_id,)).one()
         retry_at = cursor.read(_RETRY_AT, message[4]) if message is not None else None
         if message is None or (retry_at is not None and retry_at > now):
-            cursor.execute("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
-                           "WHERE id = ? AND lease_owner = ?", (conversation_id, owner))
+            cursor.execute(_RELEASE, (conversation_id, owner))
             return None
         # Guarded: on SQLite the write may have waited for the lock while the lease ran
         # out and another process took the conversation.
@@ -196,8 +197,7 @@ def _mark_failed_turn(message: Message | None, attempt: int) -> None:
 
 def release(conversation_id: str, owner: str, database_url: str | None = None) -> None:
     with driver_sql.transaction(database_url) as cursor:
-        cursor.execute("UPDATE conversations SET lease_owner = NULL, lease_until = NULL "
-                       "WHERE id = ? AND lease_owner = ?", (conversation_id, owner))
+        cursor.execute(_RELEASE, (conversation_id, owner))
 
 
 def try_failed(message_id: int, error: str, database_url: str | None = None, *,

@@ -51,7 +51,8 @@ def _pending() -> Any:
             Message.delivery_error.is_(None))
 
 
-_PENDING_SQL = "m.delivery = 'push' AND m.sent_at IS NULL AND m.delivery_error IS NULL"
+# `_pending()` in SQL, for the messages table under the alias `m` or as itself.
+_PENDING_SQL = "{m}delivery = 'push' AND {m}sent_at IS NULL AND {m}delivery_error IS NULL"
 _CLAIMED_UNTIL = Message.__table__.c.claimed_until
 _RETRY_AT = Message.__table__.c.retry_at
 _PAYLOAD = Message.__table__.c.payload
@@ -70,7 +71,8 @@ def claim(channel: str, owner: str, lease_seconds: float, limit: int = 100,
         rows = cursor.execute(
             "SELECT m.id, m.conversation_id, m.author, m.text, m.payload, m.attempts, "
             "m.claimed_until, m.retry_at FROM messages m JOIN conversations c ON c.id = "
-            f"m.conversation_id WHERE c.channel = ? AND {_PENDING_SQL} ORDER BY m.id LIMIT ?",
+            f"m.conversation_id WHERE c.channel = ? AND {_PENDING_SQL.format(m='m.')} "
+            "ORDER BY m.id LIMIT ?",
             (channel, limit)).all()
         if not rows:
             return taken
@@ -85,8 +87,7 @@ def claim(channel: str, owner: str, lease_seconds: float, limit: int = 100,
                 (retry_at is None or retry_at <= now)
             won = free and cursor.execute(
                 "UPDATE messages SET claimed_by = ?, claimed_until = ? WHERE id = ? AND "
-                "delivery = 'push' AND sent_at IS NULL AND delivery_error IS NULL AND "
-                "(claimed_until IS NULL OR claimed_until < ?)",
+                f"{_PENDING_SQL.format(m='')} AND (claimed_until IS NULL OR claimed_until < ?)",
                 (owner, until, id_, at)).rowcount == 1
             if not won:
                 blocked.add(conversation_id)
@@ -119,7 +120,7 @@ def confirm(send: Send, owner: str, lease_seconds: float,
         until = cursor.bind(_CLAIMED_UNTIL, utcnow() + timedelta(seconds=lease_seconds))
         ours = cursor.execute(
             "UPDATE messages SET claimed_until = ? WHERE id = ? AND claimed_by = ? AND "
-            "delivery = 'push' AND sent_at IS NULL AND delivery_error IS NULL",
+            f"{_PENDING_SQL.format(m='')}",
             (until, send.id, owner)).rowcount == 1
         if not ours:
             return "skip"

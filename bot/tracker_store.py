@@ -116,31 +116,20 @@ class SQLTrackerStore(RasaSQLTrackerStore):
     # events): at 50 conversations 16 % of a Rasa process's GIL time went there. These
     # are the same statements (rasa/core/tracker_store.py `_event_query`, `save`,
     # `_additional_events`), written out once.
-    def _statement(self, text: str) -> str:
-        return text if self.engine.dialect.paramstyle == "qmark" else text.replace("?", "%s")
-
     def _retrieve_session(self, sender_id: str) -> DialogueStateTracker | None:
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self._statement(f"SELECT data {_LATEST_SESSION} ORDER BY id"),
-                           (sender_id, sender_id, sender_id))
-            events = [json.loads(data) for (data,) in cursor.fetchall()]
-            connection.rollback()
-        finally:
-            connection.close()
+        with driver_sql.on_engine(self.engine) as cursor:
+            events = [json.loads(data) for (data,) in cursor.execute(
+                f"SELECT data {_LATEST_SESSION} ORDER BY id", (sender_id,) * 3).all()]
         if self.domain and events:
             return DialogueStateTracker.from_dict(sender_id, events, self.domain.slots)
         return None
 
     def _save_session(self, tracker: DialogueStateTracker) -> None:
         sender_id = tracker.sender_id
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self._statement(f"SELECT COUNT(*) {_LATEST_SESSION}"),
-                           (sender_id, sender_id, sender_id))
-            stored = int(cursor.fetchone()[0])
+        with driver_sql.on_engine(self.engine) as cursor:
+            counted = cursor.execute(f"SELECT COUNT(*) {_LATEST_SESSION}",
+                                     (sender_id,) * 3).one()
+            stored = int(counted[0]) if counted else 0
             rows = []
             for event_ in itertools.islice(tracker.events, stored, len(tracker.events)):
                 data = event_.as_dict()
@@ -148,12 +137,6 @@ class SQLTrackerStore(RasaSQLTrackerStore):
                 rows.append((sender_id, event_.type_name, data.get("timestamp"), intent,
                              data.get("name"), json.dumps(data)))
             if rows:
-                cursor.executemany(self._statement(
+                cursor.execute_many(
                     "INSERT INTO events (sender_id, type_name, timestamp, intent_name, "
-                    "action_name, data) VALUES (?, ?, ?, ?, ?, ?)"), rows)
-            connection.commit()
-        except BaseException:
-            driver_sql.roll_back(connection)
-            raise
-        finally:
-            connection.close()
+                    "action_name, data) VALUES (?, ?, ?, ?, ?, ?)", rows)

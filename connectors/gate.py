@@ -75,12 +75,13 @@ def _say(session: Session, conversation_id: str, name: str, delivery: str, reply
                 payload=extra or None, delivery=delivery, reply_to=reply_to)
 
 
-# The lease, and whether anything but the bot may answer: an open ticket (a person
-# owns the conversation) or an asking survey (it may take the message).
+# How many open tickets conversation `c` has (a person owns it): 0 or 1.
+_OPEN_TICKETS = ("(SELECT COUNT(*) FROM tickets t WHERE t.conversation_id = c.id "
+                 f"AND t.status IN ({', '.join(repr(s) for s in OPEN)}))")
+# The lease, and whether anything but the bot may answer: an open ticket or an asking
+# survey (it may take the message).
 _BOT_ALONE = (
-    "SELECT c.lease_owner, c.lease_until, "
-    "(SELECT COUNT(*) FROM tickets t WHERE t.conversation_id = c.id "
-    f"AND t.status IN ({', '.join(repr(s) for s in OPEN)})), "
+    f"SELECT c.lease_owner, c.lease_until, {_OPEN_TICKETS}, "
     "(SELECT COUNT(*) FROM surveys s WHERE s.conversation_id = c.id AND s.state = 'asking') "
     "FROM conversations c WHERE c.id = ?")
 
@@ -145,9 +146,7 @@ _INSERT_REPLY = (f"INSERT INTO messages ({', '.join(_REPLY_COLUMNS)}) "
                  f"VALUES ({', '.join('?' * len(_REPLY_COLUMNS))})")
 _REPLY_TYPES = tuple(Message.__table__.c[name] for name in _REPLY_COLUMNS)
 _ANSWERING = (
-    "SELECT m.inbox_state, c.lease_owner, c.lease_until, "
-    "(SELECT COUNT(*) FROM tickets t WHERE t.conversation_id = c.id "
-    f"AND t.status IN ({', '.join(repr(s) for s in OPEN)})) "
+    f"SELECT m.inbox_state, c.lease_owner, c.lease_until, {_OPEN_TICKETS} "
     "FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?")
 
 
