@@ -236,6 +236,7 @@ class Cell:
     replies: int = 0  # replies arriving inside the measured windows
     seconds: float = 0.0  # length of the measured windows
     lost: int = 0
+    connections: int = 0  # PostgreSQL connections opened inside the windows
     cpu: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -268,7 +269,7 @@ def all_cpu(system: System) -> dict[str, float]:
     PostgreSQL, the fake Bot API and this load generator; and the machine's busy time."""
     out = {"rasa": sum(_cpu(p) for p in system.rasa_pids),
            "actions + desk": sum(_cpu(p) for p in system.other_pids),
-           "postgres + redis": sum(_cpu(p) for p in _server_pids()),
+           "postgres + redis": server_cpu(),
            **{name: _cpu(pid) for name, pid in CPU_OF.items()},
            "load generator": _cpu(os.getpid())}
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -283,14 +284,39 @@ def _cpu(pid: int) -> float:
     return 0.0
 
 
-def _server_pids() -> list[int]:
-    pids = []
+def server_cpu() -> float:
+    """CPU seconds of PostgreSQL and Redis so far, including PostgreSQL's backends
+    that have ended: the postmaster reaps them, so their time is in its children's
+    fields (a connection opened and closed inside a window would otherwise show as
+    "other work")."""
+    total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in {"postgres", "redis-server"}:
-                    pids.append(int(entry.name))
-    return pids
+            with contextlib.suppress(OSError, ValueError):
+                if (entry / "comm").read_text().strip() not in {"postgres", "redis-server"}:
+                    continue
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+                if fields[1] == "1" or _comm(int(fields[1])) != "postgres":  # the postmaster
+                    total += int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _comm(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
+def connections_opened() -> int:
+    """PostgreSQL sessions started so far, all databases (pg_stat_database)."""
+    engine = sa.create_engine(POSTGRES, future=True, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(
+                "SELECT sum(sessions) FROM pg_stat_database")).scalar_one()) - 1
+    finally:
+        engine.dispose()
 
 
 CPU_OF: dict[str, int] = {}  # more processes whose CPU is counted (the fake Bot API)
@@ -306,6 +332,7 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     w0, w1 = t0 + warmup, t0 + warmup + duration
     turns: list[Turn] = []
     cpu: list[dict[str, float]] = []
+    sessions: list[int] = []
 
     async def conversation() -> None:
         chat, used = next(_ids), 0
@@ -329,8 +356,10 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     async def sample_cpu() -> None:
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         cpu.append(all_cpu(system))
+        sessions.append(connections_opened())
         await asyncio.sleep(max(0.0, w1 - time.monotonic()))
         cpu.append(all_cpu(system))
+        sessions.append(connections_opened())
 
     limits = httpx.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -343,6 +372,7 @@ async def drive(system: System, arrivals: Arrivals, level: int, warmup: float,
     cell.turns += [t for t in turns if w0 <= t.start < w1]
     cell.replies += sum(1 for t in turns if w0 <= t.reply_at < w1)
     cell.seconds += w1 - w0
+    cell.connections += sessions[1] - sessions[0]
     for key, value in cpu[1].items():
         cell.cpu[key] += value - cpu[0][key]
 
@@ -489,13 +519,21 @@ def row(level: int, label: str, cell: Cell) -> str:
     return (f"| {level} | {label} | {len(cell.turns)} | {ms(acks, 50):.0f} | {ms(acks, 95):.0f} "
             f"| {ms(replies, 50):.0f} | {ms(replies, 95):.0f} | {rate(cell):.1f} "
             f"| {per_reply['rasa']:.1f} | {ours:.1f} | {busy * 100:.0f} % "
-            f"| {max(0.0, unrelated) * 100:.0f} % | {retries} / {cell.lost} |")
+            f"| {max(0.0, unrelated) * 100:.0f} % "
+            f"| {cell.connections / max(cell.seconds, 1e-9):.1f} | {retries} / {cell.lost} |")
+
+
+def cpu_breakdown(cell: Cell) -> str:
+    """Where the benchmark's CPU per reply went, by process group."""
+    return ", ".join(f"{name} {seconds * 1000 / max(1, cell.replies):.1f}"
+                     for name, seconds in cell.cpu.items() if name != "machine busy")
 
 
 HEADER = ["| concurrent | configuration | turns | ack p50 ms | ack p95 ms | reply p50 ms "
           "| reply p95 ms | replies/s | Rasa CPU ms per reply | benchmark CPU ms per reply "
-          "| machine busy | busy with other work | retried posts / lost |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| machine busy | busy with other work | PostgreSQL connections opened per s "
+          "| retried posts / lost |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def rate(cell: Cell) -> float:
@@ -647,6 +685,9 @@ async def measure(args: argparse.Namespace, fake_url: str, systems: list[System]
             print("\n".join(HEADER), flush=True)
             for system in here:
                 print(row(level, system.label, results[(system.label, level)]), flush=True)
+            for system in here:
+                print(f"  CPU ms per reply, {system.label}: "
+                      + cpu_breakdown(results[(system.label, level)]), flush=True)
         if args.profile:
             out_dir = Path(tempfile.mkdtemp(prefix="parley-bench-profile-"))
             for system in systems:

@@ -34,10 +34,17 @@ POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_i
 # Database calls from event loops run here, never on the loop itself (invariant 8).
 # Our own threads, not the loop's default executor, which Rasa and Sanic share. Few
 # of them: each holds the GIL while it works, and the loop competes for it.
-_DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parley-db")
+_DB_THREAD_COUNT, _URGENT_THREAD_COUNT = 4, 2
+_DB_THREADS = ThreadPoolExecutor(max_workers=_DB_THREAD_COUNT, thread_name_prefix="parley-db")
 # Work that must not queue behind the workers' calls: a webhook's store (the platform
 # waits for our 2xx) and lease heartbeats (late ones hand our work to another process).
-_URGENT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parley-db-urgent")
+_URGENT_THREADS = ThreadPoolExecutor(max_workers=_URGENT_THREAD_COUNT,
+                                     thread_name_prefix="parley-db-urgent")
+# Enough pooled connections for every thread above plus the loop's own callers, so a
+# busy moment does not open and close overflow connections (on PostgreSQL each one is
+# a new server process with cold caches: under load this churn cost more CPU than
+# the statements themselves; docs/benchmarks.md, eighth attempt).
+POOL_SIZE = _DB_THREAD_COUNT + _URGENT_THREAD_COUNT + 4
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -104,15 +111,13 @@ def _engine(database_url: str) -> Engine:
         # time, keeps them.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         kwargs["poolclass"] = QueuePool
-        kwargs["pool_size"] = 5
-        kwargs["max_overflow"] = 20
     else:
         kwargs["pool_pre_ping"] = True
         if database_url.startswith("postgresql"):
             # A restarted or unreachable server must end in an error, never a thread
             # that waits forever (it would hold a worker's loop; see docs/reliability.md).
             kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS
-    engine = create_engine(database_url, **kwargs)
+    engine = create_engine(database_url, pool_size=POOL_SIZE, max_overflow=20, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     elif database_url.startswith("postgresql"):
