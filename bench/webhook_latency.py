@@ -817,9 +817,13 @@ def report(args: argparse.Namespace, systems: list[System], levels: list[int],
         "only after the reply was sent, on the same PostgreSQL + Redis set-up. CPU per "
         "reply, during the measured windows: of the Rasa processes; of everything the "
         "benchmark runs (Rasa, action server and desk, PostgreSQL and Redis, the fake API, "
-        "the load generator). Machine busy: all cores; busy with other work: processes "
-        "outside the benchmark (this machine is shared; PostgreSQL serves other clients "
-        "too, which the benchmark's column then includes).",
+        "the load generator; PostgreSQL's includes its backends that ended inside the "
+        "window, which the postmaster reaps). Machine busy: all cores; busy with other "
+        "work: whatever else ran (kernel threads, other users of this shared machine; "
+        "PostgreSQL serves other clients too, which the benchmark's column then "
+        "includes). PostgreSQL connections opened per s: new server sessions during the "
+        "windows (`pg_stat_database`), all clients. The load generator posts with "
+        "aiohttp.",
         "",
         *HEADER, *rows,
         "",

@@ -34,17 +34,17 @@ POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_i
 # Database calls from event loops run here, never on the loop itself (invariant 8).
 # Our own threads, not the loop's default executor, which Rasa and Sanic share. Few
 # of them: each holds the GIL while it works, and the loop competes for it.
-_DB_THREAD_COUNT, _URGENT_THREAD_COUNT = 4, 2
-_DB_THREADS = ThreadPoolExecutor(max_workers=_DB_THREAD_COUNT, thread_name_prefix="parley-db")
+DB_THREAD_COUNT, URGENT_THREAD_COUNT = 4, 2
+_DB_THREADS = ThreadPoolExecutor(max_workers=DB_THREAD_COUNT, thread_name_prefix="parley-db")
 # Work that must not queue behind the workers' calls: a webhook's store (the platform
 # waits for our 2xx) and lease heartbeats (late ones hand our work to another process).
-_URGENT_THREADS = ThreadPoolExecutor(max_workers=_URGENT_THREAD_COUNT,
+_URGENT_THREADS = ThreadPoolExecutor(max_workers=URGENT_THREAD_COUNT,
                                      thread_name_prefix="parley-db-urgent")
 # Enough pooled connections for every thread above plus the loop's own callers, so a
 # busy moment does not open and close overflow connections (on PostgreSQL each one is
 # a new server process with cold caches: under load this churn cost more CPU than
 # the statements themselves; docs/benchmarks.md, eighth attempt).
-POOL_SIZE = _DB_THREAD_COUNT + _URGENT_THREAD_COUNT + 4
+POOL_SIZE = DB_THREAD_COUNT + URGENT_THREAD_COUNT + 4
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
