@@ -124,3 +124,42 @@ def test_the_cursor_path_reads_and_writes_what_rasas_code_does(
         assert await ours.retrieve("telegram:none") is None
 
     asyncio.run(run())
+
+
+def test_a_postgresql_schema_keeps_rasas_search_path_with_our_timeouts(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With POSTGRESQL_SCHEMA Rasa's own code runs, on an engine that keeps Rasa's
+    search path (the events table lives in that schema) and adds our timeouts."""
+    schema = f"rasa_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(POSTGRES_URL, future=True, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    monkeypatch.setenv("POSTGRESQL_SCHEMA", schema)
+    server = sa.engine.make_url(POSTGRES_URL)
+    store = SQLTrackerStore(DOMAIN, dialect="postgresql", host=server.host,
+                            port=server.port, username=server.username,
+                            password=server.password, db=server.database)
+    try:
+        assert not store._cursor_sql()
+        events = conversation("telegram:9")[0]
+        tracker = DialogueStateTracker.from_events("telegram:9", events, DOMAIN.slots)
+
+        async def run() -> DialogueStateTracker | None:
+            await store.save(tracker)
+            return await store.retrieve("telegram:9")
+
+        back = asyncio.run(run())
+        assert back is not None and [e.text for e in back.events
+                                     if isinstance(e, UserUttered)] == ["hi"]
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.text("SHOW search_path")).scalar() == schema
+            assert connection.execute(sa.text("SHOW statement_timeout")).scalar() == "30s"
+        with admin.connect() as connection:
+            assert connection.execute(sa.text(
+                f'SELECT COUNT(*) FROM "{schema}".events WHERE sender_id = :s'),
+                {"s": "telegram:9"}).scalar() == len(events)
+    finally:
+        store.engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
