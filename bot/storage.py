@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, declarative_base
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
@@ -45,6 +47,7 @@ _URGENT_THREADS = ThreadPoolExecutor(max_workers=URGENT_THREAD_COUNT,
 # a new server process with cold caches: under load this churn cost more CPU than
 # the statements themselves; docs/benchmarks.md, eighth attempt).
 POOL_SIZE = DB_THREAD_COUNT + URGENT_THREAD_COUNT + 4
+PING_AFTER = 0.5  # seconds a pooled connection rests before it is tested again
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -111,18 +114,49 @@ def _engine(database_url: str) -> Engine:
         # time, keeps them.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         kwargs["poolclass"] = QueuePool
-    else:
-        kwargs["pool_pre_ping"] = True
-        if database_url.startswith("postgresql"):
-            # A restarted or unreachable server must end in an error, never a thread
-            # that waits forever (it would hold a worker's loop; see docs/reliability.md).
-            kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS
+    elif database_url.startswith("postgresql"):
+        # A restarted or unreachable server must end in an error, never a thread
+        # that waits forever (it would hold a worker's loop; see docs/reliability.md).
+        kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS
     engine = create_engine(database_url, pool_size=POOL_SIZE, max_overflow=20, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif database_url.startswith("postgresql"):
-        event.listen(engine, "connect", postgresql_timeouts)
+    else:
+        ping_when_rested(engine)
+        if database_url.startswith("postgresql"):
+            event.listen(engine, "connect", postgresql_timeouts)
     return engine
+
+
+def ping_when_rested(engine: Engine) -> None:
+    """Test a pooled connection before use once it has rested PING_AFTER seconds,
+    and replace it if the server has gone away meanwhile (a restart). SQLAlchemy's
+    `pool_pre_ping` tests at every checkout: 16 extra round trips a bot turn, when
+    under load a connection comes back within milliseconds. A server that restarts
+    faster than PING_AFTER fails one statement on each stale connection instead;
+    every caller already treats a failed statement as retryable."""
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info["rested_from"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _rests(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["rested_from"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("rested_from", 0.0) < PING_AFTER:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:  # the pool makes a new connection and tries again
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def postgresql_timeouts(dbapi_connection: Any, _record: Any) -> None:

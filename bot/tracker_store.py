@@ -34,7 +34,12 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 from parley.bot import driver_sql
-from parley.bot.storage import POSTGRESQL_CONNECT_ARGS, off_loop, postgresql_timeouts
+from parley.bot.storage import (
+    POSTGRESQL_CONNECT_ARGS,
+    off_loop,
+    ping_when_rested,
+    postgresql_timeouts,
+)
 
 T = TypeVar("T")
 # The events of the latest session: from its last `session_started` on, or all of
@@ -80,8 +85,9 @@ class SQLTrackerStore(RasaSQLTrackerStore):
             rasas = {} if kwargs.get("login_db") else create_engine_kwargs(self.engine.url)
             connect_args = {**POSTGRESQL_CONNECT_ARGS, **rasas.pop("connect_args", {})}
             self.engine.dispose()
-            self.engine = create_engine(self.engine.url, pool_pre_ping=True,
-                                        connect_args=connect_args, **rasas)
+            self.engine = create_engine(self.engine.url, connect_args=connect_args,
+                                        **rasas)
+            ping_when_rested(self.engine)
             event.listen(self.engine, "connect", postgresql_timeouts)
             self.sessionmaker = sessionmaker(bind=self.engine)
 
@@ -137,6 +143,5 @@ class SQLTrackerStore(RasaSQLTrackerStore):
                 rows.append((sender_id, event_.type_name, data.get("timestamp"), intent,
                              data.get("name"), json.dumps(data)))
             if rows:
-                cursor.execute_many(
-                    "INSERT INTO events (sender_id, type_name, timestamp, intent_name, "
-                    "action_name, data) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                cursor.insert("events (sender_id, type_name, timestamp, intent_name, "
+                              "action_name, data)", rows)

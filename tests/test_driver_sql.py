@@ -87,3 +87,14 @@ def test_a_connection_that_cannot_roll_back_is_dropped_and_the_error_kept(
     for _ in range(3):
         with driver_sql.transaction(any_db) as cursor:
             assert cursor.execute("SELECT 1").one() == (1,)
+
+
+def test_insert_sends_rows_in_chunks_and_keeps_their_order(any_db: str) -> None:
+    rows = [(n, f"row {n}") for n in range(driver_sql.INSERT_CHUNK * 2 + 7)]
+    with driver_sql.transaction(any_db) as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE chunked (n INTEGER, label TEXT)")
+        cursor.insert("chunked (n, label)", rows)
+        cursor.insert("chunked (n, label)", [])
+        back = cursor.execute("SELECT n, label FROM chunked").all()
+        cursor.execute("DROP TABLE chunked")
+    assert [tuple(row) for row in back] == rows

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from parley.bot import driver_sql, storage
+from tests.conftest import POSTGRES_URL
 
 
 def test_connections_of_every_storage_thread_go_back_to_the_pool(any_db: str) -> None:
@@ -35,3 +41,44 @@ def test_connections_of_every_storage_thread_go_back_to_the_pool(any_db: str) ->
     assert not errors
     assert engine.pool.checkedin() == threads  # type: ignore[attr-defined]
     assert engine.pool.size() >= threads  # type: ignore[attr-defined]
+
+
+def test_a_rested_connection_whose_server_process_ended_is_replaced(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection tested after its rest is replaced when its server process is
+    gone (a restart); one used sooner is not tested, and its first statement fails
+    (every caller retries; docs/reliability.md)."""
+    engine = storage.get_engine(pg_url)
+    engine.dispose()
+    admin = sa.create_engine(POSTGRES_URL, future=True, isolation_level="AUTOCOMMIT")
+
+    def backend() -> int:
+        with driver_sql.transaction(pg_url) as cursor:
+            row = cursor.execute("SELECT pg_backend_pid()").one()
+            assert row is not None
+            return int(row[0])
+
+    def end(pid: int) -> None:
+        with admin.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_terminate_backend(:p)"),
+                                      {"p": pid}).scalar()
+        for _ in range(100):  # until the server process is gone
+            with admin.connect() as connection:
+                if not connection.execute(sa.text(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).all():
+                    break
+            time.sleep(0.05)
+
+    try:
+        monkeypatch.setattr(storage, "PING_AFTER", 0.0)  # every checkout has rested
+        first = backend()
+        end(first)
+        assert backend() != first  # tested, replaced, no error
+        monkeypatch.setattr(storage, "PING_AFTER", 3600.0)  # none has rested
+        second = backend()
+        end(second)
+        with pytest.raises(DBAPIError):
+            backend()
+        assert backend() != second  # the failed one was dropped from the pool
+    finally:
+        admin.dispose()
