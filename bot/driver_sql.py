@@ -46,7 +46,7 @@ def _result(dialect: Dialect, column: Column) -> Processor:
     return column.type.dialect_impl(dialect).result_processor(dialect, None) or _same
 
 
-INSERT_CHUNK = 100  # rows per INSERT: well inside SQLite's 999 parameters for 9 columns
+SQLITE_MAX_PARAMETERS = 999  # (SQLite before 3.32; later ones take 32,766)
 
 
 class Cursor:
@@ -61,11 +61,12 @@ class Cursor:
         return self
 
     def insert(self, into: str, rows: Sequence[Sequence[Any]]) -> Cursor:
-        """`INSERT INTO <into> VALUES (…), (…)`: one statement per INSERT_CHUNK rows.
-        The drivers' executemany sends a statement per row (psycopg2: a round trip
-        each; a Rasa turn saves six or so events)."""
-        for start in range(0, len(rows), INSERT_CHUNK):
-            part = rows[start:start + INSERT_CHUNK]
+        """`INSERT INTO <into> VALUES (…), (…)`, rows in order (ids follow it), as few
+        statements as SQLite's parameter limit allows. The drivers' executemany sends
+        a statement per row (psycopg2: a round trip each; a turn saves ~6 events)."""
+        chunk = max(1, SQLITE_MAX_PARAMETERS // len(rows[0])) if rows else 1
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
             marks = "(" + ", ".join("?" * len(part[0])) + ")"
             self.execute(f"INSERT INTO {into} VALUES {', '.join([marks] * len(part))}",
                          [value for row in part for value in row])
@@ -116,6 +117,10 @@ def on_engine(engine: Engine) -> Iterator[Cursor]:
             yield Cursor(cursor, engine.dialect)
             connection.commit()
         except engine.dialect.dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, connection.dbapi_connection, cursor):
+                # The server went away (a restart): every pooled connection older than
+                # now is stale, as SQLAlchemy's own statements would mark them.
+                engine.pool._invalidate(connection, exc, _checkin=False)
             _roll_back(connection)
             raise DBAPIError.instance(None, None, exc, engine.dialect.dbapi.Error) from exc
         except BaseException:

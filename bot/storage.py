@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, declarative_base
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
@@ -42,11 +42,13 @@ _DB_THREADS = ThreadPoolExecutor(max_workers=DB_THREAD_COUNT, thread_name_prefix
 # waits for our 2xx) and lease heartbeats (late ones hand our work to another process).
 _URGENT_THREADS = ThreadPoolExecutor(max_workers=URGENT_THREAD_COUNT,
                                      thread_name_prefix="parley-db-urgent")
-# Enough pooled connections for every thread above plus the loop's own callers, so a
-# busy moment does not open and close overflow connections (on PostgreSQL each one is
-# a new server process with cold caches: under load this churn cost more CPU than
-# the statements themselves; docs/benchmarks.md, eighth attempt).
+# A pooled connection for every thread above and four spare, so a busy moment does
+# not open and close overflow connections (on PostgreSQL each one is a new server
+# process with cold caches: under load that churn cost more CPU than our statements;
+# docs/benchmarks.md, eighth attempt). Little overflow beyond: every process's
+# connections count against PostgreSQL's max_connections (compose.yaml sets it).
 POOL_SIZE = DB_THREAD_COUNT + URGENT_THREAD_COUNT + 4
+POOL = {"pool_size": POOL_SIZE, "max_overflow": 4}
 PING_AFTER = 0.5  # seconds a pooled connection rests before it is tested again
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -113,12 +115,12 @@ def _engine(database_url: str) -> Engine:
         # transaction: ~4 ms); a pool of connections, each used by one thread at a
         # time, keeps them.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        kwargs["poolclass"] = QueuePool
+        kwargs.update(poolclass=QueuePool, **POOL)
     elif database_url.startswith("postgresql"):
         # A restarted or unreachable server must end in an error, never a thread
         # that waits forever (it would hold a worker's loop; see docs/reliability.md).
-        kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS
-    engine = create_engine(database_url, pool_size=POOL_SIZE, max_overflow=20, **kwargs)
+        kwargs.update(connect_args=POSTGRESQL_CONNECT_ARGS, **POOL)
+    engine = create_engine(database_url, **kwargs)
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -132,9 +134,10 @@ def ping_when_rested(engine: Engine) -> None:
     """Test a pooled connection before use once it has rested PING_AFTER seconds,
     and replace it if the server has gone away meanwhile (a restart). SQLAlchemy's
     `pool_pre_ping` tests at every checkout: 16 extra round trips a bot turn, when
-    under load a connection comes back within milliseconds. A server that restarts
-    faster than PING_AFTER fails one statement on each stale connection instead;
-    every caller already treats a failed statement as retryable."""
+    under load a connection comes back within milliseconds. A dead one found here
+    marks the whole pool stale, as a disconnect seen by a statement does
+    (`driver_sql.on_engine`), so one caller at most sees the error; every caller
+    already treats a failed statement as retryable."""
 
     @event.listens_for(engine, "connect")
     def _fresh(_dbapi_connection: Any, record: Any) -> None:
@@ -155,8 +158,8 @@ def ping_when_rested(engine: Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
-        except Exception as exc:  # the pool makes a new connection and tries again
-            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+        except Exception as exc:  # this one and every older one are replaced
+            raise InvalidatePoolError(f"pooled connection is dead: {exc}") from exc
 
 
 def postgresql_timeouts(dbapi_connection: Any, _record: Any) -> None:

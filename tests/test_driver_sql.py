@@ -89,12 +89,15 @@ def test_a_connection_that_cannot_roll_back_is_dropped_and_the_error_kept(
             assert cursor.execute("SELECT 1").one() == (1,)
 
 
-def test_insert_sends_rows_in_chunks_and_keeps_their_order(any_db: str) -> None:
-    rows = [(n, f"row {n}") for n in range(driver_sql.INSERT_CHUNK * 2 + 7)]
+def test_insert_sends_rows_in_chunks_and_their_ids_follow_the_order(any_db: str) -> None:
+    """As the tracker store reads events back: by id."""
+    chunk = driver_sql.SQLITE_MAX_PARAMETERS // 2
+    rows = [((n * 7919) % 1000, f"row {n}") for n in range(chunk * 2 + 7)]  # not sorted
     with driver_sql.transaction(any_db) as cursor:
-        cursor.execute("CREATE TEMPORARY TABLE chunked (n INTEGER, label TEXT)")
+        key = "INTEGER PRIMARY KEY" if cursor.dialect.name == "sqlite" else "SERIAL PRIMARY KEY"
+        cursor.execute(f"CREATE TEMPORARY TABLE chunked (id {key}, n INTEGER, label TEXT)")
         cursor.insert("chunked (n, label)", rows)
         cursor.insert("chunked (n, label)", [])
-        back = cursor.execute("SELECT n, label FROM chunked").all()
+        back = cursor.execute("SELECT n, label FROM chunked ORDER BY id").all()
         cursor.execute("DROP TABLE chunked")
     assert [tuple(row) for row in back] == rows

@@ -136,10 +136,11 @@ def test_a_postgresql_schema_keeps_rasas_search_path_with_our_timeouts(
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     monkeypatch.setenv("POSTGRESQL_SCHEMA", schema)
     server = sa.engine.make_url(POSTGRES_URL)
-    store = SQLTrackerStore(DOMAIN, dialect="postgresql", host=server.host,
-                            port=server.port, username=server.username,
-                            password=server.password, db=server.database)
+    store: SQLTrackerStore | None = None
     try:
+        store = SQLTrackerStore(DOMAIN, dialect="postgresql", host=server.host,
+                                port=server.port, username=server.username,
+                                password=server.password, db=server.database)
         assert not store._cursor_sql()
         events = conversation("telegram:9")[0]
         tracker = DialogueStateTracker.from_events("telegram:9", events, DOMAIN.slots)
@@ -159,7 +160,8 @@ def test_a_postgresql_schema_keeps_rasas_search_path_with_our_timeouts(
                 f'SELECT COUNT(*) FROM "{schema}".events WHERE sender_id = :s'),
                 {"s": "telegram:9"}).scalar() == len(events)
     finally:
-        store.engine.dispose()
+        if store is not None:
+            store.engine.dispose()
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
