@@ -105,17 +105,34 @@ def transaction(database_url: str | None = None) -> contextlib.AbstractContextMa
     return on_engine(get_engine(database_url))
 
 
+def dialect(database_url: str | None = None) -> str:
+    """"sqlite" or "postgresql", for statements written apart for one of them."""
+    return str(get_engine(database_url).dialect.name)
+
+
+def statement(database_url: str | None = None) -> contextlib.AbstractContextManager[Cursor]:
+    """A cursor for one statement, which commits by itself on PostgreSQL: no BEGIN
+    and COMMIT round trips (two of the three a one-statement transaction costs, each
+    a wait for the GIL and for the server on a busy machine). On SQLite, a
+    transaction (`on_engine`)."""
+    return on_engine(get_engine(database_url), autocommit=True)
+
+
 @contextmanager
-def on_engine(engine: Engine) -> Iterator[Cursor]:
-    """A cursor on a pooled connection of `engine`, committed on success. Driver
-    errors come out as SQLAlchemy's (IntegrityError, OperationalError …), as from a
-    session."""
+def on_engine(engine: Engine, autocommit: bool = False) -> Iterator[Cursor]:
+    """A cursor on a pooled connection of `engine`, committed on success (or, with
+    `autocommit` on PostgreSQL, each statement by itself). Driver errors come out as
+    SQLAlchemy's (IntegrityError, OperationalError …), as from a session."""
     connection = engine.raw_connection()
+    autocommit = autocommit and engine.dialect.name == "postgresql"
     try:
+        if autocommit:
+            connection.dbapi_connection.autocommit = True
         cursor = connection.cursor()
         try:
             yield Cursor(cursor, engine.dialect)
-            connection.commit()
+            if not autocommit:
+                connection.commit()
         except engine.dialect.dbapi.Error as exc:
             if engine.dialect.is_disconnect(exc, connection.dbapi_connection, cursor):
                 # The server went away (a restart): every pooled connection older than
@@ -130,4 +147,9 @@ def on_engine(engine: Engine) -> Iterator[Cursor]:
             with contextlib.suppress(Exception):  # (closed already if it was dropped)
                 cursor.close()
     finally:
+        if autocommit and connection.dbapi_connection is not None:
+            try:
+                connection.dbapi_connection.autocommit = False  # as the pool lends them
+            except Exception:
+                connection.invalidate()
         connection.close()  # back to the pool

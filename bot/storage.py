@@ -158,6 +158,7 @@ def ping_when_rested(engine: Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+            dbapi_connection.rollback()  # lent idle, as it came back (autocommit works)
         except Exception as exc:  # this one and every older one are replaced
             raise InvalidatePoolError(f"pooled connection is dead: {exc}") from exc
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from parley.bot import driver_sql
 from parley.bot.conversations import Conversation, Message
-from parley.bot.storage import create_schema, session_scope, utcnow
+from parley.bot.storage import create_schema, get_engine, session_scope, utcnow
 
 PAYLOAD = {"buttons": [{"title": "Sim, obrigado", "payload": "/affirm"}], "n": 3}
 
@@ -101,3 +101,18 @@ def test_insert_sends_rows_in_chunks_and_their_ids_follow_the_order(any_db: str)
         back = cursor.execute("SELECT n, label FROM chunked ORDER BY id").all()
         cursor.execute("DROP TABLE chunked")
     assert [tuple(row) for row in back] == rows
+
+
+def test_a_connection_lent_for_one_statement_goes_back_transactional(any_db: str) -> None:
+    storage_engine = get_engine(any_db)
+    storage_engine.dispose()  # one pooled connection, lent both times
+    with driver_sql.statement(any_db) as cursor:
+        assert cursor.execute("SELECT 1").one() == (1,)
+    with pytest.raises(RuntimeError), driver_sql.transaction(any_db) as cursor:
+        cursor.execute("INSERT INTO conversations (id, channel, display_name, rating_state, "
+                       "created_at) VALUES ('telegram:5', 'telegram', '', 'none', ?)",
+                       (cursor.bind(Conversation.__table__.c.created_at, utcnow()),))
+        raise RuntimeError("rolled back, not committed statement by statement")
+    with session_scope(any_db) as session:
+        assert session.get(Conversation, "telegram:5") is None
+    assert storage_engine.pool.checkedin() == 1  # type: ignore[attr-defined]

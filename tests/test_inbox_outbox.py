@@ -194,3 +194,33 @@ def test_a_sender_whose_claim_ran_out_does_not_send(any_db: str) -> None:
     ticket = handoff.escalate("telegram:7", "intent", database_url=any_db).ticket
     handoff.claim_ticket(ticket.id, agent.id, any_db)
     assert outbox.confirm(fresh, "fast", 30, any_db) == "withhold"
+
+
+def test_a_stored_message_creates_or_touches_its_conversation_and_a_redelivery_nothing(
+        any_db: str) -> None:
+    """On PostgreSQL one statement does both (`inbox_sql.STORE`), on SQLite a
+    transaction: the same rows either way, and a redelivery changes none of them."""
+    first = inbox.store("telegram:71", "ola", platform_message_id="u1", display_name="Ana",
+                        database_url=any_db)
+    with session_scope(any_db) as session:
+        conversation = session.get(Conversation, "telegram:71")
+        assert conversation is not None
+        assert (conversation.channel, conversation.display_name) == ("telegram", "Ana")
+        touched = conversation.last_customer_at
+        assert touched is not None and touched == conversation.created_at
+    time.sleep(0.01)
+    assert inbox.store("telegram:71", "ola", platform_message_id="u1", display_name="Bia",
+                       database_url=any_db) is None
+    second = inbox.store("telegram:71", "tudo bem?", platform_message_id="u2",
+                         database_url=any_db)  # no name: the stored one stays
+    assert first is not None and second is not None and second > first
+    with session_scope(any_db) as session:
+        conversation = session.get(Conversation, "telegram:71")
+        assert conversation is not None and conversation.display_name == "Ana"
+        assert conversation.last_customer_at is not None
+        assert conversation.last_customer_at > touched
+        rows = session.execute(select(Message.text, Message.inbox_state, Message.author)
+                               .where(Message.conversation_id == "telegram:71")
+                               .order_by(Message.id)).all()
+    assert [tuple(r) for r in rows] == [("ola", "received", "customer"),
+                                        ("tudo bem?", "received", "customer")]
